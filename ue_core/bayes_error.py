@@ -1,0 +1,315 @@
+"""Leave-one-out kernel estimate of the Bayes error and its exact gradient (METHOD.md §2).
+
+Given features z (N, D) and labels y (N,) with C classes:
+
+    K_ij = exp(-||z_i - z_j||² / (2σ²)) for j ≠ i, K_ii = 0
+    Z_i  = Σ_j K_ij + 1e-8,   P_ic = Σ_j K_ij 1[y_j = c] / Z_i
+    ŷ_i  = argmax_c P_ic,     e_i = 1 - P_iŷ_i,     β̂ = mean_i e_i
+
+The gradient holds ŷ fixed (argmax is piecewise constant). With N_i = Σ_j K_ij 1[y_j = ŷ_i],
+W_ij = K_ij (1[y_j = ŷ_i] Z_i - N_i) / Z_i² and M = W + Wᵀ:
+
+    ∂β̂/∂z = (diag(M 1) z - M z) / (N σ²)
+
+Everything works on row blocks against a feature *bank*, so a sharded caller can compute it exactly in
+two passes: :func:`block_stats` (three numbers per sample) and then :func:`block_gradient` (which needs
+every bank sample's stats). Inside, rows are processed in chunks sized from a memory budget, so the
+extra memory is O(chunk × N), never N × N × D. :func:`estimate` runs the whole thing in one process
+and offers the cheaper "batch" and "reference" estimators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ue_core.errors import InvalidInputError
+
+EPS_Z = 1e-8
+"""Added to every kernel row sum Z_i, as in the authors' code."""
+
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+"""Bytes of temporaries a block computation may use (about four chunk × N matrices)."""
+
+Estimator = Literal["exact", "batch", "reference"]
+ESTIMATORS: tuple[str, ...] = ("exact", "batch", "reference")
+
+
+@dataclass(frozen=True)
+class KernelStats:
+    """Per-sample statistics of the kernel posterior, each of shape (B,).
+
+    Attributes:
+        row_sum: Z_i = Σ_j K_ij + 1e-8.
+        predicted_mass: N_i = Σ_j K_ij 1[y_j = ŷ_i].
+        predicted: ŷ_i, int64.
+    """
+
+    row_sum: torch.Tensor
+    predicted_mass: torch.Tensor
+    predicted: torch.Tensor
+
+    @property
+    def errors(self) -> torch.Tensor:
+        """Per-sample error e_i = 1 - N_i / Z_i, shape (B,)."""
+        return 1.0 - self.predicted_mass / self.row_sum
+
+    @staticmethod
+    def concat(parts: list["KernelStats"]) -> "KernelStats":
+        """Stack the stats of consecutive blocks."""
+        return KernelStats(
+            row_sum=torch.cat([p.row_sum for p in parts]),
+            predicted_mass=torch.cat([p.predicted_mass for p in parts]),
+            predicted=torch.cat([p.predicted for p in parts]),
+        )
+
+    def take(self, rows: torch.Tensor) -> "KernelStats":
+        """The stats of the samples at positions ``rows``."""
+        return KernelStats(self.row_sum[rows], self.predicted_mass[rows], self.predicted[rows])
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Result of :func:`estimate`.
+
+    Attributes:
+        value: β̂, a 0-d tensor.
+        errors: e_i, shape (N,).
+        gradient: ∂β̂/∂z, shape (N, D), or None when not asked for.
+    """
+
+    value: torch.Tensor
+    errors: torch.Tensor
+    gradient: torch.Tensor | None
+
+
+def normalise_features(features: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Scale raw penultimate features φ (N, D) by s = max |φ| + 1e-8; returns (z = φ / s, s).
+
+    s is a constant of the round: the gradient with respect to φ is ∂β̂/∂z / s.
+    """
+    scale = float(features.abs().max()) + 1e-8
+    return features / scale, scale
+
+
+def chunk_rows(bank_size: int, dtype: torch.dtype, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
+    """Rows per chunk so that four chunk × bank_size matrices fit in ``memory_budget`` bytes."""
+    bytes_per_row = 4 * bank_size * torch.finfo(dtype).bits // 8
+    return max(1, min(bank_size, memory_budget // max(1, bytes_per_row)))
+
+
+def kernel_block(
+    rows: torch.Tensor,
+    bank: torch.Tensor,
+    sigma: float,
+    self_positions: torch.Tensor | None = None,
+    bank_sq_norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """RBF kernel of ``rows`` (B, D) against ``bank`` (N, D), shape (B, N).
+
+    ``self_positions`` (B,) gives the position of each row in the bank (-1 if it is not in it); those
+    entries are zeroed (leave-one-out). Distances are ‖a‖² + ‖b‖² - 2abᵀ clamped at 0 (one GEMM).
+    """
+    if bank_sq_norms is None:
+        bank_sq_norms = bank.square().sum(1)
+    sq_dist = torch.addmm(bank_sq_norms.unsqueeze(0), rows, bank.T, alpha=-2.0)
+    sq_dist.add_(rows.square().sum(1, keepdim=True)).clamp_(min=0.0)
+    kernel = sq_dist.mul_(-0.5 / sigma**2).exp_()
+    if self_positions is not None:
+        inside = self_positions >= 0
+        kernel[inside.nonzero().squeeze(1), self_positions[inside]] = 0.0
+    return kernel
+
+
+def _check_inputs(rows: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, sigma: float) -> None:
+    if rows.ndim != 2 or bank.ndim != 2 or rows.shape[1] != bank.shape[1]:
+        raise InvalidInputError(
+            f"features must be (B, D) and (N, D) with the same D, got {tuple(rows.shape)} and {tuple(bank.shape)}"
+        )
+    if bank_labels.shape != (bank.shape[0],):
+        raise InvalidInputError(f"bank labels must have shape ({bank.shape[0]},), got {tuple(bank_labels.shape)}")
+    if not sigma > 0:
+        raise InvalidInputError(f"sigma must be > 0, got {sigma}")
+
+
+def block_stats(
+    rows: torch.Tensor,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    num_classes: int,
+    sigma: float,
+    self_positions: torch.Tensor | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> KernelStats:
+    """Pass 1: the kernel-posterior stats of a block of rows against a feature bank.
+
+    Args:
+        rows: features of the block, (B, D).
+        bank: features of every kernel partner, (N, D).
+        bank_labels: int64 labels of the bank, (N,).
+        num_classes: C.
+        sigma: kernel bandwidth on the normalised features.
+        self_positions: (B,) position of each row in the bank, -1 when absent (leave-one-out mask).
+        memory_budget: bytes of temporaries allowed.
+    Returns:
+        KernelStats of shape (B,).
+    """
+    _check_inputs(rows, bank, bank_labels, sigma)
+    one_hot = torch.nn.functional.one_hot(bank_labels, num_classes).to(bank.dtype)  # (N, C)
+    bank_sq_norms = bank.square().sum(1)
+    chunk = chunk_rows(len(bank), bank.dtype, memory_budget)
+    parts = []
+    for start in range(0, len(rows), chunk):
+        stop = start + chunk
+        positions = None if self_positions is None else self_positions[start:stop]
+        kernel = kernel_block(rows[start:stop], bank, sigma, positions, bank_sq_norms)
+        class_mass = kernel @ one_hot  # (b, C)
+        mass, predicted = class_mass.max(1)
+        parts.append(KernelStats(kernel.sum(1) + EPS_Z, mass, predicted))
+    if not parts:
+        empty = rows.new_zeros(0)
+        return KernelStats(empty, empty, empty.long())
+    return KernelStats.concat(parts)
+
+
+def block_gradient(
+    rows: torch.Tensor,
+    row_labels: torch.Tensor,
+    row_stats: KernelStats,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    bank_stats: KernelStats | None,
+    sigma: float,
+    total: int,
+    self_positions: torch.Tensor | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> torch.Tensor:
+    """Pass 2: ∂β̂/∂z for a block of rows, shape (B, D), with β̂ = (1/total) Σ_i e_i.
+
+    With ``bank_stats`` (every bank sample's stats) the gradient is exact: M = W + Wᵀ, because each row
+    is also a kernel partner of every bank sample. With ``bank_stats=None`` the bank is held constant
+    (M = W), which is the exact gradient of the "reference" estimator, whose partners are fixed.
+
+    Args:
+        rows, row_labels, row_stats: the block's features (B, D), labels (B,) and stats (B,).
+        bank, bank_labels, bank_stats: every partner's features (N, D), labels (N,) and stats (N,).
+        sigma: kernel bandwidth.
+        total: the number of samples β̂ averages over (N for the exact estimator).
+        self_positions: (B,) position of each row in the bank, -1 when absent.
+        memory_budget: bytes of temporaries allowed.
+    """
+    _check_inputs(rows, bank, bank_labels, sigma)
+    dtype = bank.dtype
+    bank_sq_norms = bank.square().sum(1)
+    if bank_stats is not None:
+        # Wᵀ[m, j] = K_mj (1[y_m = ŷ_j] / Z_j - N_j / Z_j²): column factors of the bank.
+        bank_inv_z = 1.0 / bank_stats.row_sum
+        bank_offset = bank_stats.predicted_mass * bank_inv_z.square()
+    chunk = chunk_rows(len(bank), dtype, memory_budget)
+    gradient = torch.empty_like(rows)
+    for start in range(0, len(rows), chunk):
+        stop = start + chunk
+        positions = None if self_positions is None else self_positions[start:stop]
+        kernel = kernel_block(rows[start:stop], bank, sigma, positions, bank_sq_norms)
+        inv_z = 1.0 / row_stats.row_sum[start:stop]
+        offset = row_stats.predicted_mass[start:stop] * inv_z.square()
+        # W[m, j] = K_mj (1[y_j = ŷ_m] / Z_m - N_m / Z_m²)
+        weights = (bank_labels.unsqueeze(0) == row_stats.predicted[start:stop].unsqueeze(1)).to(dtype)
+        weights.mul_(inv_z.unsqueeze(1)).sub_(offset.unsqueeze(1))
+        if bank_stats is not None:
+            transposed = row_labels[start:stop].unsqueeze(1) == bank_stats.predicted.unsqueeze(0)
+            weights.add_(transposed.to(dtype).mul_(bank_inv_z.unsqueeze(0))).sub_(bank_offset.unsqueeze(0))
+        m_block = weights.mul_(kernel)
+        block = rows[start:stop]
+        gradient[start:stop] = m_block.sum(1, keepdim=True) * block - m_block @ bank
+    return gradient.div_(total * sigma**2)
+
+
+def estimate(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    sigma: float = 0.3,
+    estimator: Estimator = "exact",
+    with_gradient: bool = True,
+    batch_size: int = 1024,
+    reference_size: int = 2048,
+    generator: torch.Generator | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Estimate:
+    """β̂, the per-sample errors and (optionally) ∂β̂/∂z for all N samples in one process.
+
+    Args:
+        features: normalised features z, (N, D), float32 or float64.
+        labels: int64 (N,).
+        num_classes: C.
+        sigma: kernel bandwidth (0.3 on features normalised by :func:`normalise_features`).
+        estimator: "exact" (every other sample is a partner); "batch" (the estimator inside random
+            mini-batches of ``batch_size``; β̂ is still the mean over all N); "reference" (partners are a
+            random subset of ``reference_size`` samples, held constant in the gradient).
+        with_gradient: also compute the gradient.
+        batch_size, reference_size: sizes for the cheap estimators.
+        generator: draws the batches or the reference subset.
+        memory_budget: bytes of temporaries allowed.
+    """
+    if estimator not in ESTIMATORS:
+        raise InvalidInputError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
+    if labels.shape != (features.shape[0],):
+        raise InvalidInputError(
+            f"labels must have shape ({features.shape[0]},), got {tuple(labels.shape)}"
+        )
+    total = len(features)
+    if estimator == "exact":
+        groups = [torch.arange(total)]
+    elif estimator == "batch":
+        if batch_size < 2:
+            raise InvalidInputError(f"estimator batch size must be >= 2, got {batch_size}")
+        groups = list(torch.randperm(total, generator=generator).split(batch_size))
+    else:
+        return _reference_estimate(
+            features, labels, num_classes, sigma, with_gradient, reference_size, generator, memory_budget
+        )
+    errors = features.new_empty(total)
+    gradient = torch.empty_like(features) if with_gradient else None
+    for group in groups:
+        z, y = features[group], labels[group]
+        positions = torch.arange(len(group))
+        stats = block_stats(z, z, y, num_classes, sigma, positions, memory_budget)
+        errors[group] = stats.errors
+        if gradient is not None:
+            gradient[group] = block_gradient(z, y, stats, z, y, stats, sigma, total, positions, memory_budget)
+    return Estimate(errors.mean(), errors, gradient)
+
+
+def _reference_estimate(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    sigma: float,
+    with_gradient: bool,
+    reference_size: int,
+    generator: torch.Generator | None,
+    memory_budget: int,
+) -> Estimate:
+    total = len(features)
+    if not 2 <= reference_size:
+        raise InvalidInputError(f"reference size must be >= 2, got {reference_size}")
+    reference = torch.randperm(total, generator=generator)[: min(reference_size, total)]
+    positions = reference_positions(reference, total)
+    bank, bank_labels = features[reference], labels[reference]
+    stats = block_stats(features, bank, bank_labels, num_classes, sigma, positions, memory_budget)
+    gradient = None
+    if with_gradient:
+        gradient = block_gradient(
+            features, labels, stats, bank, bank_labels, None, sigma, total, positions, memory_budget
+        )
+    return Estimate(stats.errors.mean(), stats.errors, gradient)
+
+
+def reference_positions(reference: torch.Tensor, total: int) -> torch.Tensor:
+    """For each of ``total`` samples, its position in the ``reference`` index list, or -1; shape (total,)."""
+    positions = torch.full((total,), -1, dtype=torch.long)
+    positions[reference] = torch.arange(len(reference))
+    return positions
