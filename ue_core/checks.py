@@ -1,0 +1,56 @@
+"""Invariants every release must pass before it is published (DESIGN.md, "Invariants").
+
+Like AutoAttack's built-in checks: the budget in integers, the value range, NaN, shapes, and that every
+input index appears exactly once with its original label. A violation raises ReleaseCheckError naming the
+offending indices; it is never a warning.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ue_core.data.dataset import ImageDataset
+from ue_core.errors import ReleaseCheckError
+from ue_core.pga import PGAConfig
+
+_SHOWN = 10
+
+
+def _fail(what: str, indices: np.ndarray) -> None:
+    shown = indices[:_SHOWN].tolist()
+    more = f" and {indices.size - _SHOWN} more" if indices.size > _SHOWN else ""
+    raise ReleaseCheckError(f"release {what} at {indices.size} samples: indices {shown}{more}")
+
+
+def check_release(clean: ImageDataset, release: ImageDataset, config: PGAConfig) -> None:
+    """Raise ReleaseCheckError unless ``release`` is a valid protected version of ``clean``.
+
+    Checks: uint8 pixels of the same (H, W, C); the same index set, each index exactly once (rows are
+    matched by index, not by position); the same label per index; the perturbation within the integer
+    budget of ``config`` (L∞: max |q - x| ≤ floor(255 eps); L2: ‖q - x‖₂ ≤ 255 eps).
+    """
+    if release.images.dtype != np.uint8:
+        raise ReleaseCheckError(f"release pixels must be uint8, got {release.images.dtype}")
+    if release.image_shape != clean.image_shape:
+        raise ReleaseCheckError(f"release images are {release.image_shape}, the source's are {clean.image_shape}")
+    missing = np.setdiff1d(clean.index, release.index)
+    if missing.size:
+        _fail("is missing source samples", missing)
+    extra = np.setdiff1d(release.index, clean.index)
+    if extra.size:
+        _fail("has samples that are not in the source", extra)
+    if len(release) != len(clean):
+        raise ReleaseCheckError(f"release has {len(release)} rows for {len(clean)} source samples")
+    clean, release = clean.sorted_by_index(), release.sorted_by_index()
+    relabelled = clean.index[clean.labels != release.labels]
+    if relabelled.size:
+        _fail("changes labels", relabelled)
+    difference = release.images.astype(np.int16) - clean.images.astype(np.int16)
+    flat = difference.reshape(len(difference), -1)
+    if config.norm == "linf":
+        size = np.abs(flat).max(axis=1, initial=0)
+    else:
+        size = np.sqrt(np.square(flat, dtype=np.float64).sum(axis=1))
+    over = clean.index[size > config.integer_budget + 1e-9]
+    if over.size:
+        _fail(f"exceeds the {config.norm} budget of {config.integer_budget:g} levels", over)

@@ -1,0 +1,190 @@
+"""Projected gradient ascent on pixels: update rules, projections and the quantised release (METHOD.md §3).
+
+Tensors are per sample, so a shard can hold and update its own rows: perturbations δ and pixel gradients
+are float32 (N, C, H, W) in image units ([0, 1] per channel); the per-sample Adam state has the same shape,
+and its step count is (N,). Every function here works on any subset of rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ue_core.errors import InvalidInputError, ReleaseCheckError
+
+Norm = Literal["linf", "l2"]
+UpdateRule = Literal["adam", "sign"]
+NORMS: tuple[str, ...] = ("linf", "l2")
+UPDATE_RULES: tuple[str, ...] = ("adam", "sign")
+
+
+def parse_fraction(value: float | str) -> float:
+    """A number or a fraction such as "8/255" → float."""
+    if isinstance(value, str) and "/" in value:
+        numerator, denominator = value.split("/", 1)
+        try:
+            return float(numerator) / float(denominator)
+        except (ValueError, ZeroDivisionError):
+            raise InvalidInputError(f"cannot read {value!r} as a number or a fraction like 8/255") from None
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidInputError(f"cannot read {value!r} as a number or a fraction like 8/255") from None
+
+
+@dataclass(frozen=True)
+class PGAConfig:
+    """The perturbation budget and the update rule.
+
+    Attributes:
+        eps: budget in image units; L∞: ‖δ‖∞ ≤ eps with 0 < eps < 1 (default 8/255); L2: ‖δ‖₂ ≤ eps per image.
+        norm: "linf" or "l2".
+        update: "adam" (Adam ascent on δ with per-sample state, as torch.optim.AdamW(maximize=True)) or
+            "sign" (δ += step_size · sign(g) for L∞; δ += step_size · g/‖g‖₂ for L2).
+        lr, betas, adam_eps: Adam's parameters (authors: 1e-3, (0.9, 0.999), 1e-8).
+        weight_decay: decoupled decay of δ towards 0 (the authors used 0.01 on the images; off here).
+        step_size: the sign rule's step; None means eps / 10.
+    """
+
+    eps: float = 8 / 255
+    norm: Norm = "linf"
+    update: UpdateRule = "adam"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    step_size: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "eps", parse_fraction(self.eps))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.norm not in NORMS:
+            raise InvalidInputError(f"unknown norm {self.norm!r}; expected one of {', '.join(NORMS)}")
+        if self.update not in UPDATE_RULES:
+            raise InvalidInputError(f"unknown update rule {self.update!r}; expected one of {', '.join(UPDATE_RULES)}")
+        if self.norm == "linf" and not 0 < self.eps < 1:
+            raise InvalidInputError(f"eps must be in (0, 1) for the L-inf norm, got {self.eps}")
+        if self.norm == "l2" and not 0 < self.eps < math.inf:
+            raise InvalidInputError(f"eps must be > 0 for the L2 norm, got {self.eps}")
+        if not self.lr > 0 or (self.step_size is not None and not self.step_size > 0):
+            raise InvalidInputError(f"lr and step_size must be > 0, got {self.lr} and {self.step_size}")
+        if self.step_size is None:
+            object.__setattr__(self, "step_size", self.eps / 10)
+
+    @property
+    def integer_budget(self) -> float:
+        """The budget in uint8 levels: floor(255 eps) for L∞, 255 eps for L2."""
+        levels = 255 * self.eps
+        return float(math.floor(levels + 1e-9)) if self.norm == "linf" else levels
+
+    def with_eps(self, eps: float) -> "PGAConfig":
+        """The same rule at another budget (step_size rescaled when it was the default)."""
+        return replace(self, eps=eps, step_size=None)
+
+
+@dataclass
+class PixelState:
+    """The perturbation and the per-sample optimiser state of a set of rows.
+
+    Attributes:
+        delta: δ, float32 (N, C, H, W).
+        exp_avg, exp_avg_sq: Adam's moments, same shape as delta (zeros for the sign rule).
+        steps: updates applied so far, int64 (N,).
+    """
+
+    delta: torch.Tensor
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    steps: torch.Tensor
+
+    @staticmethod
+    def zeros(shape: tuple[int, ...]) -> "PixelState":
+        """δ = 0 and empty optimiser state for ``shape`` = (N, C, H, W)."""
+        return PixelState(
+            torch.zeros(shape), torch.zeros(shape), torch.zeros(shape), torch.zeros(shape[0], dtype=torch.long)
+        )
+
+    def take(self, rows: torch.Tensor) -> "PixelState":
+        """The state of the rows at positions ``rows``."""
+        return PixelState(self.delta[rows], self.exp_avg[rows], self.exp_avg_sq[rows], self.steps[rows])
+
+    def put(self, rows: torch.Tensor, part: "PixelState") -> None:
+        """Write ``part`` back at positions ``rows``."""
+        self.delta[rows] = part.delta
+        self.exp_avg[rows] = part.exp_avg
+        self.exp_avg_sq[rows] = part.exp_avg_sq
+        self.steps[rows] = part.steps
+
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def ascent_step(state: PixelState, gradient: torch.Tensor, images: torch.Tensor, config: PGAConfig) -> PixelState:
+    """One ascent step on δ along ``gradient`` (N, C, H, W), then the projection; returns the new state.
+
+    ``images`` are the clean x (N, C, H, W) in [0, 1], needed to keep x + δ in range.
+    """
+    if gradient.shape != state.delta.shape or images.shape != state.delta.shape:
+        raise InvalidInputError(
+            f"gradient {tuple(gradient.shape)} and images {tuple(images.shape)} must match δ {tuple(state.delta.shape)}"
+        )
+    delta = state.delta.clone()
+    exp_avg, exp_avg_sq, steps = state.exp_avg, state.exp_avg_sq, state.steps + 1
+    if config.update == "adam":
+        beta1, beta2 = config.betas
+        delta.mul_(1 - config.lr * config.weight_decay)
+        exp_avg = exp_avg.lerp(gradient, 1 - beta1)
+        exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * gradient.square()
+        bias1 = _per_sample(1 - beta1 ** steps.double(), delta).float()
+        bias2 = _per_sample(1 - beta2 ** steps.double(), delta).float()
+        denom = (exp_avg_sq.sqrt() / bias2.sqrt()).add_(config.adam_eps)
+        delta.addcdiv_(exp_avg, denom * bias1, value=config.lr)
+    elif config.norm == "linf":
+        delta.add_(gradient.sign(), alpha=config.step_size)
+    else:
+        norms = _per_sample(gradient.flatten(1).norm(dim=1), delta).clamp_min(1e-12)
+        delta.add_(gradient / norms, alpha=config.step_size)
+    return PixelState(project(delta, images, config), exp_avg, exp_avg_sq, steps)
+
+
+def project(delta: torch.Tensor, images: torch.Tensor, config: PGAConfig) -> torch.Tensor:
+    """Project δ (N, C, H, W) onto the eps ball of ``config.norm``, then so that x + δ ∈ [0, 1]."""
+    if config.norm == "linf":
+        delta = delta.clamp(-config.eps, config.eps)
+    else:
+        norms = _per_sample(delta.flatten(1).norm(dim=1), delta)
+        delta = delta * (config.eps / norms.clamp_min(1e-12)).clamp(max=1.0)
+    return (images + delta).clamp_(0.0, 1.0) - images
+
+
+def quantise_release(clean: np.ndarray, delta: torch.Tensor, config: PGAConfig, index: np.ndarray) -> np.ndarray:
+    """The uint8 release q = round(255 (x + δ)), re-projected in integers.
+
+    Args:
+        clean: uint8 (N, H, W, C), the original pixels (255 x).
+        delta: float (N, C, H, W), the perturbation in image units.
+        config: the budget: L∞ keeps |q - 255x| ≤ floor(255 eps); L2 keeps ‖q - 255x‖₂ ≤ 255 eps
+            (by scaling the integer difference down and truncating towards zero).
+        index: int64 (N,), the samples' indices, named in the error when δ is not finite.
+    Returns:
+        uint8 (N, H, W, C).
+    """
+    finite = torch.isfinite(delta.flatten(1)).all(1).numpy()
+    if not finite.all():
+        bad = index[~finite]
+        raise ReleaseCheckError(f"perturbation has NaN or Inf at {bad.size} samples, indices {bad[:10].tolist()}")
+    x = torch.from_numpy(clean).to(torch.float64)
+    levels = delta.detach().to(torch.float64).permute(0, 2, 3, 1) * 255.0
+    difference = torch.round(x + levels).clamp_(0, 255) - x
+    budget = config.integer_budget
+    if config.norm == "linf":
+        difference.clamp_(-budget, budget)
+    else:
+        norms = difference.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
+        difference = torch.trunc(difference * (budget / norms.clamp_min(1e-12)).clamp(max=1.0))
+    return (x + difference).to(torch.uint8).numpy()
