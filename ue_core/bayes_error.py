@@ -95,40 +95,72 @@ def normalise_features(features: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 
 def chunk_rows(bank_size: int, dtype: torch.dtype, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
-    """Rows per chunk so that four chunk × bank_size matrices fit in ``memory_budget`` bytes."""
-    bytes_per_row = 4 * bank_size * torch.finfo(dtype).bits // 8
+    """Rows per chunk so that the two chunk × bank_size work matrices fit in ``memory_budget`` bytes."""
+    bytes_per_row = 2 * bank_size * torch.finfo(dtype).bits // 8
     return max(1, min(bank_size, memory_budget // max(1, bytes_per_row)))
 
 
+class _BankKernel:
+    """The kernel against a fixed bank, one row chunk at a time, into a buffer reused across chunks.
+
+    The scaled squared distance -(‖a‖² + ‖b‖² - 2abᵀ) / (2σ²) is a single GEMM of the augmented features
+    [a, ‖a‖², 1] · [-2b, 1, ‖b‖²]ᵀ / (2σ²) → clamp at 0 distance → exp, all in place. Reusing the buffers
+    matters: a fresh chunk × N tensor per chunk costs more in page faults than the arithmetic on it.
+    """
+
+    def __init__(self, bank: torch.Tensor, sigma: float, memory_budget: int) -> None:
+        ones = bank.new_ones(len(bank), 1)
+        self.bank = bank
+        self.right = torch.cat([-2.0 * bank, ones, bank.square().sum(1, keepdim=True)], 1)  # (N, D+2)
+        self.scale = -0.5 / sigma**2
+        self.chunk = chunk_rows(len(bank), bank.dtype, memory_budget)
+        self._kernel = bank.new_empty(0)
+        self._work = bank.new_empty(0)
+
+    def buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two (rows, N) work matrices, allocated once at the largest size asked for."""
+        if self._kernel.shape[0] < rows:
+            self._kernel = self.bank.new_empty(rows, len(self.bank))
+            self._work = self.bank.new_empty(rows, len(self.bank))
+        return self._kernel[:rows], self._work[:rows]
+
+    def rows(self, rows: torch.Tensor, self_positions: torch.Tensor | None) -> torch.Tensor:
+        """K of ``rows`` (b, D) against the bank, (b, N), leave-one-out masked; a view of the buffer."""
+        kernel, _ = self.buffers(len(rows))
+        left = torch.cat([rows, rows.square().sum(1, keepdim=True), rows.new_ones(len(rows), 1)], 1)
+        torch.mm(left.mul_(self.scale), self.right.T, out=kernel)
+        kernel.clamp_(max=0.0).exp_()
+        if self_positions is not None:
+            inside = (self_positions >= 0).nonzero().squeeze(1)
+            kernel[inside, self_positions[inside]] = 0.0
+        return kernel
+
+    def chunks(self, rows: torch.Tensor, self_positions: torch.Tensor | None):
+        """Yield (start, stop, kernel rows) over ``rows`` in chunks of at most ``self.chunk``."""
+        for start in range(0, len(rows), self.chunk):
+            stop = start + self.chunk
+            positions = None if self_positions is None else self_positions[start:stop]
+            yield start, min(stop, len(rows)), self.rows(rows[start:stop], positions)
+
+
 def kernel_block(
-    rows: torch.Tensor,
-    bank: torch.Tensor,
-    sigma: float,
-    self_positions: torch.Tensor | None = None,
-    bank_sq_norms: torch.Tensor | None = None,
+    rows: torch.Tensor, bank: torch.Tensor, sigma: float, self_positions: torch.Tensor | None = None
 ) -> torch.Tensor:
     """RBF kernel of ``rows`` (B, D) against ``bank`` (N, D), shape (B, N).
 
     ``self_positions`` (B,) gives the position of each row in the bank (-1 if it is not in it); those
-    entries are zeroed (leave-one-out). Distances are ‖a‖² + ‖b‖² - 2abᵀ clamped at 0 (one GEMM).
+    entries are zeroed (leave-one-out).
     """
-    if bank_sq_norms is None:
-        bank_sq_norms = bank.square().sum(1)
-    sq_dist = torch.addmm(bank_sq_norms.unsqueeze(0), rows, bank.T, alpha=-2.0)
-    sq_dist.add_(rows.square().sum(1, keepdim=True)).clamp_(min=0.0)
-    kernel = sq_dist.mul_(-0.5 / sigma**2).exp_()
-    if self_positions is not None:
-        inside = self_positions >= 0
-        kernel[inside.nonzero().squeeze(1), self_positions[inside]] = 0.0
-    return kernel
+    _check_inputs(rows, bank, sigma)
+    return _BankKernel(bank, sigma, memory_budget=2**62).rows(rows, self_positions).clone()
 
 
-def _check_inputs(rows: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, sigma: float) -> None:
+def _check_inputs(rows: torch.Tensor, bank: torch.Tensor, sigma: float, bank_labels=None) -> None:
     if rows.ndim != 2 or bank.ndim != 2 or rows.shape[1] != bank.shape[1]:
         raise InvalidInputError(
             f"features must be (B, D) and (N, D) with the same D, got {tuple(rows.shape)} and {tuple(bank.shape)}"
         )
-    if bank_labels.shape != (bank.shape[0],):
+    if bank_labels is not None and bank_labels.shape != (bank.shape[0],):
         raise InvalidInputError(f"bank labels must have shape ({bank.shape[0]},), got {tuple(bank_labels.shape)}")
     if not sigma > 0:
         raise InvalidInputError(f"sigma must be > 0, got {sigma}")
@@ -156,22 +188,15 @@ def block_stats(
     Returns:
         KernelStats of shape (B,).
     """
-    _check_inputs(rows, bank, bank_labels, sigma)
+    _check_inputs(rows, bank, sigma, bank_labels)
     one_hot = torch.nn.functional.one_hot(bank_labels, num_classes).to(bank.dtype)  # (N, C)
-    bank_sq_norms = bank.square().sum(1)
-    chunk = chunk_rows(len(bank), bank.dtype, memory_budget)
-    parts = []
-    for start in range(0, len(rows), chunk):
-        stop = start + chunk
-        positions = None if self_positions is None else self_positions[start:stop]
-        kernel = kernel_block(rows[start:stop], bank, sigma, positions, bank_sq_norms)
-        class_mass = kernel @ one_hot  # (b, C)
-        mass, predicted = class_mass.max(1)
-        parts.append(KernelStats(kernel.sum(1) + EPS_Z, mass, predicted))
-    if not parts:
-        empty = rows.new_zeros(0)
-        return KernelStats(empty, empty, empty.long())
-    return KernelStats.concat(parts)
+    row_sum = rows.new_empty(len(rows))
+    predicted_mass = rows.new_empty(len(rows))
+    predicted = torch.empty(len(rows), dtype=torch.long)
+    for start, stop, kernel in _BankKernel(bank, sigma, memory_budget).chunks(rows, self_positions):
+        torch.max(kernel @ one_hot, 1, out=(predicted_mass[start:stop], predicted[start:stop]))
+        torch.sum(kernel, 1, out=row_sum[start:stop])
+    return KernelStats(row_sum.add_(EPS_Z), predicted_mass, predicted)
 
 
 def block_gradient(
@@ -200,31 +225,47 @@ def block_gradient(
         self_positions: (B,) position of each row in the bank, -1 when absent.
         memory_budget: bytes of temporaries allowed.
     """
-    _check_inputs(rows, bank, bank_labels, sigma)
-    dtype = bank.dtype
-    bank_sq_norms = bank.square().sum(1)
-    if bank_stats is not None:
-        # Wᵀ[m, j] = K_mj (1[y_m = ŷ_j] / Z_j - N_j / Z_j²): column factors of the bank.
-        bank_inv_z = 1.0 / bank_stats.row_sum
-        bank_offset = bank_stats.predicted_mass * bank_inv_z.square()
-    chunk = chunk_rows(len(bank), dtype, memory_budget)
+    _check_inputs(rows, bank, sigma, bank_labels)
+    left, right = _weight_factors(row_labels, row_stats, bank_labels, bank_stats, bank.dtype)
+    bank_kernel = _BankKernel(bank, sigma, memory_budget)
     gradient = torch.empty_like(rows)
-    for start in range(0, len(rows), chunk):
-        stop = start + chunk
-        positions = None if self_positions is None else self_positions[start:stop]
-        kernel = kernel_block(rows[start:stop], bank, sigma, positions, bank_sq_norms)
-        inv_z = 1.0 / row_stats.row_sum[start:stop]
-        offset = row_stats.predicted_mass[start:stop] * inv_z.square()
-        # W[m, j] = K_mj (1[y_j = ŷ_m] / Z_m - N_m / Z_m²)
-        weights = (bank_labels.unsqueeze(0) == row_stats.predicted[start:stop].unsqueeze(1)).to(dtype)
-        weights.mul_(inv_z.unsqueeze(1)).sub_(offset.unsqueeze(1))
-        if bank_stats is not None:
-            transposed = row_labels[start:stop].unsqueeze(1) == bank_stats.predicted.unsqueeze(0)
-            weights.add_(transposed.to(dtype).mul_(bank_inv_z.unsqueeze(0))).sub_(bank_offset.unsqueeze(0))
+    for start, stop, kernel in bank_kernel.chunks(rows, self_positions):
+        _, weights = bank_kernel.buffers(stop - start)
+        torch.mm(left[start:stop], right, out=weights)  # M / K, element-wise
         m_block = weights.mul_(kernel)
-        block = rows[start:stop]
-        gradient[start:stop] = m_block.sum(1, keepdim=True) * block - m_block @ bank
+        gradient[start:stop] = m_block.sum(1, keepdim=True) * rows[start:stop] - m_block @ bank
     return gradient.div_(total * sigma**2)
+
+
+def _weight_factors(
+    row_labels: torch.Tensor,
+    row_stats: KernelStats,
+    bank_labels: torch.Tensor,
+    bank_stats: KernelStats | None,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors L (B, k) and R (k, N) with (L R)_mj = M_mj / K_mj, a rank-k product (k = C + 2 or 2C + 2).
+
+    W_mj / K_mj = 1[y_j = ŷ_m] / Z_m - N_m / Z_m²: onehot(ŷ_m)/Z_m · onehot(y_j) plus a row constant;
+    Wᵀ_mj / K_mj = 1[y_m = ŷ_j] / Z_j - N_j / Z_j²: onehot(y_m) · onehot(ŷ_j)/Z_j plus a column constant.
+    One skinny GEMM builds the whole weight matrix, with no compare-and-convert temporaries.
+    """
+    labels_and_predictions = [row_labels, row_stats.predicted, bank_labels]
+    if bank_stats is not None:
+        labels_and_predictions.append(bank_stats.predicted)
+    classes = 1 + int(max(int(t.max()) for t in labels_and_predictions if t.numel()))
+
+    def one_hot(labels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(labels, classes).to(dtype)
+
+    inv_z = (1.0 / row_stats.row_sum).unsqueeze(1)
+    left = [one_hot(row_stats.predicted) * inv_z, -row_stats.predicted_mass.unsqueeze(1) * inv_z.square()]
+    right = [one_hot(bank_labels), bank_labels.new_ones(len(bank_labels), 1, dtype=dtype)]
+    if bank_stats is not None:
+        bank_inv_z = (1.0 / bank_stats.row_sum).unsqueeze(1)
+        left += [one_hot(row_labels), torch.ones_like(inv_z)]
+        right += [one_hot(bank_stats.predicted) * bank_inv_z, -bank_stats.predicted_mass.unsqueeze(1) * bank_inv_z.square()]
+    return torch.cat(left, 1), torch.cat(right, 1).T.contiguous()
 
 
 def estimate(

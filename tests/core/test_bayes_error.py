@@ -75,8 +75,8 @@ def test_row_blocks_assemble_to_the_full_gradient():
 def test_memory_budget_only_changes_the_chunking():
     z, y = clustered_features(40, 4, 3, seed=5)
     roomy = be.estimate(z, y, 3, sigma=0.3)
-    tight = be.estimate(z, y, 3, sigma=0.3, memory_budget=4 * 40 * 8 * 3)  # 3 rows per chunk
-    assert be.chunk_rows(40, torch.float64, 4 * 40 * 8 * 3) == 3
+    tight = be.estimate(z, y, 3, sigma=0.3, memory_budget=2 * 40 * 8 * 3)  # 3 rows per chunk
+    assert be.chunk_rows(40, torch.float64, 2 * 40 * 8 * 3) == 3
     torch.testing.assert_close(tight.errors, roomy.errors, rtol=0, atol=1e-14)
     torch.testing.assert_close(tight.gradient, roomy.gradient, rtol=1e-12, atol=1e-15)
 
