@@ -15,6 +15,20 @@ from ue_core.errors import InvalidInputError
 T = TypeVar("T")
 
 
+def parse_fraction(value: float | str) -> float:
+    """A number or a fraction such as "8/255" → float."""
+    if isinstance(value, str) and "/" in value:
+        numerator, denominator = value.split("/", 1)
+        try:
+            return float(numerator) / float(denominator)
+        except (ValueError, ZeroDivisionError):
+            raise InvalidInputError(f"cannot read {value!r} as a number or a fraction like 8/255") from None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"cannot read {value!r} as a number or a fraction like 8/255") from None
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``, recursing into fields whose type is a dataclass."""
     data = dict(data or {})
@@ -28,6 +42,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
         kind = hints[name]
         if dataclasses.is_dataclass(kind) and isinstance(value, dict):
             value = from_dict(kind, value, f"{where}.{name}")
+        elif isinstance(value, str) and kind in (float, float | None):  # "8/255", "1e-3" (YAML 1.1 strings)
+            value = parse_fraction(value)
         values[name] = value
     try:
         return cls(**values)

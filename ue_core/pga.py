@@ -14,26 +14,13 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ue_core.config import parse_fraction
 from ue_core.errors import InvalidInputError, ReleaseCheckError
 
 Norm = Literal["linf", "l2"]
 UpdateRule = Literal["adam", "sign"]
 NORMS: tuple[str, ...] = ("linf", "l2")
 UPDATE_RULES: tuple[str, ...] = ("adam", "sign")
-
-
-def parse_fraction(value: float | str) -> float:
-    """A number or a fraction such as "8/255" → float."""
-    if isinstance(value, str) and "/" in value:
-        numerator, denominator = value.split("/", 1)
-        try:
-            return float(numerator) / float(denominator)
-        except (ValueError, ZeroDivisionError):
-            raise InvalidInputError(f"cannot read {value!r} as a number or a fraction like 8/255") from None
-    try:
-        return float(value)
-    except ValueError:
-        raise InvalidInputError(f"cannot read {value!r} as a number or a fraction like 8/255") from None
 
 
 @dataclass(frozen=True)
@@ -61,6 +48,8 @@ class PGAConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eps", parse_fraction(self.eps))
+        if self.step_size is not None:
+            object.__setattr__(self, "step_size", parse_fraction(self.step_size))
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if self.norm not in NORMS:
             raise InvalidInputError(f"unknown norm {self.norm!r}; expected one of {', '.join(NORMS)}")

@@ -7,7 +7,8 @@ import torch
 from ue_core.checks import check_release
 from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError, ReleaseCheckError
-from ue_core.pga import PGAConfig, PixelState, ascent_step, parse_fraction, project, quantise_release
+from ue_core.config import parse_fraction
+from ue_core.pga import PGAConfig, PixelState, ascent_step, project, quantise_release
 
 
 def random_images(n=6, c=3, h=8, w=8, seed=0):

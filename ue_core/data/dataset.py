@@ -114,3 +114,21 @@ def images_to_uint8(x: torch.Tensor) -> np.ndarray:
     """float (N, C, H, W) in [0, 1] → uint8 (N, H, W, C), rounding to the nearest level."""
     q = torch.round(x.detach().clamp(0, 1) * 255.0).to(torch.uint8)
     return q.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def balanced_subset(dataset: ImageDataset, size: int, seed: int = 0) -> ImageDataset:
+    """A seeded random subset of ``size`` rows with the classes as equally represented as possible.
+
+    Rows are drawn class by class (floor(size / C) each, the remainder from the first classes that
+    have rows left); the result keeps the source's indices, sorted by index.
+    """
+    if not 0 < size <= len(dataset):
+        raise InvalidInputError(f"{dataset.name}: subset size must be in [1, {len(dataset)}], got {size}")
+    rng = np.random.default_rng(seed)
+    by_class = [rng.permutation(np.flatnonzero(dataset.labels == c)) for c in range(dataset.num_classes)]
+    quota = np.array([min(len(rows), size // dataset.num_classes) for rows in by_class])
+    for c in np.argsort(-np.array([len(rows) for rows in by_class]), kind="stable"):
+        extra = min(size - quota.sum(), len(by_class[c]) - quota[c])
+        quota[c] += max(0, extra)
+    chosen = np.concatenate([rows[:q] for rows, q in zip(by_class, quota)])
+    return dataset.subset(chosen).sorted_by_index()

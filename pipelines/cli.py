@@ -1,0 +1,99 @@
+"""The `ue` command.
+
+    ue fetch fashion-mnist --root data            # the real Fashion-MNIST, offline (Debian package)
+    ue protect --preset fashion-mnist --source data --out outputs/fmnist-beo
+    ue verify outputs/fmnist-beo                  # re-check a release against its manifest
+    ue presets                                    # list the shipped presets
+
+Errors the user can act on print one line, ``error: …``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ue_core.errors import UEError
+
+
+def _add_protect(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("protect", help="protect a dataset with BEO and publish the release")
+    parser.add_argument("--source", required=True, help="dataset folder or URI (any supported layout)")
+    parser.add_argument("--out", required=True, help="release folder or URI (must not exist)")
+    parser.add_argument("--preset", help="a shipped preset (see `ue presets`)")
+    parser.add_argument("--config", help="a YAML config file, merged over the preset")
+    parser.add_argument("--eps", help="L-inf budget, e.g. 8/255 (beo.pga.eps)")
+    parser.add_argument("--rounds", type=int, help="surrogate rounds (beo.rounds)")
+    parser.add_argument("--subset", type=int, help="protect a class-balanced subset of this size (data.subset)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set beo.surrogate.epochs=5 (repeatable)")
+    parser.add_argument("--engine", choices=["reference"], default="reference",
+                        help="reference: ue_core's one-process BEO")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing release at --out")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _protect(args: argparse.Namespace) -> int:
+    from pipelines.config import load_protect_config, parse_override
+    from pipelines.protect import protect_reference
+
+    overrides = dict(parse_override(text) for text in args.set)
+    for key, value in (("beo.pga.eps", args.eps), ("beo.rounds", args.rounds), ("data.subset", args.subset)):
+        if value is not None:
+            overrides[key] = value
+    config = load_protect_config(args.preset, args.config, overrides)
+    summary = protect_reference(args.source, args.out, config, args.overwrite, progress=not args.no_progress)
+    print(summary.line())
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from ue_core.data import fetch_fashion_mnist
+
+    print(fetch_fashion_mnist(args.root))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ue_core.release import verify_release
+
+    manifest = verify_release(args.uri)
+    print(f"release {args.uri} verified: {manifest['count']} images, {len(manifest['files'])} files match")
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from pipelines.config import preset_names
+
+    print("\n".join(preset_names()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ue", description="Unlearnable examples by Bayes-error optimisation.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_protect(commands)
+    fetch = commands.add_parser("fetch", help="make a dataset available offline")
+    fetch.add_argument("dataset", choices=["fashion-mnist"])
+    fetch.add_argument("--root", default="data", help="folder to hold it (default: data)")
+    verify = commands.add_parser("verify", help="check a release's files against its manifest")
+    verify.add_argument("uri")
+    commands.add_parser("presets", help="list the shipped presets")
+    return parser
+
+
+HANDLERS = {"protect": _protect, "fetch": _fetch, "verify": _verify, "presets": _presets}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return HANDLERS[args.command](args)
+    except UEError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

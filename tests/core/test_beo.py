@@ -1,0 +1,104 @@
+"""BEO end to end in one process, on a real Fashion-MNIST subset."""
+
+import numpy as np
+import pytest
+import torch
+
+from ue_core.checks import check_release
+from ue_core.data import read_dataset
+from ue_core.data.dataset import balanced_subset
+from ue_core.errors import InvalidInputError
+from ue_core.methods.beo import BEO, BEOConfig, EstimatorConfig, SurrogateConfig, measure_bayes_error
+from ue_core.methods.random_noise import RandomNoise
+from ue_core.pga import PGAConfig
+
+
+@pytest.fixture(scope="module")
+def fashion_subset(fashion_mnist_root):
+    return balanced_subset(read_dataset(str(fashion_mnist_root), split="train"), 500, seed=0)
+
+
+def tiny_config(**overrides) -> BEOConfig:
+    settings = dict(
+        rounds=3,
+        pga=PGAConfig(eps=16 / 255, update="sign", step_size=4 / 255),
+        surrogate=SurrogateConfig(model="small_cnn", mode="retrain", epochs=4, lr=0.05, batch_size=64),
+        estimator=EstimatorConfig(kind="exact", sigma=0.3),
+        seed=0,
+    )
+    settings.update(overrides)
+    return BEOConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def beo_result(fashion_subset):
+    return BEO(tiny_config()).protect(fashion_subset)
+
+
+def test_release_passes_every_invariant(fashion_subset, beo_result):
+    release = beo_result.release
+    check_release(fashion_subset, release, PGAConfig(eps=16 / 255))
+    assert release.images.dtype == np.uint8 and release.image_shape == (28, 28, 1)
+    np.testing.assert_array_equal(release.index, fashion_subset.index)
+    np.testing.assert_array_equal(release.labels, fashion_subset.labels)
+    changed = np.abs(release.images.astype(int) - fashion_subset.images.astype(int))
+    assert changed.max() == 12 and (changed > 0).mean() > 0.3  # three sign steps of 4/255 were taken
+
+
+def test_bayes_error_rises_in_the_final_surrogate_space(beo_result):
+    summary = beo_result.summary
+    assert summary["bayes_error_release"] > summary["bayes_error_clean"] + 0.05, summary
+
+
+def test_history_has_one_record_per_step(beo_result):
+    history = beo_result.history
+    assert [h["round"] for h in history] == [0, 1, 2]
+    assert all(0 <= h["bayes_error"] <= 1 for h in history)
+    assert all(h["delta_max_abs"] <= 16 / 255 + 1e-6 for h in history)
+    assert history[-1]["delta_max_abs"] == pytest.approx(12 / 255, abs=1e-6)  # three sign steps of 4/255
+
+
+def test_beo_beats_random_noise_in_a_fixed_feature_space(fashion_subset, beo_result):
+    """β̂ in the final surrogate's space: random noise of the same budget barely moves it."""
+    noise = RandomNoise(PGAConfig(eps=16 / 255), seed=0).protect(fashion_subset)
+    images, labels = noise.release.tensors()
+    noisy = measure_bayes_error(beo_result.surrogate, images, labels, 10, EstimatorConfig())
+    assert beo_result.summary["bayes_error_release"] > noisy + 0.05
+    assert abs(noisy - beo_result.summary["bayes_error_clean"]) < 0.05
+
+
+def test_same_seed_same_release(fashion_subset):
+    small = balanced_subset(fashion_subset, 100, seed=1)
+    config = tiny_config(rounds=2, surrogate=SurrogateConfig(model="small_cnn", epochs=1, batch_size=50))
+    first = BEO(config).protect(small).release.images
+    second = BEO(config).protect(small).release.images
+    np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("mode", ["finetune", "fixed"])
+def test_surrogate_modes_train_as_documented(fashion_subset, mode):
+    small = balanced_subset(fashion_subset, 100, seed=2)
+    surrogate = SurrogateConfig(model="small_cnn", mode=mode, epochs=1, batch_size=50)
+    config = tiny_config(rounds=2, surrogate=surrogate, pga=PGAConfig(eps=8 / 255, update="adam", lr=2e-3))
+    result = BEO(config).protect(small)
+    check_release(small, result.release, config.pga)
+    assert len(result.history) == 2
+
+
+@pytest.mark.parametrize("kind", ["batch", "reference"])
+def test_cheap_estimators_run_the_same_loop(fashion_subset, kind):
+    small = balanced_subset(fashion_subset, 120, seed=3)
+    estimator = EstimatorConfig(kind=kind, batch_size=40, reference_size=50)
+    config = tiny_config(rounds=1, estimator=estimator, surrogate=SurrogateConfig(model="small_cnn", epochs=1))
+    result = BEO(config).protect(small)
+    check_release(small, result.release, config.pga)
+    assert 0 < result.history[0]["bayes_error"] < 1
+
+
+def test_bad_configs_are_rejected():
+    with pytest.raises(InvalidInputError, match="surrogate mode"):
+        SurrogateConfig(mode="sometimes")
+    with pytest.raises(InvalidInputError, match="estimator"):
+        EstimatorConfig(kind="magic")
+    with pytest.raises(InvalidInputError, match="rounds"):
+        BEOConfig(rounds=0)

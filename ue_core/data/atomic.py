@@ -1,0 +1,85 @@
+"""Writers publish a directory all at once: they write into a hidden staging sibling, which replaces the
+target only when every file is written. A failed write removes the staging directory, so no partial output
+is ever visible under the target name.
+
+On a local disk the final step is a single ``rename`` (atomic). On other fsspec filesystems (``s3://``,
+``memory://``) it is ``fs.mv``, which is a copy-then-delete: the target appears only after every file was
+written, but it is not filled in one step.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+from ue_core.data.fsutil import filesystem
+from ue_core.errors import InvalidInputError
+
+
+def check_output_free(fs: AbstractFileSystem, path: str, uri: str, overwrite: bool) -> None:
+    """Refuse an existing file or non-empty directory at ``path`` unless ``overwrite``."""
+    if overwrite or not fs.exists(path):
+        return
+    if not fs.isdir(path) or fs.ls(path, detail=False):
+        raise InvalidInputError(
+            f"output already exists and is not empty: {uri} (replace it with --overwrite, or overwrite=True)"
+        )
+
+
+@contextmanager
+def staged_directory(
+    uri: str | os.PathLike, overwrite: bool = False
+) -> Iterator[tuple[AbstractFileSystem, str]]:
+    """Yield ``(fs, staging_path)``; write every output file under ``staging_path``.
+
+    On normal exit the staging directory replaces ``uri`` (an existing output is removed only then, and
+    only if ``overwrite``); on an exception it is deleted and ``uri`` is left as it was.
+    """
+    uri = os.fspath(uri)
+    fs, path = filesystem(uri)
+    check_output_free(fs, path, uri, overwrite)
+    if "/" not in path:
+        raise InvalidInputError(f"cannot write directly at the root of a filesystem or bucket: {uri}")
+    parent, name = path.rsplit("/", 1)
+    staging = f"{parent}/.{name}.partial-{uuid.uuid4().hex[:12]}"
+    fs.makedirs(staging, exist_ok=False)
+    try:
+        yield fs, staging
+    except BaseException:
+        _remove_quietly(fs, staging)
+        raise
+    _publish(fs, staging, path)
+
+
+def _publish(fs: AbstractFileSystem, staging: str, path: str) -> None:
+    """Move ``staging`` to ``path``, replacing whatever is there."""
+    if isinstance(fs, LocalFileSystem):
+        if os.path.lexists(path):
+            old = f"{staging}.old"
+            os.rename(path, old)
+            os.rename(staging, path)
+            if os.path.isdir(old):
+                shutil.rmtree(old)
+            else:
+                os.remove(old)
+        else:
+            os.rename(staging, path)
+        return
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    fs.mv(staging, path, recursive=True)
+
+
+def _remove_quietly(fs: AbstractFileSystem, path: str) -> None:
+    """Best-effort removal of a staging directory (the original error matters more than this one)."""
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except OSError:
+        pass

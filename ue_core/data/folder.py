@@ -1,0 +1,169 @@
+"""Image folders: class-per-directory sets, and the "PNG folder with labels.csv" release format.
+
+Class folder: ``ROOT/<class>/*.{png,jpg,jpeg,bmp}``; classes are the sorted directory names (hidden ones
+skipped), rows are in (class, file name) order with ``index`` 0..N-1.
+
+PNG folder: ``ROOT/images/<index>.png``, ``ROOT/labels.csv`` with the columns ``filename,index,label``
+(file names relative to ROOT) and ``ROOT/dataset.json`` with the name, class count and class names (the
+reader falls back to max(label) + 1 numbered classes without it). This is the layout other
+unlearnable-example benchmarks read.
+
+All images of a set must share one size. A set whose images are all grayscale gets C = 1, any other set is
+converted to RGB (C = 3).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+from fsspec import AbstractFileSystem
+
+from ue_core.data.atomic import staged_directory
+from ue_core.data.dataset import ImageDataset
+from ue_core.data.fsutil import filesystem, first_line, join, read_bytes
+from ue_core.data.images import decode_image_files, encode_png, is_image_file
+from ue_core.errors import DatasetFormatError, InvalidInputError
+
+LABELS_CSV = "labels.csv"
+DATASET_JSON = "dataset.json"
+IMAGES_DIR = "images"
+CSV_COLUMNS = ("filename", "index", "label")
+
+
+def _basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _class_dirs(fs: AbstractFileSystem, path: str) -> list[str]:
+    """Sorted non-hidden subdirectories of ``path``."""
+    entries = fs.ls(path, detail=True)
+    dirs = [
+        e["name"] for e in entries if e["type"] == "directory" and not _basename(e["name"]).startswith(".")
+    ]
+    return sorted(dirs, key=_basename)
+
+
+def _image_files(fs: AbstractFileSystem, directory: str) -> list[str]:
+    """Sorted image files directly inside ``directory``."""
+    return sorted(p for p in fs.ls(directory, detail=False) if is_image_file(p) and fs.isfile(p))
+
+
+def is_class_folder(fs: AbstractFileSystem, path: str) -> bool:
+    """True if some subdirectory of ``path`` directly holds an image file."""
+    return fs.isdir(path) and any(_image_files(fs, d) for d in _class_dirs(fs, path))
+
+
+def read_class_folder(source: str | os.PathLike) -> ImageDataset:
+    """Read ``source/<class>/*`` images: uint8 (N, H, W, C), labels by sorted class name, index 0..N-1."""
+    source = os.fspath(source)
+    fs, root = filesystem(source)
+    class_dirs = _class_dirs(fs, root) if fs.isdir(root) else []
+    files = [_image_files(fs, d) for d in class_dirs]
+    if not any(files):
+        raise DatasetFormatError(f"no <class>/<image> files found at {source}")
+    paths = [p for class_files in files for p in class_files]
+    labels = np.concatenate([np.full(len(f), label, dtype=np.int64) for label, f in enumerate(files)])
+    return ImageDataset(
+        images=decode_image_files(fs, paths),
+        labels=labels,
+        num_classes=len(class_dirs),
+        class_names=tuple(_basename(d) for d in class_dirs),
+        name=_basename(root),
+    )
+
+
+def is_png_folder(fs: AbstractFileSystem, path: str) -> bool:
+    """True if ``path`` holds ``labels.csv``."""
+    return fs.isfile(join(path, LABELS_CSV))
+
+
+def write_png_folder(dataset: ImageDataset, root: str | os.PathLike, overwrite: bool = False) -> str:
+    """Write ``root/images/<index>.png`` (grayscale if C = 1, RGB if C = 3), ``labels.csv`` and
+    ``dataset.json``, rows in index order. Returns ``root``."""
+    root = os.fspath(root)
+    if dataset.image_shape[2] not in (1, 3):
+        raise InvalidInputError(f"{dataset.name}: PNG images need 1 or 3 channels, got {dataset.image_shape}")
+    ordered = dataset.sorted_by_index()
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    with staged_directory(root, overwrite) as (fs, staging):
+        fs.makedirs(join(staging, IMAGES_DIR), exist_ok=True)
+        for image, index, label in zip(ordered.images, ordered.index, ordered.labels):
+            file_name = f"{IMAGES_DIR}/{index}.png"
+            with fs.open(join(staging, file_name), "wb") as f:
+                f.write(encode_png(image))
+            writer.writerow((file_name, int(index), int(label)))
+        with fs.open(join(staging, LABELS_CSV), "w") as f:
+            f.write(table.getvalue())
+        description = {
+            "name": dataset.name,
+            "num_classes": dataset.num_classes,
+            "class_names": dataset.class_names,
+        }
+        with fs.open(join(staging, DATASET_JSON), "w") as f:
+            json.dump(description, f, indent=1)
+    return root
+
+
+def read_png_folder(source: str | os.PathLike) -> ImageDataset:
+    """Read a PNG folder written by :func:`write_png_folder` (or any folder with such a labels.csv).
+
+    Returns rows in labels.csv order with the index and label it gives; images uint8 (N, H, W, C).
+    """
+    source = os.fspath(source)
+    fs, root = filesystem(source)
+    csv_path = join(root, LABELS_CSV)
+    file_names, index, labels = _read_labels_csv(fs, csv_path)
+    name, num_classes, class_names = _read_description(fs, root, labels)
+    images = decode_image_files(fs, [join(root, f) for f in file_names])
+    try:
+        return ImageDataset(
+            images=images,
+            labels=labels,
+            index=index,
+            num_classes=num_classes,
+            class_names=class_names,
+            name=name,
+        )
+    except InvalidInputError as error:
+        raise DatasetFormatError(f"{csv_path}: {error}") from error
+
+
+def _read_labels_csv(fs: AbstractFileSystem, path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """File names, int64 indices and int64 labels from labels.csv."""
+    reader = csv.DictReader(io.StringIO(read_bytes(fs, path).decode("utf-8", "replace")))
+    if reader.fieldnames is None or not set(CSV_COLUMNS) <= set(reader.fieldnames):
+        raise DatasetFormatError(f"labels.csv needs the columns {','.join(CSV_COLUMNS)}: {path}")
+    file_names, index, labels = [], [], []
+    for line_number, row in enumerate(reader, start=2):
+        try:
+            index.append(int(row["index"]))
+            labels.append(int(row["label"]))
+        except (TypeError, ValueError):
+            raise DatasetFormatError(
+                f"line {line_number}: index and label must be integers: {path}"
+            ) from None
+        file_names.append(row["filename"])
+    if not file_names:
+        raise DatasetFormatError(f"labels.csv lists no images: {path}")
+    return file_names, np.array(index, dtype=np.int64), np.array(labels, dtype=np.int64)
+
+
+def _read_description(
+    fs: AbstractFileSystem, root: str, labels: np.ndarray
+) -> tuple[str, int, tuple[str, ...]]:
+    """(name, num_classes, class_names) from dataset.json, or defaults derived from the labels."""
+    path = join(root, DATASET_JSON)
+    if not fs.isfile(path):
+        num_classes = int(labels.max()) + 1
+        return _basename(root), num_classes, tuple(str(c) for c in range(num_classes))
+    try:
+        description = json.loads(read_bytes(fs, path))
+        return str(description["name"]), int(description["num_classes"]), tuple(description["class_names"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise DatasetFormatError(f"invalid {DATASET_JSON} ({first_line(error)}): {path}") from error

@@ -1,0 +1,36 @@
+"""Small helpers shared by the readers and writers: URIs to filesystems, and one-line error text."""
+
+from __future__ import annotations
+
+import os
+
+from fsspec import AbstractFileSystem
+from fsspec.core import url_to_fs
+
+from ue_core.errors import DatasetFormatError
+
+
+def filesystem(uri: str | os.PathLike) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem and the path in it for a URI (``s3://…``, ``memory://…``) or a local path."""
+    fs, path = url_to_fs(os.fspath(uri))
+    return fs, path.rstrip("/") or "/"
+
+
+def join(directory: str, name: str) -> str:
+    """``directory/name`` for fsspec paths and URIs (always with "/")."""
+    return f"{directory.rstrip('/')}/{name}"
+
+
+def read_bytes(fs: AbstractFileSystem, path: str) -> bytes:
+    """The whole content of a file; a missing or unreadable file is a DatasetFormatError naming it."""
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise DatasetFormatError(f"cannot read {path}: {first_line(error)}") from error
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (messages reach the user as one line)."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,58 @@
+"""The interface BEO and its baselines share (one file per method, torchattacks-style).
+
+A method turns a clean :class:`ImageDataset` into a perturbation δ; the base class quantises it into the
+uint8 release and checks every invariant before anything is returned, so no method can publish a release
+that breaks the budget, the labels or the index set.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+
+from ue_core.checks import check_release
+from ue_core.data.dataset import ImageDataset
+from ue_core.pga import PGAConfig, quantise_release
+
+
+@dataclass
+class ProtectionResult:
+    """What a method produces.
+
+    Attributes:
+        release: the protected dataset: uint8 pixels, the source's indices and labels.
+        delta: the continuous perturbation before quantisation, float32 (N, C, H, W), rows in the
+            source's row order.
+        history: one dict of metrics per optimisation step (empty for one-shot methods).
+        summary: headline numbers (e.g. β̂ of the clean data and of the release).
+        surrogate: the final surrogate model, for methods that train one.
+    """
+
+    release: ImageDataset
+    delta: torch.Tensor
+    history: list[dict[str, float]] = field(default_factory=list)
+    summary: dict[str, float] = field(default_factory=dict)
+    surrogate: torch.nn.Module | None = None
+
+
+class ProtectionMethod(ABC):
+    """Base class: subclasses implement :meth:`perturb`; :meth:`protect` releases and verifies."""
+
+    name: str = "method"
+
+    def __init__(self, pga: PGAConfig) -> None:
+        self.pga = pga
+
+    @abstractmethod
+    def perturb(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
+        """Compute δ for every image; the returned result's ``release`` is filled in by :meth:`protect`."""
+
+    def protect(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
+        """δ → quantised uint8 release → invariants checked → result."""
+        result = self.perturb(dataset, progress)
+        images = quantise_release(dataset.images, result.delta, self.pga, dataset.index)
+        result.release = dataset.with_images(images)
+        check_release(dataset, result.release, self.pga)
+        return result

@@ -1,0 +1,271 @@
+"""BEO: unlearnable examples by Bayes-error optimisation — the one-process reference.
+
+Paper: "Towards Provably Unlearnable Examples via Bayes Error Optimisation", Zhang, Sun, Lim, Zhang,
+AAAI 2026 (arXiv 2511.08191). METHOD.md §2–3 is the specification this file follows.
+
+    δ ← 0
+    for each round: φ ← surrogate trained on clip(x + δ) ("retrain" | "finetune" | "fixed")
+        for each step: z = φ(x + δ) / s;  β̂, ∂β̂/∂z (exact two-pass kernel estimator, or "batch" /
+                       "reference");  g = J_φᵀ (∂β̂/∂z / s);  δ ← project(δ + update(g))
+    release: round(255 (x + δ)) re-projected in integers, checked, uint8
+
+Shapes: images (N, C, H, W) float in [0, 1]; δ and the Adam state the same; features (N, D).
+Defaults are the authors' (ResNet-18 surrogate, 30 epochs, no augmentation; AdamW lr 1e-3; ε = 8/255;
+σ = 0.3) apart from the number of rounds, which is small here: paper-scale runs set ~100–190.
+
+This file is the ground truth that the distributed pipeline must match on small data, so each step is a
+function the pipeline calls too: :func:`train_surrogate`, :func:`pixel_gradient`, :func:`measure_bayes_error`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from ue_core import bayes_error
+from ue_core.data.dataset import ImageDataset
+from ue_core.errors import InvalidInputError
+from ue_core.methods.base import ProtectionMethod, ProtectionResult
+from ue_core.models import Classifier, build_model
+from ue_core.pga import PGAConfig, PixelState, ascent_step
+from ue_core.training import compute_features, evaluate, feature_vjp, fit, recipe
+
+SurrogateMode = Literal["retrain", "finetune", "fixed"]
+SURROGATE_MODES: tuple[str, ...] = ("retrain", "finetune", "fixed")
+
+
+@dataclass(frozen=True)
+class SurrogateConfig:
+    """How the surrogate φ is trained each round.
+
+    Attributes:
+        model: a name from ue_core.models.MODEL_NAMES.
+        mode: "retrain" (fresh init, ``epochs`` every round), "finetune" (``epochs`` in the first round,
+            then ``finetune_epochs`` from the previous round's weights), "fixed" (trained once on the
+            clean data, never again).
+        epochs, finetune_epochs: training epochs.
+        recipe: "plain" (no augmentation, the authors' generation recipe) or "standard".
+        lr, batch_size: SGD learning rate and batch size.
+    """
+
+    model: str = "resnet18"
+    mode: SurrogateMode = "retrain"
+    epochs: int = 30
+    finetune_epochs: int = 1
+    recipe: str = "plain"
+    lr: float = 0.1
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.mode not in SURROGATE_MODES:
+            raise InvalidInputError(
+                f"unknown surrogate mode {self.mode!r}; expected one of {', '.join(SURROGATE_MODES)}"
+            )
+        if self.epochs < 1 or self.finetune_epochs < 1:
+            raise InvalidInputError(f"surrogate epochs must be >= 1, got {self.epochs} and {self.finetune_epochs}")
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """The Bayes-error estimator (ue_core.bayes_error.estimate).
+
+    Attributes:
+        kind: "exact", "batch" or "reference".
+        sigma: kernel bandwidth on features normalised to max |z| = 1.
+        batch_size: mini-batch size of the "batch" estimator.
+        reference_size: partners of the "reference" estimator (a subset fixed for the whole run).
+        memory_budget_mb: temporaries allowed per kernel block.
+    """
+
+    kind: bayes_error.Estimator = "exact"
+    sigma: float = 0.3
+    batch_size: int = 1024
+    reference_size: int = 2048
+    memory_budget_mb: int = 512
+
+    def __post_init__(self) -> None:
+        if self.kind not in bayes_error.ESTIMATORS:
+            raise InvalidInputError(
+                f"unknown estimator {self.kind!r}; expected one of {', '.join(bayes_error.ESTIMATORS)}"
+            )
+        if not self.sigma > 0:
+            raise InvalidInputError(f"estimator sigma must be > 0, got {self.sigma}")
+
+
+@dataclass(frozen=True)
+class BEOConfig:
+    """Everything a BEO run depends on.
+
+    Attributes:
+        rounds: surrogate re-trainings (R); steps_per_round: ascent steps per round (T, authors: 1).
+        pga: budget and update rule; surrogate, estimator: see their classes.
+        batch_size: images per forward/backward pass when computing features and pixel gradients.
+        seed: seeds the surrogate's initialisation and data order and the estimator's sampling.
+    """
+
+    rounds: int = 10
+    steps_per_round: int = 1
+    pga: PGAConfig = field(default_factory=PGAConfig)
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.steps_per_round < 1:
+            raise InvalidInputError(f"rounds and steps_per_round must be >= 1, got {self.rounds}, {self.steps_per_round}")
+
+
+def train_surrogate(
+    previous: Classifier | None,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    config: SurrogateConfig,
+    seed: int,
+) -> tuple[Classifier, bool]:
+    """The surrogate for this round; returns (model, whether it was trained now).
+
+    Args:
+        previous: last round's surrogate, or None in the first round.
+        images: what to train on, float (N, C, H, W) in [0, 1]: the current protected images, or the
+            clean ones for mode "fixed".
+        labels: int64 (N,).
+        seed: seeds the initialisation and the data order of this round's training.
+    """
+    if previous is not None and config.mode == "fixed":
+        return previous, False
+    if previous is not None and config.mode == "finetune":
+        model, epochs = copy.deepcopy(previous), config.finetune_epochs
+    else:
+        torch.manual_seed(seed)
+        model = build_model(config.model, num_classes, in_channels=images.shape[1], image_size=images.shape[-1])
+        epochs = config.epochs
+    training = recipe(config.recipe, epochs=epochs, lr=config.lr, batch_size=config.batch_size)
+    fit(model, images, labels, training, seed=seed)
+    return model, True
+
+
+def pixel_gradient(
+    model: Classifier, images: torch.Tensor, feature_gradient: torch.Tensor, scale: float, batch_size: int
+) -> torch.Tensor:
+    """∂β̂/∂x = J_φ(x)ᵀ (∂β̂/∂z / s) for images (N, C, H, W) and ∂β̂/∂z (N, D); shape (N, C, H, W)."""
+    return feature_vjp(model, images, feature_gradient / scale, batch_size=batch_size)
+
+
+def measure_bayes_error(
+    model: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    config: EstimatorConfig,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> float:
+    """β̂ of ``images`` (N, C, H, W) in ``model``'s normalised penultimate feature space."""
+    features, _ = bayes_error.normalise_features(compute_features(model, images, batch_size=batch_size))
+    return float(_estimate(features, labels, num_classes, config, seed, with_gradient=False).value)
+
+
+def _estimate(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    config: EstimatorConfig,
+    seed: int,
+    with_gradient: bool,
+    generator: torch.Generator | None = None,
+) -> bayes_error.Estimate:
+    if config.kind == "reference":  # the same partners every time: a fixed subset for the whole run
+        generator = torch.Generator().manual_seed(seed)
+    return bayes_error.estimate(
+        features,
+        labels,
+        num_classes,
+        sigma=config.sigma,
+        estimator=config.kind,
+        with_gradient=with_gradient,
+        batch_size=config.batch_size,
+        reference_size=config.reference_size,
+        generator=generator,
+        memory_budget=config.memory_budget_mb * 2**20,
+    )
+
+
+class BEO(ProtectionMethod):
+    """Bayes-error optimisation (the one-process reference). See the module docstring."""
+
+    name = "beo"
+
+    def __init__(self, config: BEOConfig, test_set: ImageDataset | None = None) -> None:
+        """``test_set``, when given, is used only to report the surrogate's test accuracy per round."""
+        super().__init__(config.pga)
+        self.config = config
+        self.test_set = test_set
+
+    def perturb(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
+        config = self.config
+        images, labels = dataset.tensors()
+        state = PixelState.zeros(tuple(images.shape))
+        estimator_generator = torch.Generator().manual_seed(config.seed)
+        surrogate: Classifier | None = None
+        history: list[dict[str, float]] = []
+        rounds = tqdm(range(config.rounds), desc="BEO rounds", disable=not progress)
+        for round_index in rounds:
+            started = time.perf_counter()
+            protected = images + state.delta
+            training_images = images if config.surrogate.mode == "fixed" else protected
+            surrogate, _ = train_surrogate(
+                surrogate, training_images, labels, dataset.num_classes, config.surrogate,
+                seed=config.seed * 100_003 + round_index,
+            )
+            round_metrics = {
+                "round": round_index,
+                "seconds_surrogate": time.perf_counter() - started,
+                "surrogate_train_accuracy": evaluate(surrogate, training_images, labels, config.batch_size),
+                **self._test_accuracy(surrogate),
+            }
+            for step in range(config.steps_per_round):
+                step_started = time.perf_counter()
+                protected = images + state.delta
+                raw = compute_features(surrogate, protected, batch_size=config.batch_size)
+                features, scale = bayes_error.normalise_features(raw)
+                result = _estimate(
+                    features, labels, dataset.num_classes, config.estimator, config.seed,
+                    with_gradient=True, generator=estimator_generator,
+                )
+                gradient = pixel_gradient(surrogate, protected, result.gradient, scale, config.batch_size)
+                state = ascent_step(state, gradient, images, config.pga)
+                history.append({
+                    **round_metrics,
+                    "step": step,
+                    "bayes_error": float(result.value),
+                    "delta_mean_abs": float(state.delta.abs().mean()),
+                    "delta_max_abs": float(state.delta.abs().max()),
+                    "seconds_ascent": time.perf_counter() - step_started,
+                })
+            rounds.set_postfix(bayes_error=f"{history[-1]['bayes_error']:.4f}")
+        return ProtectionResult(release=dataset, delta=state.delta, history=history, surrogate=surrogate)
+
+    def _test_accuracy(self, surrogate: Classifier) -> dict[str, float]:
+        if self.test_set is None:
+            return {}
+        images, labels = self.test_set.tensors()
+        return {"surrogate_test_accuracy": evaluate(surrogate, images, labels, batch_size=self.config.batch_size)}
+
+    def protect(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
+        """Release as the base class does, then measure β̂ of the clean data and of the uint8 release in
+        the final surrogate's feature space (summary keys bayes_error_clean, bayes_error_release)."""
+        result = super().protect(dataset, progress)
+        estimator, batch_size, seed = self.config.estimator, self.config.batch_size, self.config.seed
+        for name, data in (("clean", dataset), ("release", result.release)):
+            images, labels = data.tensors()
+            result.summary[f"bayes_error_{name}"] = measure_bayes_error(
+                result.surrogate, images, labels, data.num_classes, estimator, batch_size, seed
+            )
+        return result

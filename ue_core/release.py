@@ -1,0 +1,114 @@
+"""A published release: the protected images in one or more formats, and manifest.json written last.
+
+Layout of a release at URI (a local folder or any fsspec URI):
+
+    URI/parquet/part-00000.parquet …   the primary format (ue_core.data.shards)
+    URI/png/images/*.png, labels.csv   optional: what other unlearnable-example benchmarks read
+    URI/cifar/cifar-10-batches-py/ …   optional: the CIFAR python batches (32×32×3 only)
+    URI/manifest.json                  config, counts, ε, history, and the sha256 of every file above
+
+No manifest, no release: everything is written under a hidden staging folder, the manifest goes in last,
+and only then does the folder appear under its name (ue_core.data.atomic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from ue_core.data.atomic import check_output_free, staged_directory
+from ue_core.data.cifar import write_cifar_batches
+from ue_core.data.dataset import ImageDataset
+from ue_core.data.folder import write_png_folder
+from ue_core.data.fsutil import filesystem, join, read_bytes
+from ue_core.data.shards import read_shards, write_shards
+from ue_core.errors import InvalidInputError, ReleaseCheckError
+
+MANIFEST_NAME = "manifest.json"
+RELEASE_FORMATS: tuple[str, ...] = ("parquet", "png", "cifar")
+
+
+def write_release(
+    release: ImageDataset,
+    uri: str | os.PathLike,
+    manifest: dict[str, Any],
+    formats: tuple[str, ...] = ("parquet",),
+    test: ImageDataset | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write ``release`` at ``uri`` in ``formats`` with ``manifest`` (plus counts and checksums) last.
+
+    ``test`` is the clean test split, written beside the train batches in the CIFAR format (torchvision's
+    loaders expect both). Returns the manifest as written.
+    """
+    unknown = sorted(set(formats) - set(RELEASE_FORMATS))
+    if unknown or "parquet" not in formats:
+        raise InvalidInputError(
+            f"release formats must include parquet and be among {', '.join(RELEASE_FORMATS)}, got {', '.join(formats)}"
+        )
+    uri = os.fspath(uri)
+    with staged_directory(uri, overwrite) as (fs, staging):
+        root = fs.unstrip_protocol(staging)
+        write_shards(release, join(root, "parquet"))
+        if "png" in formats:
+            write_png_folder(release, join(root, "png"))
+        if "cifar" in formats:
+            variant = "cifar100" if release.num_classes == 100 else "cifar10"
+            write_cifar_batches(release, join(root, "cifar"), test=test, variant=variant)
+        files = {
+            path[len(staging) + 1 :]: hashlib.sha256(read_bytes(fs, path)).hexdigest()
+            for path in sorted(fs.find(staging))
+        }
+        written = {
+            **manifest,
+            "formats": list(formats),
+            "count": len(release),
+            "num_classes": release.num_classes,
+            "image_shape": list(release.image_shape),
+            "files": files,
+        }
+        with fs.open(join(staging, MANIFEST_NAME), "w") as f:
+            json.dump(written, f, indent=2, sort_keys=True)
+    return written
+
+
+def check_release_target(uri: str | os.PathLike, overwrite: bool = False) -> None:
+    """Fail early, before any work, when ``uri`` already holds something and ``overwrite`` is off."""
+    fs, path = filesystem(os.fspath(uri))
+    check_output_free(fs, path, os.fspath(uri), overwrite)
+
+
+def read_manifest(uri: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of the release at ``uri``; a folder without one is not a release."""
+    uri = os.fspath(uri)
+    fs, path = filesystem(uri)
+    manifest_path = join(path, MANIFEST_NAME)
+    if not fs.exists(manifest_path):
+        raise ReleaseCheckError(f"no {MANIFEST_NAME} at {uri}: not a published release")
+    try:
+        return json.loads(read_bytes(fs, manifest_path))
+    except json.JSONDecodeError as error:
+        raise ReleaseCheckError(f"{uri}/{MANIFEST_NAME} is not valid JSON: {error}") from None
+
+
+def verify_release(uri: str | os.PathLike) -> dict[str, Any]:
+    """Re-read every file listed in the manifest and compare its sha256; returns the manifest."""
+    uri = os.fspath(uri)
+    manifest = read_manifest(uri)
+    fs, path = filesystem(uri)
+    for name, expected in manifest["files"].items():
+        file_path = join(path, name)
+        if not fs.exists(file_path):
+            raise ReleaseCheckError(f"release {uri} is missing {name}, listed in its manifest")
+        if hashlib.sha256(read_bytes(fs, file_path)).hexdigest() != expected:
+            raise ReleaseCheckError(f"release {uri}: {name} does not match its sha256 in the manifest")
+    return manifest
+
+
+def read_release(uri: str | os.PathLike) -> ImageDataset:
+    """The released images (from the Parquet shards) of a published release."""
+    uri = os.fspath(uri)
+    read_manifest(uri)
+    return read_shards(join(uri, "parquet"))
