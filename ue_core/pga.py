@@ -122,6 +122,10 @@ def ascent_step(state: PixelState, gradient: torch.Tensor, images: torch.Tensor,
         raise InvalidInputError(
             f"gradient {tuple(gradient.shape)} and images {tuple(images.shape)} must match δ {tuple(state.delta.shape)}"
         )
+    _check_finite_rows("images", images, InvalidInputError)
+    if images.min() < 0 or images.max() > 1:
+        raise InvalidInputError(f"images must be in [0, 1], got values in [{images.min():.4g}, {images.max():.4g}]")
+    _check_finite_rows("pixel gradient", gradient, ReleaseCheckError)
     delta = state.delta.clone()
     exp_avg, exp_avg_sq, steps = state.exp_avg, state.exp_avg_sq, state.steps + 1
     if config.update == "adam":
@@ -139,6 +143,12 @@ def ascent_step(state: PixelState, gradient: torch.Tensor, images: torch.Tensor,
         norms = _per_sample(gradient.flatten(1).norm(dim=1), delta).clamp_min(1e-12)
         delta.add_(gradient / norms, alpha=config.step_size)
     return PixelState(project(delta, images, config), exp_avg, exp_avg_sq, steps)
+
+
+def _check_finite_rows(name: str, values: torch.Tensor, error: type[Exception]) -> None:
+    bad = (~torch.isfinite(values.flatten(1)).all(1)).nonzero().squeeze(1)
+    if bad.numel():
+        raise error(f"{name} has NaN or Inf at {bad.numel()} rows, e.g. rows {bad[:10].tolist()}")
 
 
 def project(delta: torch.Tensor, images: torch.Tensor, config: PGAConfig) -> torch.Tensor:

@@ -159,3 +159,18 @@ def test_check_release_names_missing_and_relabelled_samples():
     moved = ImageDataset(release.images, release.labels, 3, index=release.index + 1)
     with pytest.raises(ReleaseCheckError, match=r"missing source samples at 1 samples: indices \[100\]"):
         check_release(clean, moved, PGAConfig())
+
+
+def test_nan_or_out_of_range_images_and_nan_gradients_are_rejected():
+    images, g = random_images(n=4)
+    state = PixelState.zeros(tuple(images.shape))
+    gradient = torch.randn(images.shape, generator=g)
+    bad = images.clone()
+    bad[1, 0, 0, 0] = float("nan")
+    with pytest.raises(InvalidInputError, match=r"images has NaN or Inf at 1 rows, e.g. rows \[1\]"):
+        ascent_step(state, gradient, bad, PGAConfig())
+    with pytest.raises(InvalidInputError, match=r"images must be in \[0, 1\]"):
+        ascent_step(state, gradient, images * 2, PGAConfig())
+    gradient[3, 1, 2, 2] = float("inf")
+    with pytest.raises(ReleaseCheckError, match=r"pixel gradient has NaN or Inf at 1 rows, e.g. rows \[3\]"):
+        ascent_step(state, gradient, images, PGAConfig())

@@ -31,7 +31,7 @@ from ue_core import bayes_error
 from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError
 from ue_core.methods.base import ProtectionMethod, ProtectionResult
-from ue_core.models import Classifier, build_model
+from ue_core.models import MODEL_NAMES, Classifier, build_model
 from ue_core.pga import PGAConfig, PixelState, ascent_step
 from ue_core.training import compute_features, evaluate, feature_vjp, fit, recipe
 
@@ -62,6 +62,8 @@ class SurrogateConfig:
     batch_size: int = 128
 
     def __post_init__(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise InvalidInputError(f"unknown surrogate model {self.model!r}; expected one of {', '.join(MODEL_NAMES)}")
         if self.mode not in SURROGATE_MODES:
             raise InvalidInputError(
                 f"unknown surrogate mode {self.mode!r}; expected one of {', '.join(SURROGATE_MODES)}"

@@ -1,0 +1,92 @@
+"""`ue` as a user runs it: a subprocess, real files, exit codes, one-line errors, nothing partial left."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ue_core.data import read_dataset
+from ue_core.release import read_manifest, read_release, verify_release
+
+TINY = ["--set", "data.subset=100", "--set", "data.test_subset=50", "--rounds", "1",
+        "--set", "beo.surrogate.epochs=1", "--no-progress"]
+
+
+def ue(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def release_dir(fashion_mnist_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("releases") / "fmnist"
+    result = ue("protect", "--preset", "fashion-mnist", "--source", str(fashion_mnist_root), "--out", str(out), *TINY)
+    assert result.returncode == 0, result.stderr
+    assert f"release at {out}" in result.stdout
+    return out
+
+
+def test_protect_publishes_a_verified_release(release_dir, fashion_mnist_root):
+    manifest = verify_release(release_dir)
+    assert manifest["count"] == 100 and manifest["eps"] == pytest.approx(8 / 255)
+    assert manifest["config"]["beo"]["rounds"] == 1
+    assert len(manifest["history"]) == 1 and "bayes_error" in manifest["history"][0]
+    release = read_release(release_dir)
+    source = read_dataset(str(fashion_mnist_root)).sorted_by_index()
+    originals = source.images[np.searchsorted(source.index, release.index)]
+    assert np.abs(release.images.astype(int) - originals).max() <= 8
+    np.testing.assert_array_equal(release.labels, source.labels[np.searchsorted(source.index, release.index)])
+    png = read_dataset(str(release_dir / "png"))  # the PNG copy holds the same pixels
+    np.testing.assert_array_equal(png.sorted_by_index().images, release.sorted_by_index().images)
+
+
+def test_verify_detects_a_modified_file(release_dir, tmp_path):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(release_dir), str(copy)], check=True)
+    shard = next((copy / "parquet").glob("*.parquet"))
+    shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
+    result = ue("verify", str(copy))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: release {copy}: parquet/{shard.name} does not match its sha256 in the manifest"
+
+
+def test_existing_output_is_refused_before_any_work(release_dir):
+    before = read_manifest(release_dir)
+    result = ue("protect", "--preset", "fashion-mnist", "--source", "unused", "--out", str(release_dir), *TINY)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and str(release_dir) in result.stderr and "--overwrite" in result.stderr
+    assert read_manifest(release_dir) == before
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--eps", "1.5"], "eps must be in (0, 1)"),
+        (["--eps", "0"], "eps must be in (0, 1)"),
+        (["--set", "beo.pga.nrom=l2"], "unknown key config.beo.pga.nrom"),
+        (["--set", "beo.surrogate.model=alexnet"], "alexnet"),
+        (["--preset", "cifar11"], "unknown preset 'cifar11'"),
+    ],
+)
+def test_bad_configs_fail_with_one_line_and_write_nothing(fashion_mnist_root, tmp_path, arguments, message):
+    out = tmp_path / "out"
+    result = ue("protect", "--preset", "fashion-mnist", "--source", str(fashion_mnist_root), "--out", str(out),
+                *TINY, *arguments)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert message in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_layout_and_missing_source(tmp_path):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("not a dataset")
+    for source, message in ((junk, "cannot recognise the dataset layout"), (tmp_path / "missing", "no such file")):
+        result = ue("protect", "--preset", "fashion-mnist", "--source", str(source), "--out", str(tmp_path / "o"), *TINY)
+        assert result.returncode == 2 and message in result.stderr and str(source) in result.stderr
+        assert result.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk"]
+    assert [p.name for p in junk.iterdir()] == ["notes.txt"]
