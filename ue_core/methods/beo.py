@@ -145,8 +145,9 @@ def train_surrogate(
     if previous is not None and config.mode == "finetune":
         model, epochs = copy.deepcopy(previous), config.finetune_epochs
     else:
-        torch.manual_seed(seed)
-        model = build_model(config.model, num_classes, in_channels=images.shape[1], image_size=images.shape[-1])
+        model = build_model(
+            config.model, num_classes, in_channels=images.shape[1], image_size=images.shape[-1], seed=seed
+        )
         epochs = config.epochs
     training = recipe(config.recipe, epochs=epochs, lr=config.lr, batch_size=config.batch_size)
     fit(model, images, labels, training, seed=seed)
