@@ -189,13 +189,16 @@ def block_stats(
         KernelStats of shape (B,).
     """
     _check_inputs(rows, bank, sigma, bank_labels)
-    one_hot = torch.nn.functional.one_hot(bank_labels, num_classes).to(bank.dtype)  # (N, C)
+    one_hot = torch.nn.functional.one_hot(bank_labels, num_classes).to(bank.dtype)
+    # (N, C + 1) as the transpose of a contiguous (C + 1, N): the faster layout for this skinny GEMM
+    one_hot_and_ones = torch.cat([one_hot, one_hot.new_ones(len(bank), 1)], 1).T.contiguous().T
     row_sum = rows.new_empty(len(rows))
     predicted_mass = rows.new_empty(len(rows))
     predicted = torch.empty(len(rows), dtype=torch.long)
     for start, stop, kernel in _BankKernel(bank, sigma, memory_budget).chunks(rows, self_positions):
-        torch.max(kernel @ one_hot, 1, out=(predicted_mass[start:stop], predicted[start:stop]))
-        torch.sum(kernel, 1, out=row_sum[start:stop])
+        masses = kernel @ one_hot_and_ones  # class masses and, in the last column, the row sum
+        torch.max(masses[:, :num_classes], 1, out=(predicted_mass[start:stop], predicted[start:stop]))
+        row_sum[start:stop] = masses[:, num_classes]
     return KernelStats(row_sum.add_(EPS_Z), predicted_mass, predicted)
 
 
