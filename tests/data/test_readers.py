@@ -102,7 +102,7 @@ def test_unknown_layout_is_one_line_naming_the_source(tmp_path):
     with pytest.raises(DatasetFormatError) as error:
         read_dataset(tmp_path)
     message = str(error.value)
-    assert message.startswith(f"cannot recognise the dataset layout at {tmp_path}; expected one of: parquet")
+    assert message.startswith(f"cannot recognise the dataset layout at {tmp_path}; expected one of: release")
     assert "cifar10" in message and "class-folder" in message and "\n" not in message
 
 

@@ -34,6 +34,7 @@ def test_protect_publishes_a_verified_release(release_dir, fashion_mnist_root):
     assert manifest["config"]["beo"]["rounds"] == 1
     assert len(manifest["history"]) == 1 and "bayes_error" in manifest["history"][0]
     release = read_release(release_dir)
+    np.testing.assert_array_equal(read_dataset(str(release_dir)).images, release.images)  # layout "release"
     source = read_dataset(str(fashion_mnist_root)).sorted_by_index()
     originals = source.images[np.searchsorted(source.index, release.index)]
     assert np.abs(release.images.astype(int) - originals).max() <= 8

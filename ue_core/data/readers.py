@@ -28,7 +28,13 @@ class Layout:
     read: Callable[[str, str], ImageDataset]  # (source URI, split) -> dataset
 
 
+def is_release(fs: AbstractFileSystem, path: str) -> bool:
+    """A published release (ue_core.release): manifest.json beside a parquet/ folder of shards."""
+    return fs.isfile(join(path, "manifest.json")) and is_shard_set(fs, join(path, "parquet"))
+
+
 LAYOUTS: tuple[Layout, ...] = (
+    Layout("release", "manifest.json + parquet/", is_release, lambda uri, split: read_shards(join(uri, "parquet"))),
     Layout("parquet", "*.parquet shards", is_shard_set, lambda uri, split: read_shards(uri)),
     Layout(
         "cifar10",
