@@ -130,8 +130,8 @@ def train_surrogate(
     num_classes: int,
     config: SurrogateConfig,
     seed: int,
-) -> tuple[Classifier, bool]:
-    """The surrogate for this round; returns (model, whether it was trained now).
+) -> Classifier:
+    """The surrogate for this round: trained now, or the previous one in mode "fixed".
 
     Args:
         previous: last round's surrogate, or None in the first round.
@@ -141,7 +141,7 @@ def train_surrogate(
         seed: seeds the initialisation and the data order of this round's training.
     """
     if previous is not None and config.mode == "fixed":
-        return previous, False
+        return previous
     if previous is not None and config.mode == "finetune":
         model, epochs = copy.deepcopy(previous), config.finetune_epochs
     else:
@@ -151,7 +151,7 @@ def train_surrogate(
         epochs = config.epochs
     training = recipe(config.recipe, epochs=epochs, lr=config.lr, batch_size=config.batch_size)
     fit(model, images, labels, training, seed=seed)
-    return model, True
+    return model
 
 
 def pixel_gradient(
@@ -172,7 +172,17 @@ def measure_bayes_error(
 ) -> float:
     """β̂ of ``images`` (N, C, H, W) in ``model``'s normalised penultimate feature space."""
     features, _ = bayes_error.normalise_features(compute_features(model, images, batch_size=batch_size))
-    return float(_estimate(features, labels, num_classes, config, seed, with_gradient=False).value)
+    generator = estimator_generator(config, seed)
+    return float(_estimate(features, labels, num_classes, config, generator, with_gradient=False).value)
+
+
+def estimator_generator(config: EstimatorConfig, seed: int, round_index: int = 0, step: int = 0) -> torch.Generator:
+    """The random draws of one ascent step's estimator, a function of (seed, round, step) only, so that a
+    resumed or distributed run draws what an uninterrupted one does. The "reference" subset depends on the
+    seed alone: it stays fixed for the whole run."""
+    if config.kind == "reference":
+        return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed((seed * 1_000_003 + round_index) * 1_009 + step)
 
 
 def _estimate(
@@ -180,12 +190,9 @@ def _estimate(
     labels: torch.Tensor,
     num_classes: int,
     config: EstimatorConfig,
-    seed: int,
+    generator: torch.Generator,
     with_gradient: bool,
-    generator: torch.Generator | None = None,
 ) -> bayes_error.Estimate:
-    if config.kind == "reference":  # the same partners every time: a fixed subset for the whole run
-        generator = torch.Generator().manual_seed(seed)
     return bayes_error.estimate(
         features,
         labels,
@@ -215,7 +222,6 @@ class BEO(ProtectionMethod):
         config = self.config
         images, labels = dataset.tensors()
         state = PixelState.zeros(tuple(images.shape))
-        estimator_generator = torch.Generator().manual_seed(config.seed)
         surrogate: Classifier | None = None
         history: list[dict[str, float]] = []
         rounds = tqdm(range(config.rounds), desc="BEO rounds", disable=not progress)
@@ -223,7 +229,7 @@ class BEO(ProtectionMethod):
             started = time.perf_counter()
             protected = images + state.delta
             training_images = images if config.surrogate.mode == "fixed" else protected
-            surrogate, _ = train_surrogate(
+            surrogate = train_surrogate(
                 surrogate, training_images, labels, dataset.num_classes, config.surrogate,
                 seed=config.seed * 100_003 + round_index,
             )
@@ -239,8 +245,8 @@ class BEO(ProtectionMethod):
                 raw = compute_features(surrogate, protected, batch_size=config.batch_size)
                 features, scale = bayes_error.normalise_features(raw)
                 result = _estimate(
-                    features, labels, dataset.num_classes, config.estimator, config.seed,
-                    with_gradient=True, generator=estimator_generator,
+                    features, labels, dataset.num_classes, config.estimator,
+                    estimator_generator(config.estimator, config.seed, round_index, step), with_gradient=True,
                 )
                 gradient = pixel_gradient(surrogate, protected, result.gradient, scale, config.batch_size)
                 state = ascent_step(state, gradient, images, config.pga)
