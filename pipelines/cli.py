@@ -11,6 +11,7 @@ Errors the user can act on print one line, ``error: …``, and exit with status 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -28,22 +29,28 @@ def _add_protect(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--subset", type=int, help="protect a class-balanced subset of this size (data.subset)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set beo.surrogate.epochs=5 (repeatable)")
-    parser.add_argument("--engine", choices=["reference"], default="reference",
-                        help="reference: ue_core's one-process BEO")
+    parser.add_argument("--engine", choices=["ray", "reference"], default="ray",
+                        help="ray (default): distributed and resumable; reference: ue_core's one-process BEO")
+    parser.add_argument("--work-dir", help="where an interrupted job resumes from (default: .OUT.work beside --out)")
+    parser.add_argument("--ray-address", help="a Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing release at --out")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _protect(args: argparse.Namespace) -> int:
     from pipelines.config import load_protect_config, parse_override
-    from pipelines.protect import protect_reference
+    from pipelines.protect import protect
 
     overrides = dict(parse_override(text) for text in args.set)
     for key, value in (("beo.pga.eps", args.eps), ("beo.rounds", args.rounds), ("data.subset", args.subset)):
         if value is not None:
             overrides[key] = value
     config = load_protect_config(args.preset, args.config, overrides)
-    summary = protect_reference(args.source, args.out, config, args.overwrite, progress=not args.no_progress)
+    summary = protect(
+        args.source, args.out, config, engine=args.engine, overwrite=args.overwrite, progress=not args.no_progress,
+        work_dir=args.work_dir, ray_address=args.ray_address, tracking_uri=args.tracking_uri,
+    )
     print(summary.line())
     return 0
 
@@ -72,6 +79,7 @@ def _presets(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ue", description="Unlearnable examples by Bayes-error optimisation.")
+    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL for s3:// URIs (sets AWS_ENDPOINT_URL)")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_protect(commands)
     fetch = commands.add_parser("fetch", help="make a dataset available offline")
@@ -88,6 +96,8 @@ HANDLERS = {"protect": _protect, "fetch": _fetch, "verify": _verify, "presets": 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.s3_endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint
     try:
         return HANDLERS[args.command](args)
     except UEError as error:

@@ -1,6 +1,11 @@
-"""`ue protect`: read a source dataset, protect it with BEO, publish a verified release.
+"""`ue protect`: from a source dataset (folder or s3://) to a published, verified release (folder or s3://).
 
-Engine "reference" runs ue_core's one-process BEO; it is the ground truth for the distributed engine.
+Engines:
+    ray        (default) ingest → rounds on Ray (pipelines/rounds.py) → finalise and publish; resumable.
+    reference  ue_core's one-process BEO, the ground truth the Ray engine is tested against.
+
+Both check the inputs before any work (existing output, readable source, writable destination), track
+the job in MLflow, and publish atomically with manifest.json last (ue_core.release).
 """
 
 from __future__ import annotations
@@ -13,14 +18,25 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ue_core.checks import check_release
 from ue_core.config import to_dict
 from ue_core.data import read_dataset
 from ue_core.data.dataset import ImageDataset, balanced_subset
-from ue_core.errors import DatasetFormatError
-from ue_core.methods.beo import BEO
+from ue_core.data.fsutil import filesystem
+from ue_core.errors import DatasetFormatError, InvalidInputError
+from ue_core.methods.beo import BEO, measure_bayes_error
+from ue_core.pga import quantise_release
 from ue_core.release import check_release_target, write_release
 
 from pipelines.config import ProtectConfig
+from pipelines.storage import WorkDir, check_readable, check_writable
+from pipelines.tracking import Tracker, bayes_error_plot, image_grid
+
+ENGINES = ("ray", "reference")
 
 
 @dataclass
@@ -32,11 +48,13 @@ class ProtectSummary:
     bayes_error_clean: float
     bayes_error_release: float
     seconds: float
+    mlflow_run: str
 
     def line(self) -> str:
         return (
             f"protected {self.count} images: β̂ {self.bayes_error_clean:.4f} (clean) → "
-            f"{self.bayes_error_release:.4f} (release) in {self.seconds:.0f} s; release at {self.release_uri}"
+            f"{self.bayes_error_release:.4f} (release) in {self.seconds:.0f} s; release at {self.release_uri}; "
+            f"MLflow run {self.mlflow_run}"
         )
 
 
@@ -53,49 +71,110 @@ def code_version() -> str:
         return version
 
 
-def load_sources(source: str, config: ProtectConfig) -> tuple[ImageDataset, ImageDataset | None]:
-    """The training images to protect and the (optional) clean test images, subsets applied."""
-    data = config.data
-    train = read_dataset(source, split="train", layout=data.layout)
-    if data.subset is not None:
-        train = balanced_subset(train, min(data.subset, len(train)), seed=data.seed)
-    test = None
-    if data.test_subset != 0:
-        try:
-            test = read_dataset(source, split="test", layout=data.layout)
-        except DatasetFormatError:
-            test = None  # a source without a test split: no test accuracy is reported
-        if test is not None and data.test_subset is not None:
-            test = balanced_subset(test, min(data.test_subset, len(test)), seed=data.seed)
-    return train, test
+def load_training_set(source: str, config: ProtectConfig) -> ImageDataset:
+    """The training images to protect, subset applied."""
+    train = read_dataset(source, split="train", layout=config.data.layout)
+    if config.data.subset is not None:
+        train = balanced_subset(train, min(config.data.subset, len(train)), seed=config.data.seed)
+    return train
 
 
-def protect_reference(
-    source: str, out: str, config: ProtectConfig, overwrite: bool = False, progress: bool = True
+def load_test_set(source: str, config: ProtectConfig) -> ImageDataset | None:
+    """Clean test images for the surrogate's test accuracy (None when not asked for or not present)."""
+    if config.data.test_subset == 0:
+        return None
+    try:
+        test = read_dataset(source, split="test", layout=config.data.layout)
+    except DatasetFormatError:
+        return None  # a source without a test split: no test accuracy is reported
+    if config.data.test_subset is not None:
+        test = balanced_subset(test, min(config.data.test_subset, len(test)), seed=config.data.seed)
+    return test
+
+
+def protect(
+    source: str,
+    out: str,
+    config: ProtectConfig,
+    engine: str = "ray",
+    overwrite: bool = False,
+    progress: bool = True,
+    work_dir: str | None = None,
+    ray_address: str | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = "ue-protect",
 ) -> ProtectSummary:
-    """Protect ``source`` in this process and publish the release at ``out``."""
+    """Protect ``source`` and publish the release at ``out``; see the module docstring."""
+    if engine not in ENGINES:
+        raise InvalidInputError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     started = time.perf_counter()
     check_release_target(out, overwrite)
-    train, test = load_sources(source, config)
+    check_readable(source)
+    check_writable(out)
+    with Tracker(tracking_uri, experiment, run_name=f"protect {Path(out).name}") as tracker:
+        tracker.log_params({"engine": engine, "source": source, "out": out, **to_dict(config)})
+        if engine == "reference":
+            clean, release, history, summary, test = _protect_reference(source, config, progress)
+        else:
+            from pipelines.ray_engine import protect_on_ray
+
+            work = WorkDir(work_dir) if work_dir else WorkDir.beside(out)
+            clean, release, history, summary, test = protect_on_ray(
+                source, config, work, ray_address, progress, tracker
+            )
+        manifest: dict[str, Any] = {
+            "method": "beo",
+            "engine": engine,
+            "source": source,
+            "dataset": clean.name,
+            "eps": config.beo.pga.eps,
+            "norm": config.beo.pga.norm,
+            "config": to_dict(config),
+            "code_version": code_version(),
+            "python": platform.python_version(),
+            "mlflow_run": tracker.run_id,
+            "summary": summary,
+            "history": history,
+        }
+        written = write_release(release, out, manifest, formats=config.formats, test=test, overwrite=overwrite)
+        for step, record in enumerate(history) if engine == "reference" else ():
+            tracker.log_metrics(record, step=step)
+        tracker.log_metrics(summary)
+        tracker.log_figure(bayes_error_plot(history), "bayes_error.png")
+        tracker.log_figure(image_grid(clean.images, release.images, clean.labels, clean.class_names), "images.png")
+        tracker.log_json(written, "manifest.json")
+        if engine == "ray":
+            _remove(work.uri)
+    return ProtectSummary(out, len(clean), summary["bayes_error_clean"], summary["bayes_error_release"],
+                          time.perf_counter() - started, tracker.run_id)
+
+
+def _protect_reference(source: str, config: ProtectConfig, progress: bool):
+    train, test = load_training_set(source, config), load_test_set(source, config)
     result = BEO(config.beo, test_set=test).protect(train, progress=progress)
-    manifest: dict[str, Any] = {
-        "method": "beo",
-        "engine": "reference",
-        "source": source,
-        "dataset": train.name,
-        "eps": config.beo.pga.eps,
-        "norm": config.beo.pga.norm,
-        "config": to_dict(config),
-        "code_version": code_version(),
-        "python": platform.python_version(),
-        "summary": result.summary,
-        "history": result.history,
-    }
-    write_release(result.release, out, manifest, formats=config.formats, test=test, overwrite=overwrite)
-    return ProtectSummary(
-        release_uri=out,
-        count=len(train),
-        bayes_error_clean=result.summary["bayes_error_clean"],
-        bayes_error_release=result.summary["bayes_error_release"],
-        seconds=time.perf_counter() - started,
-    )
+    return train, result.release, result.history, result.summary, test
+
+
+def finalise(
+    clean: ImageDataset, delta: torch.Tensor, surrogate: torch.nn.Module, config: ProtectConfig
+) -> tuple[ImageDataset, dict[str, float]]:
+    """δ (rows aligned with ``clean``) → the checked uint8 release and β̂ of clean and release data."""
+    release = clean.with_images(quantise_release(clean.images, delta, config.beo.pga, clean.index))
+    check_release(clean, release, config.beo.pga)
+    summary = {}
+    for name, data in (("clean", clean), ("release", release)):
+        images, labels = data.tensors()
+        summary[f"bayes_error_{name}"] = measure_bayes_error(
+            surrogate, images, labels, data.num_classes, config.beo.estimator, config.beo.batch_size, config.beo.seed
+        )
+    return release, summary
+
+
+def _remove(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def progress_bar(total: int, initial: int, enabled: bool) -> tqdm:
+    return tqdm(total=total, initial=initial, desc="BEO rounds", unit="round", disable=not enabled)

@@ -1,0 +1,139 @@
+"""The Ray engine of `ue protect`: connect, ingest, run (or resume) the rounds, finalise.
+
+    ingest     a Ray task reads the source with ue_core and writes WORK/ingest as Parquet shards
+    rounds     pipelines/rounds.py, one round at a time, each written to WORK/rounds/round-NNNNN/
+    finalise   the last state → uint8 release, invariants checked, β̂ of clean vs release measured
+
+A job's work directory records its config (job.json); a re-run of the same command resumes after the last
+completed round, and a different config in the same work directory is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from ue_core.config import to_dict
+from ue_core.data.dataset import ImageDataset
+from ue_core.data.shards import read_shards, write_shards
+from ue_core.errors import InvalidInputError
+
+from pipelines.config import ProtectConfig
+from pipelines.protect import finalise, load_test_set, load_training_set, progress_bar
+from pipelines.rounds import (
+    DatasetInfo,
+    Resources,
+    collect,
+    completed_rounds,
+    initial_state,
+    load_model,
+    read_json,
+    read_model,
+    read_state,
+    run_round,
+    unwrap,
+    write_json,
+    write_state,
+)
+from pipelines.storage import WorkDir, pyarrow_filesystem, storage_env
+from pipelines.tracking import Tracker
+
+ROWS_PER_INGEST_SHARD = 5_000
+
+
+def connect(address: str | None, progress: bool) -> None:
+    """Join the cluster at ``address`` (or start a local Ray), passing the S3 settings to workers."""
+    if not ray.is_initialized():
+        ray.init(address=address, runtime_env={"env_vars": storage_env()}, include_dashboard=False,
+                 log_to_driver=False)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # the same blocks in the same order on every run
+    context.enable_progress_bars = progress
+
+
+@ray.remote
+def _ingest(source: str, config: dict[str, Any], shards_uri: str) -> dict[str, Any]:
+    from ue_core.config import from_dict
+
+    train = load_training_set(source, from_dict(ProtectConfig, config))
+    write_shards(train, shards_uri, rows_per_shard=ROWS_PER_INGEST_SHARD, overwrite=True)
+    return {"image_shape": list(train.image_shape), "num_classes": train.num_classes, "count": len(train),
+            "name": train.name}
+
+
+def prepare_work_dir(source: str, config: ProtectConfig, work: WorkDir) -> DatasetInfo:
+    """Ingest the source into ``work`` (once) and return what the rounds need to know about it."""
+    job = {"source": source, "config": to_dict(config)}
+    job_uri = work.path("job.json")
+    fs_job = _exists(job_uri)
+    if fs_job:
+        recorded = read_json(job_uri)
+        if recorded["job"] != job:
+            raise InvalidInputError(
+                f"work directory {work.uri} belongs to a job with another source or config; "
+                "remove it (or choose another --work-dir) to start afresh"
+            )
+        return DatasetInfo(tuple(recorded["info"]["image_shape"]), recorded["info"]["num_classes"],
+                           recorded["info"]["count"], recorded["info"]["name"])
+    info = unwrap(_ingest.options(num_cpus=0.5).remote(source, to_dict(config), work.path("ingest")))
+    write_json(job_uri, {"job": job, "info": info})  # last: the ingest is complete
+    return DatasetInfo(tuple(info["image_shape"]), info["num_classes"], info["count"], info["name"])
+
+
+def _exists(uri: str) -> bool:
+    from ue_core.data.fsutil import filesystem
+
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def initial_state_uri(work: WorkDir, info: DatasetInfo) -> str:
+    """WORK/state-0: δ = 0 for every ingested image (written once)."""
+    uri = work.path("state-0")
+    if not _exists(f"{uri}/_complete"):
+        fs, path = pyarrow_filesystem(work.path("ingest"))
+        ingest = ray.data.read_parquet(path, filesystem=fs)
+        write_state(ingest.map_batches(initial_state, fn_kwargs={"image_shape": info.image_shape}), uri)
+        write_json(f"{uri}/_complete", {})
+    return uri
+
+
+def protect_on_ray(
+    source: str, config: ProtectConfig, work: WorkDir, address: str | None, progress: bool, tracker: Tracker
+) -> tuple[ImageDataset, ImageDataset, list[dict[str, float]], dict[str, float], ImageDataset | None]:
+    """Run or resume the job; returns (clean, release, history, summary, test set)."""
+    connect(address, progress)
+    info = prepare_work_dir(source, config, work)
+    test = load_test_set(source, config)
+    test_ref = None
+    if test is not None:
+        images, labels = test.tensors()
+        test_ref = {"ref": ray.put((images.numpy(), labels.numpy()))}
+    resources = Resources.from_cluster()
+
+    done = completed_rounds(work)
+    history: list[dict[str, float]] = []
+    for round_index in done:
+        history.extend(read_json(f"{work.round_dir(round_index)}/round.json"))
+    surrogate = read_model(f"{work.round_dir(done[-1])}/surrogate.pt") if done else None
+    state_uri = f"{work.round_dir(done[-1])}/state" if done else initial_state_uri(work, info)
+    bar = progress_bar(config.beo.rounds, len(done), progress)
+    for round_index in range(len(done), config.beo.rounds):
+        surrogate, records = run_round(state_uri, surrogate, config.beo, info, round_index, test_ref, work, resources)
+        state_uri = f"{work.round_dir(round_index)}/state"
+        history.extend(records)
+        for record in records:
+            tracker.log_metrics(record, step=len(history) - len(records) + record["step"])
+        bar.set_postfix(bayes_error=f"{records[-1]['bayes_error']:.4f}")
+        bar.update()
+    bar.close()
+
+    clean = read_shards(work.path("ingest")).sorted_by_index()
+    final = collect(read_state(state_uri), ["index", "delta"])
+    if not np.array_equal(final["index"], clean.index):
+        raise InvalidInputError(f"the state in {state_uri} does not hold exactly the ingested indices")
+    release, summary = finalise(clean, torch.from_numpy(final["delta"]), load_model(surrogate), config)
+    return clean, release, history, summary, test

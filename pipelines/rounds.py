@@ -1,0 +1,424 @@
+"""BEO rounds on Ray: the distributed counterpart of ue_core.methods.beo.BEO.perturb.
+
+Per round (METHOD.md §2–3), each step a ue_core function run where the data is:
+
+    surrogate   Ray Train (TorchTrainer, one worker) runs ue_core.methods.beo.train_surrogate
+    features    Ray Data actors: φ(x + δ) per batch → the feature bank, normalised, put in the object store
+    stats       Ray tasks over row blocks: ue_core.bayes_error.block_stats against the whole bank
+    gradient    Ray tasks over row blocks: ue_core.bayes_error.block_gradient with everyone's stats
+    ascent      Ray Data actors: J_φᵀ (∂β̂/∂z / s) per batch, then ue_core.pga.ascent_step
+
+The state (δ and the per-sample Adam state, keyed by index) lives in Parquet shards in the work directory;
+each finished round is written there with round.json last, so a killed job resumes from its last round.
+Every round re-reads its input state from those files, so an uninterrupted and a resumed run see the same
+blocks in the same order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.train import Checkpoint, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ue_core import bayes_error
+from ue_core.config import from_dict, to_dict
+from ue_core.data.fsutil import filesystem
+from ue_core.errors import UEError
+from ue_core.methods.beo import BEOConfig, estimator_generator, train_surrogate
+from ue_core.models import Classifier, build_model
+from ue_core.pga import PGAConfig, PixelState, ascent_step
+from ue_core.training import compute_features, evaluate, feature_vjp
+
+from pipelines.storage import WorkDir, pyarrow_filesystem
+
+STATE_COLUMNS = ("index", "label", "image", "delta", "exp_avg", "exp_avg_sq", "steps")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What every pass needs to know about the images: (H, W, C), classes, count."""
+
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    count: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How to size actor pools and tasks from what the cluster reports (never a hard-coded whole CPU).
+
+    Attributes:
+        actors: actors per pool (one per GPU, else one per logical CPU).
+        cpus_per_actor: a fraction, so that Ray Data's own tasks and the driver keep room (whole-CPU
+            actors deadlocked a 2-core machine).
+        gpus_per_actor: 1 when the cluster has GPUs, else 0.
+        task_cpus: CPUs per estimator task.
+    """
+
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    task_cpus: float
+
+    @staticmethod
+    def from_cluster() -> "Resources":
+        available = ray.available_resources()
+        cpus, gpus = float(available.get("CPU", 1.0)), int(available.get("GPU", 0))
+        if gpus:
+            return Resources(actors=gpus, cpus_per_actor=min(1.0, cpus / (2 * gpus)), gpus_per_actor=1, task_cpus=0.5)
+        actors = max(1, int(cpus))
+        return Resources(actors=actors, cpus_per_actor=0.5 * cpus / actors, gpus_per_actor=0, task_cpus=0.5)
+
+
+@dataclass
+class RoundResult:
+    """The metrics of one finished round (one record per ascent step, as in the reference)."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def unwrap(refs: Any) -> Any:
+    """ray.get that re-raises a project error from a task as itself, so the user sees its one line."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as error:
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, UEError):
+            raise cause from None
+        raise
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+def model_spec(model: Classifier, config: BEOConfig, info: DatasetInfo) -> dict[str, Any]:
+    """A picklable description of a surrogate: its architecture and its weights."""
+    return {
+        "name": config.surrogate.model,
+        "num_classes": info.num_classes,
+        "in_channels": info.image_shape[2],
+        "image_size": info.image_shape[0],
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def load_model(spec: dict[str, Any]) -> Classifier:
+    model = build_model(spec["name"], spec["num_classes"], in_channels=spec["in_channels"], image_size=spec["image_size"])
+    model.load_state_dict(spec["state_dict"])
+    return model.eval()
+
+
+def save_model(spec: dict[str, Any], uri: str) -> None:
+    buffer = io.BytesIO()
+    torch.save(spec, buffer)
+    fs, path = filesystem(uri)
+    with fs.open(path, "wb") as f:
+        f.write(buffer.getvalue())
+
+
+def read_model(uri: str) -> dict[str, Any]:
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return torch.load(io.BytesIO(f.read()), weights_only=True)
+
+
+# ------------------------------------------------------------------------------------------ batch helpers
+
+
+def images_and_delta(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean images x (B, C, H, W) in [0, 1] and δ (B, C, H, W) from a state batch."""
+    x = torch.from_numpy(np.ascontiguousarray(batch["image"])).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous(), torch.from_numpy(np.ascontiguousarray(batch["delta"]))
+
+
+def initial_state(batch: dict[str, np.ndarray], image_shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """Ingest shard rows (index, label, image bytes) → state rows with δ = 0 and empty Adam state."""
+    height, width, channels = image_shape
+    images = np.frombuffer(b"".join(batch["image"]), np.uint8).reshape(-1, height, width, channels)
+    zeros = np.zeros((len(images), channels, height, width), np.float32)
+    return {
+        "index": batch["index"].astype(np.int64),
+        "label": batch["label"].astype(np.int64),
+        "image": images,
+        "delta": zeros,
+        "exp_avg": zeros.copy(),
+        "exp_avg_sq": zeros.copy(),
+        "steps": np.zeros(len(images), np.int64),
+    }
+
+
+def collect(dataset: ray.data.Dataset, columns: list[str]) -> dict[str, np.ndarray]:
+    """Bring ``columns`` of a dataset to the driver, rows sorted by index."""
+    parts = list(dataset.select_columns(columns).iter_batches(batch_size=None, batch_format="numpy"))
+    merged = {c: np.concatenate([p[c] for p in parts]) for c in columns}
+    order = np.argsort(merged["index"], kind="stable")
+    return {c: v[order] for c, v in merged.items()}
+
+
+class FeaturePass:
+    """Ray Data actor: penultimate features φ(x + δ) of each batch; output columns index, label, features."""
+
+    def __init__(self, spec: dict[str, Any], batch_size: int) -> None:
+        self.model = load_model(spec)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x, delta = images_and_delta(batch)
+        features = compute_features(self.model, x + delta, batch_size=self.batch_size)
+        return {"index": batch["index"], "label": batch["label"], "features": features.numpy()}
+
+
+class AscentPass:
+    """Ray Data actor: one PGA step for each row of a batch, given the feature gradient of every row."""
+
+    def __init__(self, spec: dict[str, Any], pga: dict[str, Any], gradient: dict[str, Any], batch_size: int) -> None:
+        self.model = load_model(spec)
+        self.pga = from_dict(PGAConfig, pga)
+        self.sorted_index, self.feature_gradient = ray.get(gradient["ref"])  # (N,), (N, D) = ∂β̂/∂z / s
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x, delta = images_and_delta(batch)
+        rows = np.searchsorted(self.sorted_index, batch["index"])
+        gradient = feature_vjp(
+            self.model, x + delta, torch.from_numpy(self.feature_gradient[rows]), batch_size=self.batch_size
+        )
+        state = PixelState(
+            delta,
+            torch.from_numpy(np.ascontiguousarray(batch["exp_avg"])),
+            torch.from_numpy(np.ascontiguousarray(batch["exp_avg_sq"])),
+            torch.from_numpy(batch["steps"].astype(np.int64)),
+        )
+        state = ascent_step(state, gradient, x, self.pga)
+        size = state.delta.abs().flatten(1)
+        return {
+            **{c: batch[c] for c in ("index", "label", "image")},
+            "delta": state.delta.numpy(),
+            "exp_avg": state.exp_avg.numpy(),
+            "exp_avg_sq": state.exp_avg_sq.numpy(),
+            "steps": state.steps.numpy(),
+            "delta_abs_max": size.max(1).values.numpy(),  # per-row |δ| summaries for the round's metrics
+            "delta_abs_mean": size.mean(1).numpy(),
+        }
+
+
+# -------------------------------------------------------------------------------------------- estimator
+
+
+@ray.remote
+def _stats_block(bank: np.ndarray, labels: np.ndarray, num_classes: int, sigma: float, start: int, stop: int,
+                 memory_budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    z, y = torch.from_numpy(bank), torch.from_numpy(labels)
+    stats = bayes_error.block_stats(z[start:stop], z, y, num_classes, sigma, torch.arange(start, stop), memory_budget)
+    return stats.row_sum.numpy(), stats.predicted_mass.numpy(), stats.predicted.numpy()
+
+
+@ray.remote
+def _gradient_block(bank: np.ndarray, labels: np.ndarray, stats: tuple[np.ndarray, ...], sigma: float, start: int,
+                    stop: int, memory_budget: int) -> np.ndarray:
+    z, y = torch.from_numpy(bank), torch.from_numpy(labels)
+    every = bayes_error.KernelStats(*(torch.from_numpy(s) for s in stats))
+    rows = torch.arange(start, stop)
+    return bayes_error.block_gradient(
+        z[rows], y[rows], every.take(rows), z, y, every, sigma, len(z), rows, memory_budget
+    ).numpy()
+
+
+@ray.remote
+def _cheap_estimate(bank: np.ndarray, labels: np.ndarray, num_classes: int, estimator: dict[str, Any],
+                    generator_seed: tuple[int, int, int]) -> tuple[float, np.ndarray]:
+    from ue_core.methods.beo import EstimatorConfig
+
+    config = from_dict(EstimatorConfig, estimator)
+    result = bayes_error.estimate(
+        torch.from_numpy(bank), torch.from_numpy(labels), num_classes, sigma=config.sigma, estimator=config.kind,
+        batch_size=config.batch_size, reference_size=config.reference_size,
+        generator=estimator_generator(config, *generator_seed), memory_budget=config.memory_budget_mb * 2**20,
+    )
+    return float(result.value), result.gradient.numpy()
+
+
+def feature_gradient(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, config: BEOConfig, round_index: int, step: int,
+    resources: Resources,
+) -> tuple[float, np.ndarray]:
+    """β̂ and ∂β̂/∂z (N, D) for normalised features z sorted by index.
+
+    The exact estimator runs as two passes of tasks over row blocks (stats, then gradient); the cheap
+    "batch" and "reference" estimators are O(N·b) and run as one task.
+    """
+    estimator = config.estimator
+    bank, bank_labels = ray.put(features), ray.put(labels)
+    if estimator.kind != "exact":
+        task = _cheap_estimate.options(num_cpus=resources.task_cpus)
+        return unwrap(task.remote(bank, bank_labels, num_classes, to_dict(estimator), (config.seed, round_index, step)))
+    budget = estimator.memory_budget_mb * 2**20
+    blocks = np.array_split(np.arange(len(features)), max(1, min(len(features), 2 * resources.actors)))
+    bounds = [(int(b[0]), int(b[-1]) + 1) for b in blocks if len(b)]
+    stats_task = _stats_block.options(num_cpus=resources.task_cpus)
+    parts = unwrap([stats_task.remote(bank, bank_labels, num_classes, estimator.sigma, a, b, budget) for a, b in bounds])
+    stats = tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+    value = float(np.mean(1.0 - stats[1] / stats[0]))
+    stats_ref = ray.put(stats)
+    gradient_task = _gradient_block.options(num_cpus=resources.task_cpus)
+    rows = unwrap([gradient_task.remote(bank, bank_labels, stats_ref, estimator.sigma, a, b, budget) for a, b in bounds])
+    return value, np.concatenate(rows)
+
+
+# -------------------------------------------------------------------------------------------- surrogate
+
+
+def _surrogate_loop(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker: train this round's surrogate with ue_core on the rows of its dataset shard."""
+    import ray.train
+
+    config = from_dict(BEOConfig, loop_config["beo"])
+    shard = ray.train.get_dataset_shard("train")
+    rows = {c: [] for c in ("index", "label", "image", "delta")}
+    for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
+        for column in rows:
+            rows[column].append(batch[column])
+    data = {c: np.concatenate(v) for c, v in rows.items()}
+    order = np.argsort(data["index"], kind="stable")  # the reference trains in index order
+    x, delta = images_and_delta({c: v[order] for c, v in data.items()})
+    y = torch.from_numpy(data["label"][order])
+    training_images = x if config.surrogate.mode == "fixed" else x + delta
+    previous = load_model(loop_config["previous"]) if loop_config["previous"] is not None else None
+    model = train_surrogate(previous, training_images, y, loop_config["num_classes"], config.surrogate,
+                            seed=loop_config["seed"])
+    metrics = {"surrogate_train_accuracy": evaluate(model, training_images, y, config.batch_size)}
+    if loop_config["test"] is not None:
+        test_x, test_y = ray.get(loop_config["test"]["ref"])
+        metrics["surrogate_test_accuracy"] = evaluate(model, torch.from_numpy(test_x), torch.from_numpy(test_y),
+                                                      config.batch_size)
+    with tempfile.TemporaryDirectory() as directory:
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, f"{directory}/model.pt")
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+
+
+def train_surrogate_on_ray(
+    state: ray.data.Dataset, previous: dict[str, Any] | None, config: BEOConfig, info: DatasetInfo,
+    round_index: int, test: dict[str, Any] | None, work: WorkDir, resources: Resources,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """This round's surrogate (a model spec) and its accuracies, trained by a TorchTrainer."""
+    if previous is not None and config.surrogate.mode == "fixed":
+        return previous, {}
+    storage_fs, storage_path = pyarrow_filesystem(work.path("ray-train"))
+    trainer = TorchTrainer(
+        _surrogate_loop,
+        train_loop_config={
+            "beo": to_dict(config), "previous": previous, "num_classes": info.num_classes, "test": test,
+            "seed": config.seed * 100_003 + round_index,  # as the reference does
+        },
+        datasets={"train": state.select_columns(["index", "label", "image", "delta"])},
+        scaling_config=ScalingConfig(
+            num_workers=1, use_gpu=resources.gpus_per_actor > 0,
+            resources_per_worker={"CPU": max(resources.cpus_per_actor, 0.5)},
+        ),
+        run_config=RunConfig(name=f"surrogate-round-{round_index:05d}", storage_path=storage_path,
+                             storage_filesystem=storage_fs),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as directory:
+        state_dict = torch.load(f"{directory}/model.pt", weights_only=True)
+    spec = {**(previous or {}), "name": config.surrogate.model, "num_classes": info.num_classes,
+            "in_channels": info.image_shape[2], "image_size": info.image_shape[0], "state_dict": state_dict}
+    return spec, dict(result.metrics or {})
+
+
+# ----------------------------------------------------------------------------------------------- rounds
+
+
+def read_state(uri: str) -> ray.data.Dataset:
+    fs, path = pyarrow_filesystem(uri)
+    return ray.data.read_parquet(path, filesystem=fs)
+
+
+def write_state(state: ray.data.Dataset, uri: str) -> None:
+    fs, path = pyarrow_filesystem(uri)
+    state.write_parquet(path, filesystem=fs)
+
+
+def write_json(uri: str, content: Any) -> None:
+    fs, path = filesystem(uri)
+    with fs.open(path, "w") as f:
+        json.dump(content, f, indent=2)
+
+
+def read_json(uri: str) -> Any:
+    fs, path = filesystem(uri)
+    with fs.open(path, "r") as f:
+        return json.load(f)
+
+
+def completed_rounds(work: WorkDir) -> list[int]:
+    """Rounds whose round.json exists (it is written last), in order."""
+    fs, path = filesystem(work.path("rounds"))
+    if not fs.exists(path):
+        return []
+    done = []
+    for entry in fs.ls(path, detail=False):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith("round-") and fs.exists(f"{entry.rstrip('/')}/round.json"):
+            done.append(int(name.removeprefix("round-")))
+    return sorted(done)
+
+
+def run_round(
+    state_uri: str, previous: dict[str, Any] | None, config: BEOConfig, info: DatasetInfo, round_index: int,
+    test: dict[str, Any] | None, work: WorkDir, resources: Resources,
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """One round from the state at ``state_uri``; writes round ``round_index`` and returns (surrogate, records)."""
+    started = time.perf_counter()
+    state = read_state(state_uri).select_columns(list(STATE_COLUMNS)).repartition(max(2, 2 * resources.actors))
+    state = state.materialize()
+    surrogate, accuracies = train_surrogate_on_ray(state, previous, config, info, round_index, test, work, resources)
+    round_metrics = {"round": round_index, "seconds_surrogate": time.perf_counter() - started, **accuracies}
+    actor_options = dict(
+        compute=ray.data.ActorPoolStrategy(size=resources.actors), num_cpus=resources.cpus_per_actor,
+        num_gpus=resources.gpus_per_actor, batch_size=config.batch_size,
+    )
+    records = []
+    for step in range(config.steps_per_round):
+        timings = {}
+        t0 = time.perf_counter()
+        features = collect(
+            state.map_batches(FeaturePass, fn_constructor_kwargs={"spec": surrogate, "batch_size": config.batch_size},
+                              **actor_options),
+            ["index", "label", "features"],
+        )
+        timings["seconds_features"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        z, scale = bayes_error.normalise_features(torch.from_numpy(features["features"]))
+        value, gradient = feature_gradient(z.numpy(), features["label"], info.num_classes, config, round_index, step,
+                                           resources)
+        timings["seconds_estimator"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        gradient_ref = ray.put((features["index"], (gradient / scale).astype(np.float32)))
+        state = state.map_batches(
+            AscentPass,
+            fn_constructor_kwargs={"spec": surrogate, "pga": to_dict(config.pga), "gradient": {"ref": gradient_ref},
+                                   "batch_size": config.batch_size},
+            **actor_options,
+        ).materialize()
+        sizes = collect(state, ["index", "delta_abs_max", "delta_abs_mean"])
+        timings["seconds_ascent"] = time.perf_counter() - t0
+        records.append({**round_metrics, "step": step, "bayes_error": value,
+                        "delta_max_abs": float(sizes["delta_abs_max"].max()),
+                        "delta_mean_abs": float(sizes["delta_abs_mean"].mean()), **timings})
+        state = state.select_columns(list(STATE_COLUMNS))
+    round_dir = work.round_dir(round_index)
+    write_state(state, f"{round_dir}/state")
+    save_model(surrogate, f"{round_dir}/surrogate.pt")
+    write_json(f"{round_dir}/round.json", records)  # last: the round is complete
+    return surrogate, records

@@ -1,0 +1,115 @@
+"""MLflow tracking for `ue` jobs: one run per job, params, per-round metrics, figures as artifacts.
+
+Embedded default: a sqlite store in ./mlruns.db (artifacts in ./mlartifacts); a server or any other store
+through `--tracking-uri` or MLFLOW_TRACKING_URI. Credentials never reach params: only config values do.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ue_core.config import flatten  # noqa: E402
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """The flag, else MLFLOW_TRACKING_URI, else the local sqlite store."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+class Tracker:
+    """A run in an MLflow experiment; use as a context manager (the run ends FAILED on an exception)."""
+
+    def __init__(self, uri: str | None, experiment: str, run_name: str) -> None:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        self.uri = tracking_uri(uri)
+        mlflow.set_tracking_uri(self.uri)
+        if mlflow.get_experiment_by_name(experiment) is None:
+            artifact_location = None
+            if self.uri.startswith("sqlite:"):  # keep artifacts beside the database, not in the cwd
+                artifact_location = Path(self.uri.removeprefix("sqlite:///")).resolve().parent.joinpath("mlartifacts").as_uri()
+            mlflow.create_experiment(experiment, artifact_location=artifact_location)
+        mlflow.set_experiment(experiment)
+        self.run = mlflow.start_run(run_name=run_name)
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        mlflow.end_run(status="FINISHED" if kind is None else "FAILED")
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        flat = {k: v for k, v in flatten(params).items()}
+        mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+    def log_figure(self, figure: plt.Figure, name: str) -> None:
+        mlflow.log_figure(figure, name)
+        plt.close(figure)
+
+    def log_file(self, path: str | Path) -> None:
+        mlflow.log_artifact(str(path))
+
+    def log_json(self, content: dict[str, Any], name: str) -> None:
+        mlflow.log_dict(content, name)
+
+
+def bayes_error_plot(history: list[dict[str, float]]) -> plt.Figure:
+    """β̂ per ascent step, with the surrogate's accuracies on a second axis when present."""
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    steps = np.arange(len(history))
+    axis.plot(steps, [h["bayes_error"] for h in history], marker="o", color="tab:red", label="β̂ (protected)")
+    axis.set_xlabel("ascent step (rounds × steps per round)")
+    axis.set_ylabel("Bayes-error estimate β̂")
+    accuracies = [k for k in ("surrogate_train_accuracy", "surrogate_test_accuracy") if any(k in h for h in history)]
+    if accuracies:
+        twin = axis.twinx()
+        for key, colour in zip(accuracies, ("tab:blue", "tab:green")):
+            twin.plot(steps, [h.get(key, np.nan) for h in history], linestyle="--", color=colour,
+                      label=key.replace("_", " "))
+        twin.set_ylabel("surrogate accuracy")
+    figure.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def image_grid(clean: np.ndarray, release: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...],
+               per_class: int = 1) -> plt.Figure:
+    """For the first images of each class: clean, protected, and δ amplified to the full range.
+
+    clean, release: uint8 (N, H, W, C); labels (N,).
+    """
+    classes = [c for c in range(len(class_names)) if np.any(labels == c)][:10]
+    columns = per_class * 3
+    figure, axes = plt.subplots(len(classes), columns, figsize=(1.3 * columns, 1.3 * len(classes)), squeeze=False)
+    for row, c in enumerate(classes):
+        for k, i in enumerate(np.flatnonzero(labels == c)[:per_class]):
+            delta = release[i].astype(np.int16) - clean[i].astype(np.int16)
+            amplified = (delta - delta.min()) / max(1, delta.max() - delta.min())
+            for j, (image, title) in enumerate(((clean[i], "clean"), (release[i], "protected"), (amplified, "δ"))):
+                axis = axes[row, 3 * k + j]
+                axis.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0,
+                            vmax=1 if title == "δ" else 255)
+                axis.set_xticks([])
+                axis.set_yticks([])
+                if row == 0:
+                    axis.set_title(title, fontsize=8)
+            axes[row, 0].set_ylabel(class_names[c][:12], fontsize=7)
+    figure.tight_layout()
+    return figure
