@@ -11,7 +11,15 @@ from ue_core.data import read_dataset
 from ue_core.release import read_manifest, read_release, verify_release
 
 TINY = ["--set", "data.subset=100", "--set", "data.test_subset=50", "--rounds", "1",
-        "--set", "beo.surrogate.epochs=1", "--no-progress"]
+        "--set", "beo.surrogate.epochs=1", "--no-progress", "--engine", "reference"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tracking_store(tmp_path_factory):
+    """Every CLI run here tracks into a temporary sqlite store (the default would be ./mlruns.db)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlruns.db'}")
+        yield
 
 
 def ue(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -20,7 +28,7 @@ def ue(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def release_dir(fashion_mnist_root, tmp_path_factory):
+def release_dir(fashion_mnist_root, tmp_path_factory, tracking_store):
     out = tmp_path_factory.mktemp("releases") / "fmnist"
     result = ue("protect", "--preset", "fashion-mnist", "--source", str(fashion_mnist_root), "--out", str(out), *TINY)
     assert result.returncode == 0, result.stderr
