@@ -49,12 +49,13 @@ class ProtectSummary:
     bayes_error_release: float
     seconds: float
     mlflow_run: str
+    tracking_uri: str
 
     def line(self) -> str:
         return (
             f"protected {self.count} images: β̂ {self.bayes_error_clean:.4f} (clean) → "
             f"{self.bayes_error_release:.4f} (release) in {self.seconds:.0f} s; release at {self.release_uri}; "
-            f"MLflow run {self.mlflow_run}"
+            f"MLflow run {self.mlflow_run} in {self.tracking_uri}"
         )
 
 
@@ -146,7 +147,7 @@ def protect(
         if engine == "ray":
             _remove(work.uri)
     return ProtectSummary(out, len(clean), summary["bayes_error_clean"], summary["bayes_error_release"],
-                          time.perf_counter() - started, tracker.run_id)
+                          time.perf_counter() - started, tracker.run_id, tracker.uri)
 
 
 def _protect_reference(source: str, config: ProtectConfig, progress: bool):
