@@ -18,10 +18,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from pipelines.config import ProtectConfig
+from pipelines.storage import WorkDir, check_readable, check_writable
+from pipelines.tracking import Tracker, bayes_error_plot, image_grid
 from ue_core.checks import check_release
 from ue_core.config import to_dict
 from ue_core.data import read_dataset
@@ -31,10 +32,6 @@ from ue_core.errors import DatasetFormatError, InvalidInputError
 from ue_core.methods.beo import BEO, measure_bayes_error
 from ue_core.pga import quantise_release
 from ue_core.release import check_release_target, write_release
-
-from pipelines.config import ProtectConfig
-from pipelines.storage import WorkDir, check_readable, check_writable
-from pipelines.tracking import Tracker, bayes_error_plot, image_grid
 
 ENGINES = ("ray", "reference")
 
@@ -116,6 +113,8 @@ def protect(
         tracker.log_params({"engine": engine, "source": source, "out": out, **to_dict(config)})
         if engine == "reference":
             clean, release, history, summary, test = _protect_reference(source, config, progress)
+            for step, record in enumerate(history):
+                tracker.log_metrics(record, step=step)
         else:
             from pipelines.ray_engine import protect_on_ray
 
@@ -138,8 +137,6 @@ def protect(
             "history": history,
         }
         written = write_release(release, out, manifest, formats=config.formats, test=test, overwrite=overwrite)
-        for step, record in enumerate(history) if engine == "reference" else ():
-            tracker.log_metrics(record, step=step)
         tracker.log_metrics(summary)
         tracker.log_figure(bayes_error_plot(history), "bayes_error.png")
         tracker.log_figure(image_grid(clean.images, release.images, clean.labels, clean.class_names), "images.png")
@@ -175,7 +172,3 @@ def _remove(uri: str) -> None:
     fs, path = filesystem(uri)
     if fs.exists(path):
         fs.rm(path, recursive=True)
-
-
-def progress_bar(total: int, initial: int, enabled: bool) -> tqdm:
-    return tqdm(total=total, initial=initial, desc="BEO rounds", unit="round", disable=not enabled)

@@ -15,14 +15,10 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-
-from ue_core.config import to_dict
-from ue_core.data.dataset import ImageDataset
-from ue_core.data.shards import read_shards, write_shards
-from ue_core.errors import InvalidInputError
+from tqdm.auto import tqdm
 
 from pipelines.config import ProtectConfig
-from pipelines.protect import finalise, load_test_set, load_training_set, progress_bar
+from pipelines.protect import finalise, load_test_set, load_training_set
 from pipelines.rounds import (
     DatasetInfo,
     Resources,
@@ -40,6 +36,11 @@ from pipelines.rounds import (
 )
 from pipelines.storage import WorkDir, pyarrow_filesystem, storage_env
 from pipelines.tracking import Tracker
+from ue_core.config import to_dict
+from ue_core.data.dataset import ImageDataset
+from ue_core.data.fsutil import filesystem
+from ue_core.data.shards import read_shards, write_shards
+from ue_core.errors import InvalidInputError
 
 ROWS_PER_INGEST_SHARD = 5_000
 
@@ -68,8 +69,7 @@ def prepare_work_dir(source: str, config: ProtectConfig, work: WorkDir) -> Datas
     """Ingest the source into ``work`` (once) and return what the rounds need to know about it."""
     job = {"source": source, "config": to_dict(config)}
     job_uri = work.path("job.json")
-    fs_job = _exists(job_uri)
-    if fs_job:
+    if _exists(job_uri):
         recorded = read_json(job_uri)
         if recorded["job"] != job:
             raise InvalidInputError(
@@ -84,8 +84,6 @@ def prepare_work_dir(source: str, config: ProtectConfig, work: WorkDir) -> Datas
 
 
 def _exists(uri: str) -> bool:
-    from ue_core.data.fsutil import filesystem
-
     fs, path = filesystem(uri)
     return fs.exists(path)
 
@@ -120,7 +118,7 @@ def protect_on_ray(
         history.extend(read_json(f"{work.round_dir(round_index)}/round.json"))
     surrogate = read_model(f"{work.round_dir(done[-1])}/surrogate.pt") if done else None
     state_uri = f"{work.round_dir(done[-1])}/state" if done else initial_state_uri(work, info)
-    bar = progress_bar(config.beo.rounds, len(done), progress)
+    bar = tqdm(total=config.beo.rounds, initial=len(done), desc="BEO rounds", unit="round", disable=not progress)
     for round_index in range(len(done), config.beo.rounds):
         surrogate, records = run_round(state_uri, surrogate, config.beo, info, round_index, test_ref, work, resources)
         state_uri = f"{work.round_dir(round_index)}/state"

@@ -20,7 +20,7 @@ import io
 import json
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ import torch
 from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from pipelines.storage import WorkDir, pyarrow_filesystem
 from ue_core import bayes_error
 from ue_core.config import from_dict, to_dict
 from ue_core.data.fsutil import filesystem
@@ -37,8 +38,6 @@ from ue_core.methods.beo import BEOConfig, estimator_generator, train_surrogate
 from ue_core.models import Classifier, build_model
 from ue_core.pga import PGAConfig, PixelState, ascent_step
 from ue_core.training import compute_features, evaluate, feature_vjp
-
-from pipelines.storage import WorkDir, pyarrow_filesystem
 
 STATE_COLUMNS = ("index", "label", "image", "delta", "exp_avg", "exp_avg_sq", "steps")
 
@@ -71,20 +70,13 @@ class Resources:
     task_cpus: float
 
     @staticmethod
-    def from_cluster() -> "Resources":
+    def from_cluster() -> Resources:
         available = ray.available_resources()
         cpus, gpus = float(available.get("CPU", 1.0)), int(available.get("GPU", 0))
         if gpus:
             return Resources(actors=gpus, cpus_per_actor=min(1.0, cpus / (2 * gpus)), gpus_per_actor=1, task_cpus=0.5)
         actors = max(1, int(cpus))
         return Resources(actors=actors, cpus_per_actor=0.5 * cpus / actors, gpus_per_actor=0, task_cpus=0.5)
-
-
-@dataclass
-class RoundResult:
-    """The metrics of one finished round (one record per ascent step, as in the reference)."""
-
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def unwrap(refs: Any) -> Any:
@@ -99,17 +91,6 @@ def unwrap(refs: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------- models
-
-
-def model_spec(model: Classifier, config: BEOConfig, info: DatasetInfo) -> dict[str, Any]:
-    """A picklable description of a surrogate: its architecture and its weights."""
-    return {
-        "name": config.surrogate.model,
-        "num_classes": info.num_classes,
-        "in_channels": info.image_shape[2],
-        "image_size": info.image_shape[0],
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
 
 
 def load_model(spec: dict[str, Any]) -> Classifier:

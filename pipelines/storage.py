@@ -16,12 +16,21 @@ import uuid
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
+from fsspec import AbstractFileSystem
+from fsspec.core import url_to_fs
 
 from ue_core.data.fsutil import filesystem
 from ue_core.errors import UEError
 
 S3_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
                "AWS_REGION", "AWS_DEFAULT_REGION")
+S3_CHECK_RETRIES = 1
+# s3fs options for check_readable / check_writable: fail in seconds when the endpoint is unreachable
+S3_CHECK_OPTIONS = {
+    "skip_instance_cache": True,
+    "use_listings_cache": False,
+    "config_kwargs": {"connect_timeout": 5, "read_timeout": 30, "retries": {"max_attempts": 2, "mode": "standard"}},
+}
 
 
 class StorageError(UEError):
@@ -66,14 +75,35 @@ def _describe(error: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
+def _check_filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
+    """The filesystem for the checks: for s3://, short timeouts and few retries, so that an unreachable
+    endpoint fails within seconds instead of after botocore's and s3fs's retries with back-off."""
+    if not is_s3(uri):
+        return filesystem(uri)
+    fs, path = url_to_fs(uri, **S3_CHECK_OPTIONS)
+    fs.retries = S3_CHECK_RETRIES  # s3fs's own retries (a class attribute, not a constructor option)
+    return fs, path.rstrip("/")
+
+
+def _check_bucket(fs: AbstractFileSystem, path: str, uri: str, verb: str) -> None:
+    """HEAD the bucket of an s3 ``path``: endpoint, credentials and bucket in one request.
+
+    (s3fs's ``exists`` on a bucket answers False for every failure, so it cannot tell them apart.)
+    """
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.call_s3("head_bucket", Bucket=bucket)
+    except FileNotFoundError:
+        raise StorageError(f"cannot {verb} {uri}: the bucket {bucket} does not exist") from None
+
+
 def check_readable(uri: str) -> None:
     """Raise StorageError (one line, naming ``uri``) unless ``uri`` exists and can be listed."""
     try:
-        fs, path = filesystem(uri)
+        fs, path = _check_filesystem(uri)
+        if is_s3(uri):
+            _check_bucket(fs, path, uri, "read")
         if not fs.exists(path):
-            bucket = path.split("/", 1)[0]
-            if is_s3(uri) and not fs.exists(bucket):
-                raise StorageError(f"cannot read {uri}: the bucket does not exist")
             raise StorageError(f"cannot read {uri}: no such file or directory")
         fs.ls(path) if fs.isdir(path) else fs.info(path)
     except UEError:
@@ -87,12 +117,16 @@ def check_writable(uri: str) -> None:
     parent = uri.rstrip("/").rsplit("/", 1)[0]
     probe = f"{parent}/.ue-write-probe-{uuid.uuid4().hex[:8]}"
     try:
-        fs, path = filesystem(probe)
-        if not is_s3(uri):
+        fs, path = _check_filesystem(probe)
+        if is_s3(uri):
+            _check_bucket(fs, path, uri, "write")
+        else:
             fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         with fs.open(path, "wb") as f:
             f.write(b"ok")
         fs.rm(path)
+    except UEError:
+        raise
     except Exception as error:  # noqa: BLE001
         raise StorageError(f"cannot write {uri}: {_describe(error)}") from None
 
@@ -108,7 +142,7 @@ class WorkDir:
     uri: str
 
     @staticmethod
-    def beside(out: str) -> "WorkDir":
+    def beside(out: str) -> WorkDir:
         """The default: a hidden sibling of the release, ``.NAME.work``."""
         parent, name = out.rstrip("/").rsplit("/", 1) if "/" in out.rstrip("/") else (".", out)
         return WorkDir(f"{parent}/.{name}.work")

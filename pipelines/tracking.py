@@ -13,11 +13,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
 
-from ue_core.config import flatten  # noqa: E402
+from ue_core.config import flatten
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 
@@ -42,7 +42,7 @@ class Tracker:
         mlflow.set_experiment(experiment)
         self.run = mlflow.start_run(run_name=run_name)
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:

@@ -57,7 +57,7 @@ class KernelStats:
         return 1.0 - self.predicted_mass / self.row_sum
 
     @staticmethod
-    def concat(parts: list["KernelStats"]) -> "KernelStats":
+    def concat(parts: list[KernelStats]) -> KernelStats:
         """Stack the stats of consecutive blocks."""
         return KernelStats(
             row_sum=torch.cat([p.row_sum for p in parts]),
@@ -65,7 +65,7 @@ class KernelStats:
             predicted=torch.cat([p.predicted for p in parts]),
         )
 
-    def take(self, rows: torch.Tensor) -> "KernelStats":
+    def take(self, rows: torch.Tensor) -> KernelStats:
         """The stats of the samples at positions ``rows``."""
         return KernelStats(self.row_sum[rows], self.predicted_mass[rows], self.predicted[rows])
 

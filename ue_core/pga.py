@@ -70,7 +70,7 @@ class PGAConfig:
         levels = 255 * self.eps
         return float(math.floor(levels + 1e-9)) if self.norm == "linf" else levels
 
-    def with_eps(self, eps: float) -> "PGAConfig":
+    def with_eps(self, eps: float) -> PGAConfig:
         """The same rule at another budget (step_size rescaled when it was the default)."""
         return replace(self, eps=eps, step_size=None)
 
@@ -91,17 +91,17 @@ class PixelState:
     steps: torch.Tensor
 
     @staticmethod
-    def zeros(shape: tuple[int, ...]) -> "PixelState":
+    def zeros(shape: tuple[int, ...]) -> PixelState:
         """δ = 0 and empty optimiser state for ``shape`` = (N, C, H, W)."""
         return PixelState(
             torch.zeros(shape), torch.zeros(shape), torch.zeros(shape), torch.zeros(shape[0], dtype=torch.long)
         )
 
-    def take(self, rows: torch.Tensor) -> "PixelState":
+    def take(self, rows: torch.Tensor) -> PixelState:
         """The state of the rows at positions ``rows``."""
         return PixelState(self.delta[rows], self.exp_avg[rows], self.exp_avg_sq[rows], self.steps[rows])
 
-    def put(self, rows: torch.Tensor, part: "PixelState") -> None:
+    def put(self, rows: torch.Tensor, part: PixelState) -> None:
         """Write ``part`` back at positions ``rows``."""
         self.delta[rows] = part.delta
         self.exp_avg[rows] = part.exp_avg

@@ -408,7 +408,7 @@ def fit(
         transform = None
         if batch_transform is not None:
             transform_generator = torch.Generator().manual_seed(seed)
-            transform = lambda images, labels: batch_transform(images, labels, transform_generator)[0]  # noqa: E731
+            transform = lambda images, labels: batch_transform(images, labels, transform_generator)[0]
         recalibrate_batch_norm(model, x, y, recipe.batch_size, device, transform)
     return history
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from ue_core.checks import check_release
 from ue_core.data import read_dataset

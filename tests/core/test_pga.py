@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from ue_core.checks import check_release
+from ue_core.config import parse_fraction
 from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError, ReleaseCheckError
-from ue_core.config import parse_fraction
 from ue_core.pga import PGAConfig, PixelState, ascent_step, project, quantise_release
 
 

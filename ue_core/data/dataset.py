@@ -83,7 +83,7 @@ class ImageDataset:
         x = torch.from_numpy(self.images).permute(0, 3, 1, 2).float().div_(255.0)
         return x.contiguous(), torch.from_numpy(self.labels)
 
-    def subset(self, rows: np.ndarray) -> "ImageDataset":
+    def subset(self, rows: np.ndarray) -> ImageDataset:
         """The rows at positions ``rows`` (an int array or boolean mask), keeping their indices."""
         return ImageDataset(
             images=self.images[rows],
@@ -94,7 +94,7 @@ class ImageDataset:
             name=self.name,
         )
 
-    def with_images(self, images: np.ndarray) -> "ImageDataset":
+    def with_images(self, images: np.ndarray) -> ImageDataset:
         """The same indices and labels with other pixels (e.g. a protected release)."""
         return ImageDataset(
             images=images,
@@ -105,7 +105,7 @@ class ImageDataset:
             name=self.name,
         )
 
-    def sorted_by_index(self) -> "ImageDataset":
+    def sorted_by_index(self) -> ImageDataset:
         """The rows ordered by index."""
         return self.subset(np.argsort(self.index, kind="stable"))
 
