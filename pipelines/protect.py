@@ -106,9 +106,9 @@ def protect(
     if engine not in ENGINES:
         raise InvalidInputError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     started = time.perf_counter()
+    check_writable(out)  # first: it names an unreachable endpoint, bad credentials or a missing bucket
     check_release_target(out, overwrite)
     check_readable(source)
-    check_writable(out)
     with Tracker(tracking_uri, experiment, run_name=f"protect {Path(out).name}") as tracker:
         tracker.log_params({"engine": engine, "source": source, "out": out, **to_dict(config)})
         if engine == "reference":

@@ -10,6 +10,7 @@ completed round, and a different config in the same work directory is refused ra
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,7 @@ def connect(address: str | None, progress: bool) -> None:
     if not ray.is_initialized():
         ray.init(address=address, runtime_env={"env_vars": storage_env()}, include_dashboard=False,
                  log_to_driver=False)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset execution is noise here
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # the same blocks in the same order on every run
     context.enable_progress_bars = progress

@@ -62,21 +62,31 @@ class Resources:
             actors deadlocked a 2-core machine).
         gpus_per_actor: 1 when the cluster has GPUs, else 0.
         task_cpus: CPUs per estimator task.
+        trainer_cpus: CPUs the surrogate's Ray Train worker reserves: a node's CPUs but one, which the Ray
+            Data tasks that feed it need (a 1.5-of-2 CPU worker hung waiting for its data here).
+        trainer_threads: torch threads of that worker: all of the node's cores, since it trains alone once
+            its data has arrived.
     """
 
     actors: int
     cpus_per_actor: float
     gpus_per_actor: float
     task_cpus: float
+    trainer_cpus: float
+    trainer_threads: int
 
     @staticmethod
     def from_cluster() -> Resources:
         available = ray.available_resources()
         cpus, gpus = float(available.get("CPU", 1.0)), int(available.get("GPU", 0))
+        node_cpus = max(float(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"])
+        trainer = {"trainer_cpus": max(0.5, min(cpus, node_cpus) - 1.0), "trainer_threads": max(1, int(node_cpus))}
         if gpus:
-            return Resources(actors=gpus, cpus_per_actor=min(1.0, cpus / (2 * gpus)), gpus_per_actor=1, task_cpus=0.5)
+            return Resources(actors=gpus, cpus_per_actor=min(1.0, cpus / (2 * gpus)), gpus_per_actor=1,
+                             task_cpus=0.5, **trainer)
         actors = max(1, int(cpus))
-        return Resources(actors=actors, cpus_per_actor=0.5 * cpus / actors, gpus_per_actor=0, task_cpus=0.5)
+        return Resources(actors=actors, cpus_per_actor=0.5 * cpus / actors, gpus_per_actor=0, task_cpus=0.5,
+                         **trainer)
 
 
 def unwrap(refs: Any) -> Any:
@@ -264,6 +274,7 @@ def _surrogate_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     config = from_dict(BEOConfig, loop_config["beo"])
+    torch.set_num_threads(loop_config["threads"])
     shard = ray.train.get_dataset_shard("train")
     rows = {c: [] for c in ("index", "label", "image", "delta")}
     for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
@@ -300,11 +311,12 @@ def train_surrogate_on_ray(
         train_loop_config={
             "beo": to_dict(config), "previous": previous, "num_classes": info.num_classes, "test": test,
             "seed": config.seed * 100_003 + round_index,  # as the reference does
+            "threads": resources.trainer_threads,
         },
         datasets={"train": state.select_columns(["index", "label", "image", "delta"])},
         scaling_config=ScalingConfig(
             num_workers=1, use_gpu=resources.gpus_per_actor > 0,
-            resources_per_worker={"CPU": max(resources.cpus_per_actor, 0.5)},
+            resources_per_worker={"CPU": resources.trainer_cpus},
         ),
         run_config=RunConfig(name=f"surrogate-round-{round_index:05d}", storage_path=storage_path,
                              storage_filesystem=storage_fs),

@@ -24,8 +24,9 @@ from ue_core.errors import UEError
 
 S3_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
                "AWS_REGION", "AWS_DEFAULT_REGION")
+# s3fs for check_readable / check_writable: short timeouts and few retries, so that an unreachable endpoint
+# fails in seconds (botocore's and s3fs's default retries with back-off take ~10 s per request)
 S3_CHECK_RETRIES = 1
-# s3fs options for check_readable / check_writable: fail in seconds when the endpoint is unreachable
 S3_CHECK_OPTIONS = {
     "skip_instance_cache": True,
     "use_listings_cache": False,
@@ -76,8 +77,7 @@ def _describe(error: BaseException) -> str:
 
 
 def _check_filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
-    """The filesystem for the checks: for s3://, short timeouts and few retries, so that an unreachable
-    endpoint fails within seconds instead of after botocore's and s3fs's retries with back-off."""
+    """The filesystem for the checks (for s3://, an uncached s3fs with S3_CHECK_OPTIONS)."""
     if not is_s3(uri):
         return filesystem(uri)
     fs, path = url_to_fs(uri, **S3_CHECK_OPTIONS)

@@ -6,6 +6,7 @@ through `--tracking-uri` or MLFLOW_TRACKING_URI. Credentials never reach params:
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep a failing job's stderr to its one error line
 
 from ue_core.config import flatten
 

@@ -12,7 +12,6 @@ import mlflow
 import numpy as np
 import pytest
 import ray
-import torch
 import yaml
 from PIL import Image
 
@@ -75,23 +74,19 @@ def test_ray_release_is_verified_and_its_work_dir_is_gone(job, ray_release):
 def test_ray_engine_matches_the_reference(job, ray_release):
     """Same seed, same exact estimator: the same release up to floating-point order.
 
-    Tolerance (stated, and what this test holds the engine to): the Ray engine trains the surrogate with
-    one thread and computes features and kernels in other batch and block shapes, so a few gradient
+    Tolerance (stated, and what this test holds the engine to): the Ray engine computes features and
+    kernels in other batch and block shapes (and may train with another thread count), so a few gradient
     entries that are ~0 can change sign; at most 0.5% of pixels may differ, and β̂ agrees within 0.02.
     """
     out, summary = ray_release
     config = load_protect_config(config_file=job["config_file"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        reference = protect(job["source"], str(job["root"] / "reference-release"), config, engine="reference",
-                            progress=False, tracking_uri=job["tracking"], experiment="tests")
-    finally:
-        torch.set_num_threads(threads)
+    reference = protect(job["source"], str(job["root"] / "reference-release"), config, engine="reference",
+                        progress=False, tracking_uri=job["tracking"], experiment="tests")
     ours, theirs = read_release(out).sorted_by_index(), read_release(job["root"] / "reference-release").sorted_by_index()
     np.testing.assert_array_equal(ours.index, theirs.index)
     np.testing.assert_array_equal(ours.labels, theirs.labels)
     differing = np.mean(ours.images != theirs.images)
+    print(f"Ray vs reference: {differing:.4%} of pixels differ")
     assert differing <= 0.005, f"{differing:.4%} of pixels differ"
     ray_history = read_manifest(out)["history"]
     reference_history = read_manifest(job["root"] / "reference-release")["history"]

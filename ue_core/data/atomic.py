@@ -51,10 +51,10 @@ def staged_directory(
     fs.makedirs(staging, exist_ok=False)
     try:
         yield fs, staging
+        _publish(fs, staging, path)
     except BaseException:
         _remove_quietly(fs, staging)
         raise
-    _publish(fs, staging, path)
 
 
 def _publish(fs: AbstractFileSystem, staging: str, path: str) -> None:
@@ -73,7 +73,10 @@ def _publish(fs: AbstractFileSystem, staging: str, path: str) -> None:
         return
     if fs.exists(path):
         fs.rm(path, recursive=True)
-    fs.mv(staging, path, recursive=True)
+    # file by file: object stores have no folders, and a recursive move trips over folder entries
+    files = fs.find(staging)
+    fs.copy(files, [path + name[len(staging):] for name in files])
+    fs.rm(staging, recursive=True)
 
 
 def _remove_quietly(fs: AbstractFileSystem, path: str) -> None:

