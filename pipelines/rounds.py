@@ -82,11 +82,11 @@ class Resources:
         node_cpus = max(float(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"])
         trainer = {"trainer_cpus": max(0.5, min(cpus, node_cpus) - 1.0), "trainer_threads": max(1, int(node_cpus))}
         if gpus:
-            return Resources(actors=gpus, cpus_per_actor=min(1.0, cpus / (2 * gpus)), gpus_per_actor=1,
-                             task_cpus=0.5, **trainer)
+            return Resources(
+                actors=gpus, cpus_per_actor=min(1.0, cpus / (2 * gpus)), gpus_per_actor=1, task_cpus=0.5, **trainer
+            )
         actors = max(1, int(cpus))
-        return Resources(actors=actors, cpus_per_actor=0.5 * cpus / actors, gpus_per_actor=0, task_cpus=0.5,
-                         **trainer)
+        return Resources(actors=actors, cpus_per_actor=0.5 * cpus / actors, gpus_per_actor=0, task_cpus=0.5, **trainer)
 
 
 def unwrap(refs: Any) -> Any:
@@ -104,7 +104,9 @@ def unwrap(refs: Any) -> Any:
 
 
 def load_model(spec: dict[str, Any]) -> Classifier:
-    model = build_model(spec["name"], spec["num_classes"], in_channels=spec["in_channels"], image_size=spec["image_size"])
+    model = build_model(
+        spec["name"], spec["num_classes"], in_channels=spec["in_channels"], image_size=spec["image_size"]
+    )
     model.load_state_dict(spec["state_dict"])
     return model.eval()
 
@@ -159,8 +161,8 @@ def collect(dataset: ray.data.Dataset, columns: list[str]) -> dict[str, np.ndarr
 class FeaturePass:
     """Ray Data actor: penultimate features φ(x + δ) of each batch; output columns index, label, features."""
 
-    def __init__(self, spec: dict[str, Any], batch_size: int) -> None:
-        self.model = load_model(spec)
+    def __init__(self, surrogate: dict[str, Any], batch_size: int) -> None:
+        self.model = load_model(ray.get(surrogate["ref"]))
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -172,8 +174,10 @@ class FeaturePass:
 class AscentPass:
     """Ray Data actor: one PGA step for each row of a batch, given the feature gradient of every row."""
 
-    def __init__(self, spec: dict[str, Any], pga: dict[str, Any], gradient: dict[str, Any], batch_size: int) -> None:
-        self.model = load_model(spec)
+    def __init__(
+        self, surrogate: dict[str, Any], pga: dict[str, Any], gradient: dict[str, Any], batch_size: int
+    ) -> None:
+        self.model = load_model(ray.get(surrogate["ref"]))
         self.pga = from_dict(PGAConfig, pga)
         self.sorted_index, self.feature_gradient = ray.get(gradient["ref"])  # (N,), (N, D) = ∂β̂/∂z / s
         self.batch_size = batch_size
@@ -207,16 +211,24 @@ class AscentPass:
 
 
 @ray.remote
-def _stats_block(bank: np.ndarray, labels: np.ndarray, num_classes: int, sigma: float, start: int, stop: int,
-                 memory_budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _stats_block(
+    bank: np.ndarray, labels: np.ndarray, num_classes: int, sigma: float, start: int, stop: int, memory_budget: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     z, y = torch.from_numpy(bank), torch.from_numpy(labels)
     stats = bayes_error.block_stats(z[start:stop], z, y, num_classes, sigma, torch.arange(start, stop), memory_budget)
     return stats.row_sum.numpy(), stats.predicted_mass.numpy(), stats.predicted.numpy()
 
 
 @ray.remote
-def _gradient_block(bank: np.ndarray, labels: np.ndarray, stats: tuple[np.ndarray, ...], sigma: float, start: int,
-                    stop: int, memory_budget: int) -> np.ndarray:
+def _gradient_block(
+    bank: np.ndarray,
+    labels: np.ndarray,
+    stats: tuple[np.ndarray, ...],
+    sigma: float,
+    start: int,
+    stop: int,
+    memory_budget: int,
+) -> np.ndarray:
     z, y = torch.from_numpy(bank), torch.from_numpy(labels)
     every = bayes_error.KernelStats(*(torch.from_numpy(s) for s in stats))
     rows = torch.arange(start, stop)
@@ -226,21 +238,37 @@ def _gradient_block(bank: np.ndarray, labels: np.ndarray, stats: tuple[np.ndarra
 
 
 @ray.remote
-def _cheap_estimate(bank: np.ndarray, labels: np.ndarray, num_classes: int, estimator: dict[str, Any],
-                    generator_seed: tuple[int, int, int]) -> tuple[float, np.ndarray]:
+def _cheap_estimate(
+    bank: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    estimator: dict[str, Any],
+    generator_seed: tuple[int, int, int],
+) -> tuple[float, np.ndarray]:
     from ue_core.methods.beo import EstimatorConfig
 
     config = from_dict(EstimatorConfig, estimator)
     result = bayes_error.estimate(
-        torch.from_numpy(bank), torch.from_numpy(labels), num_classes, sigma=config.sigma, estimator=config.kind,
-        batch_size=config.batch_size, reference_size=config.reference_size,
-        generator=estimator_generator(config, *generator_seed), memory_budget=config.memory_budget_mb * 2**20,
+        torch.from_numpy(bank),
+        torch.from_numpy(labels),
+        num_classes,
+        sigma=config.sigma,
+        estimator=config.kind,
+        batch_size=config.batch_size,
+        reference_size=config.reference_size,
+        generator=estimator_generator(config, *generator_seed),
+        memory_budget=config.memory_budget_mb * 2**20,
     )
     return float(result.value), result.gradient.numpy()
 
 
 def feature_gradient(
-    features: np.ndarray, labels: np.ndarray, num_classes: int, config: BEOConfig, round_index: int, step: int,
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    config: BEOConfig,
+    round_index: int,
+    step: int,
     resources: Resources,
 ) -> tuple[float, np.ndarray]:
     """β̂ and ∂β̂/∂z (N, D) for normalised features z sorted by index.
@@ -257,12 +285,16 @@ def feature_gradient(
     blocks = np.array_split(np.arange(len(features)), max(1, min(len(features), 2 * resources.actors)))
     bounds = [(int(b[0]), int(b[-1]) + 1) for b in blocks if len(b)]
     stats_task = _stats_block.options(num_cpus=resources.task_cpus)
-    parts = unwrap([stats_task.remote(bank, bank_labels, num_classes, estimator.sigma, a, b, budget) for a, b in bounds])
+    parts = unwrap(
+        [stats_task.remote(bank, bank_labels, num_classes, estimator.sigma, a, b, budget) for a, b in bounds]
+    )
     stats = tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
     value = float(np.mean(1.0 - stats[1] / stats[0]))
     stats_ref = ray.put(stats)
     gradient_task = _gradient_block.options(num_cpus=resources.task_cpus)
-    rows = unwrap([gradient_task.remote(bank, bank_labels, stats_ref, estimator.sigma, a, b, budget) for a, b in bounds])
+    rows = unwrap(
+        [gradient_task.remote(bank, bank_labels, stats_ref, estimator.sigma, a, b, budget) for a, b in bounds]
+    )
     return value, np.concatenate(rows)
 
 
@@ -286,21 +318,29 @@ def _surrogate_loop(loop_config: dict[str, Any]) -> None:
     y = torch.from_numpy(data["label"][order])
     training_images = x if config.surrogate.mode == "fixed" else x + delta
     previous = load_model(loop_config["previous"]) if loop_config["previous"] is not None else None
-    model = train_surrogate(previous, training_images, y, loop_config["num_classes"], config.surrogate,
-                            seed=loop_config["seed"])
+    model = train_surrogate(
+        previous, training_images, y, loop_config["num_classes"], config.surrogate, seed=loop_config["seed"]
+    )
     metrics = {"surrogate_train_accuracy": evaluate(model, training_images, y, config.batch_size)}
     if loop_config["test"] is not None:
         test_x, test_y = ray.get(loop_config["test"]["ref"])
-        metrics["surrogate_test_accuracy"] = evaluate(model, torch.from_numpy(test_x), torch.from_numpy(test_y),
-                                                      config.batch_size)
+        metrics["surrogate_test_accuracy"] = evaluate(
+            model, torch.from_numpy(test_x), torch.from_numpy(test_y), config.batch_size
+        )
     with tempfile.TemporaryDirectory() as directory:
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, f"{directory}/model.pt")
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
 
 
 def train_surrogate_on_ray(
-    state: ray.data.Dataset, previous: dict[str, Any] | None, config: BEOConfig, info: DatasetInfo,
-    round_index: int, test: dict[str, Any] | None, work: WorkDir, resources: Resources,
+    state: ray.data.Dataset,
+    previous: dict[str, Any] | None,
+    config: BEOConfig,
+    info: DatasetInfo,
+    round_index: int,
+    test: dict[str, Any] | None,
+    work: WorkDir,
+    resources: Resources,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """This round's surrogate (a model spec) and its accuracies, trained by a TorchTrainer."""
     if previous is not None and config.surrogate.mode == "fixed":
@@ -309,23 +349,34 @@ def train_surrogate_on_ray(
     trainer = TorchTrainer(
         _surrogate_loop,
         train_loop_config={
-            "beo": to_dict(config), "previous": previous, "num_classes": info.num_classes, "test": test,
+            "beo": to_dict(config),
+            "previous": previous,
+            "num_classes": info.num_classes,
+            "test": test,
             "seed": config.seed * 100_003 + round_index,  # as the reference does
             "threads": resources.trainer_threads,
         },
         datasets={"train": state.select_columns(["index", "label", "image", "delta"])},
         scaling_config=ScalingConfig(
-            num_workers=1, use_gpu=resources.gpus_per_actor > 0,
+            num_workers=1,
+            use_gpu=resources.gpus_per_actor > 0,
             resources_per_worker={"CPU": resources.trainer_cpus},
         ),
-        run_config=RunConfig(name=f"surrogate-round-{round_index:05d}", storage_path=storage_path,
-                             storage_filesystem=storage_fs),
+        run_config=RunConfig(
+            name=f"surrogate-round-{round_index:05d}", storage_path=storage_path, storage_filesystem=storage_fs
+        ),
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as directory:
         state_dict = torch.load(f"{directory}/model.pt", weights_only=True)
-    spec = {**(previous or {}), "name": config.surrogate.model, "num_classes": info.num_classes,
-            "in_channels": info.image_shape[2], "image_size": info.image_shape[0], "state_dict": state_dict}
+    spec = {
+        **(previous or {}),
+        "name": config.surrogate.model,
+        "num_classes": info.num_classes,
+        "in_channels": info.image_shape[2],
+        "image_size": info.image_shape[0],
+        "state_dict": state_dict,
+    }
     return spec, dict(result.metrics or {})
 
 
@@ -368,8 +419,14 @@ def completed_rounds(work: WorkDir) -> list[int]:
 
 
 def run_round(
-    state_uri: str, previous: dict[str, Any] | None, config: BEOConfig, info: DatasetInfo, round_index: int,
-    test: dict[str, Any] | None, work: WorkDir, resources: Resources,
+    state_uri: str,
+    previous: dict[str, Any] | None,
+    config: BEOConfig,
+    info: DatasetInfo,
+    round_index: int,
+    test: dict[str, Any] | None,
+    work: WorkDir,
+    resources: Resources,
 ) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """One round from the state at ``state_uri``; writes round ``round_index`` and returns (surrogate, records)."""
     started = time.perf_counter()
@@ -378,37 +435,56 @@ def run_round(
     surrogate, accuracies = train_surrogate_on_ray(state, previous, config, info, round_index, test, work, resources)
     round_metrics = {"round": round_index, "seconds_surrogate": time.perf_counter() - started, **accuracies}
     actor_options = dict(
-        compute=ray.data.ActorPoolStrategy(size=resources.actors), num_cpus=resources.cpus_per_actor,
-        num_gpus=resources.gpus_per_actor, batch_size=config.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=resources.actors),
+        num_cpus=resources.cpus_per_actor,
+        num_gpus=resources.gpus_per_actor,
+        batch_size=config.batch_size,
     )
+    # object-store references, wrapped so that Ray hands them to the actors as references, not copies
+    surrogate_ref = {"ref": ray.put(surrogate)}
     records = []
     for step in range(config.steps_per_round):
         timings = {}
         t0 = time.perf_counter()
         features = collect(
-            state.map_batches(FeaturePass, fn_constructor_kwargs={"spec": surrogate, "batch_size": config.batch_size},
-                              **actor_options),
+            state.map_batches(
+                FeaturePass,
+                fn_constructor_kwargs={"surrogate": surrogate_ref, "batch_size": config.batch_size},
+                **actor_options,
+            ),
             ["index", "label", "features"],
         )
         timings["seconds_features"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         z, scale = bayes_error.normalise_features(torch.from_numpy(features["features"]))
-        value, gradient = feature_gradient(z.numpy(), features["label"], info.num_classes, config, round_index, step,
-                                           resources)
+        value, gradient = feature_gradient(
+            z.numpy(), features["label"], info.num_classes, config, round_index, step, resources
+        )
         timings["seconds_estimator"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         gradient_ref = ray.put((features["index"], (gradient / scale).astype(np.float32)))
         state = state.map_batches(
             AscentPass,
-            fn_constructor_kwargs={"spec": surrogate, "pga": to_dict(config.pga), "gradient": {"ref": gradient_ref},
-                                   "batch_size": config.batch_size},
+            fn_constructor_kwargs={
+                "surrogate": surrogate_ref,
+                "pga": to_dict(config.pga),
+                "gradient": {"ref": gradient_ref},
+                "batch_size": config.batch_size,
+            },
             **actor_options,
         ).materialize()
         sizes = collect(state, ["index", "delta_abs_max", "delta_abs_mean"])
         timings["seconds_ascent"] = time.perf_counter() - t0
-        records.append({**round_metrics, "step": step, "bayes_error": value,
-                        "delta_max_abs": float(sizes["delta_abs_max"].max()),
-                        "delta_mean_abs": float(sizes["delta_abs_mean"].mean()), **timings})
+        records.append(
+            {
+                **round_metrics,
+                "step": step,
+                "bayes_error": value,
+                "delta_max_abs": float(sizes["delta_abs_max"].max()),
+                "delta_mean_abs": float(sizes["delta_abs_mean"].mean()),
+                **timings,
+            }
+        )
         state = state.select_columns(list(STATE_COLUMNS))
     round_dir = work.round_dir(round_index)
     write_state(state, f"{round_dir}/state")
