@@ -389,8 +389,12 @@ def read_state(uri: str) -> ray.data.Dataset:
 
 
 def write_state(state: ray.data.Dataset, uri: str) -> None:
-    fs, path = pyarrow_filesystem(uri)
-    state.write_parquet(path, filesystem=fs)
+    """Write the state shards at ``uri``, first removing what a killed attempt may have left there."""
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    arrow_fs, arrow_path = pyarrow_filesystem(uri)
+    state.write_parquet(arrow_path, filesystem=arrow_fs)
 
 
 def write_json(uri: str, content: Any) -> None:

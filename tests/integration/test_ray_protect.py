@@ -140,3 +140,19 @@ def test_a_killed_job_resumes_to_the_uninterrupted_result(job, ray_release, tmp_
     assert [h["round"] for h in history] == [0, 1]
     resumed, uninterrupted = read_release(out), read_release(ray_release[0])
     np.testing.assert_array_equal(resumed.sorted_by_index().images, uninterrupted.sorted_by_index().images)
+
+
+def test_state_left_by_a_killed_write_is_replaced(tmp_path):
+    """A round killed while writing its state leaves shards but no round.json; the retry must not add to them."""
+    from pipelines.rounds import read_state, write_state
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        target = tmp_path / "state"
+        target.mkdir()
+        (target / "stale-part.parquet").write_bytes(b"left by a killed attempt")
+        write_state(ray.data.from_items([{"index": i} for i in range(5)]), str(target))
+        assert not (target / "stale-part.parquet").exists()
+        assert sorted(read_state(str(target)).to_pandas()["index"]) == [0, 1, 2, 3, 4]
+    finally:
+        ray.shutdown()
