@@ -80,6 +80,7 @@ def bayes_error_plot(history: list[dict[str, float]]) -> plt.Figure:
     axis.plot(steps, [h["bayes_error"] for h in history], marker="o", color="tab:red", label="β̂ (protected)")
     axis.set_xlabel("ascent step (rounds × steps per round)")
     axis.set_ylabel("Bayes-error estimate β̂")
+    handles = axis.get_lines()
     accuracies = [k for k in ("surrogate_train_accuracy", "surrogate_test_accuracy") if any(k in h for h in history)]
     if accuracies:
         twin = axis.twinx()
@@ -87,7 +88,8 @@ def bayes_error_plot(history: list[dict[str, float]]) -> plt.Figure:
             twin.plot(steps, [h.get(key, np.nan) for h in history], linestyle="--", color=colour,
                       label=key.replace("_", " "))
         twin.set_ylabel("surrogate accuracy")
-    figure.legend(loc="lower right", fontsize=8)
+        handles += twin.get_lines()
+    axis.legend(handles=handles, loc="best", fontsize=8)
     figure.tight_layout()
     return figure
 
