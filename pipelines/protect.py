@@ -21,13 +21,12 @@ from typing import Any
 import torch
 
 from pipelines.config import ProtectConfig
-from pipelines.storage import WorkDir, check_readable, check_writable
+from pipelines.storage import WorkDir, check_readable, check_writable, remove
 from pipelines.tracking import Tracker, bayes_error_plot, image_grid
 from ue_core.checks import check_release
 from ue_core.config import to_dict
 from ue_core.data import read_dataset
 from ue_core.data.dataset import ImageDataset, balanced_subset
-from ue_core.data.fsutil import filesystem
 from ue_core.errors import DatasetFormatError, InvalidInputError
 from ue_core.methods.beo import BEO, measure_bayes_error
 from ue_core.pga import quantise_release
@@ -142,7 +141,7 @@ def protect(
         tracker.log_figure(image_grid(clean.images, release.images, clean.labels, clean.class_names), "images.png")
         tracker.log_json(written, "manifest.json")
         if engine == "ray":
-            _remove(work.uri)
+            remove(work.uri)
     return ProtectSummary(out, len(clean), summary["bayes_error_clean"], summary["bayes_error_release"],
                           time.perf_counter() - started, tracker.run_id, tracker.uri)
 
@@ -166,9 +165,3 @@ def finalise(
             surrogate, images, labels, data.num_classes, config.beo.estimator, config.beo.batch_size, config.beo.seed
         )
     return release, summary
-
-
-def _remove(uri: str) -> None:
-    fs, path = filesystem(uri)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)

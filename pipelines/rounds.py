@@ -29,7 +29,7 @@ import torch
 from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from pipelines.storage import WorkDir, pyarrow_filesystem
+from pipelines.storage import WorkDir, pyarrow_filesystem, remove
 from ue_core import bayes_error
 from ue_core.config import from_dict, to_dict
 from ue_core.data.fsutil import filesystem
@@ -390,9 +390,7 @@ def read_state(uri: str) -> ray.data.Dataset:
 
 def write_state(state: ray.data.Dataset, uri: str) -> None:
     """Write the state shards at ``uri``, first removing what a killed attempt may have left there."""
-    fs, path = filesystem(uri)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    remove(uri)
     arrow_fs, arrow_path = pyarrow_filesystem(uri)
     state.write_parquet(arrow_path, filesystem=arrow_fs)
 

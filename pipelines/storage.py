@@ -131,6 +131,13 @@ def check_writable(uri: str) -> None:
         raise StorageError(f"cannot write {uri}: {_describe(error)}") from None
 
 
+def remove(uri: str) -> None:
+    """Delete ``uri`` (a file or a whole folder/prefix) if it exists."""
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 @dataclass(frozen=True)
 class WorkDir:
     """The job's working area, kept until the release is published, so an interrupted job resumes.

@@ -25,7 +25,7 @@ import torchvision
 from fsspec import AbstractFileSystem
 
 from ue_core.data.atomic import staged_directory
-from ue_core.data.dataset import ImageDataset
+from ue_core.data.dataset import ImageDataset, sorted_with_dense_index
 from ue_core.data.fsutil import filesystem, first_line, join, read_bytes
 from ue_core.errors import DatasetFormatError, InvalidInputError
 
@@ -222,12 +222,7 @@ def _checked_for_cifar(dataset: ImageDataset, split: str) -> ImageDataset:
         raise InvalidInputError(
             f"{dataset.name} ({split}): the CIFAR format holds 32x32x3 images, got {dataset.image_shape}"
         )
-    ordered = dataset.sorted_by_index()
-    if not np.array_equal(ordered.index, np.arange(len(ordered))):
-        raise InvalidInputError(
-            f"{dataset.name} ({split}): the CIFAR format has no index column, so the index must be 0..N-1"
-        )
-    return ordered
+    return sorted_with_dense_index(dataset, split, "the CIFAR format has no index column")
 
 
 def _batch(dataset: ImageDataset, rows: np.ndarray, layout: _Layout, batch_label: str) -> dict[str, Any]:

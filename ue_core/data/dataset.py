@@ -116,6 +116,17 @@ def images_to_uint8(x: torch.Tensor) -> np.ndarray:
     return q.permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def sorted_with_dense_index(dataset: ImageDataset, split: str, format_has_no_index: str) -> ImageDataset:
+    """``dataset`` sorted by index, for formats that store rows in order: the index must be 0..N-1.
+
+    ``format_has_no_index`` completes the error message, e.g. "the CIFAR format has no index column".
+    """
+    ordered = dataset.sorted_by_index()
+    if not np.array_equal(ordered.index, np.arange(len(ordered))):
+        raise InvalidInputError(f"{dataset.name} ({split}): {format_has_no_index}, so the index must be 0..N-1")
+    return ordered
+
+
 def balanced_subset(dataset: ImageDataset, size: int, seed: int = 0) -> ImageDataset:
     """A seeded random subset of ``size`` rows with the classes as equally represented as possible.
 

@@ -19,7 +19,7 @@ import numpy as np
 from fsspec import AbstractFileSystem
 
 from ue_core.data.atomic import staged_directory
-from ue_core.data.dataset import ImageDataset
+from ue_core.data.dataset import ImageDataset, sorted_with_dense_index
 from ue_core.data.fsutil import filesystem, first_line, join, read_bytes
 from ue_core.errors import DatasetFormatError, InvalidInputError
 
@@ -180,12 +180,7 @@ def _checked_for_idx(dataset: ImageDataset, split: str) -> ImageDataset:
         raise InvalidInputError(
             f"{dataset.name} ({split}): idx labels are uint8, got label {dataset.labels.max()}"
         )
-    ordered = dataset.sorted_by_index()
-    if not np.array_equal(ordered.index, np.arange(len(ordered))):
-        raise InvalidInputError(
-            f"{dataset.name} ({split}): idx files have no index column, so the index must be 0..N-1"
-        )
-    return ordered
+    return sorted_with_dense_index(dataset, split, "idx files have no index column")
 
 
 def _write_idx_array(
