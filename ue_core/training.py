@@ -128,6 +128,16 @@ class PGDConfig:
             raise InvalidInputError(f"PGD steps: must be >= 1, got {self.steps}")
 
 
+def bare_model(model: nn.Module) -> nn.Module:
+    """The module inside a data-parallel wrapper (DistributedDataParallel, DataParallel), else ``model``.
+
+    Attacks, evaluation and batch-norm recalibration run on the bare module: a DDP forward with gradients on
+    arms an all-reduce of the parameters' gradients that an input gradient never triggers, and one rank
+    evaluating alone must not join the other ranks' collectives.
+    """
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode for the block, then restore its previous train/eval mode."""
@@ -278,7 +288,7 @@ def train_one_epoch(
         {"loss": mean cross-entropy in nats, "accuracy": fraction in [0, 1]} over the training batches as
         the model saw them (augmented, transformed, adversarial), accuracy against the argmax of the targets.
     """
-    _check_images_labels(model, x, y)
+    _check_images_labels(bare_model(model), x, y)
     model.train()
     loss_sum, correct = 0.0, 0
     order = torch.randperm(len(x), generator=generator)
@@ -296,7 +306,7 @@ def train_one_epoch(
         if batch_transform is not None:
             inputs, targets = batch_transform(inputs, targets, generator)
         if adversarial is not None:
-            inputs = pgd_attack(model, inputs, targets, adversarial, generator)
+            inputs = pgd_attack(bare_model(model), inputs, targets, adversarial, generator)
         logits = model(inputs)
         loss = F.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
@@ -355,6 +365,7 @@ def fit(
     progress: bool = False,
     device: Device = "cpu",
     batch_transform: BatchTransform | None = None,
+    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on (x, y) with ``recipe``: SGD and a per-step schedule made here, seeded.
 
@@ -368,14 +379,20 @@ def fit(
         progress: tqdm bars over epochs and batches.
         device: where the model runs.
         batch_transform: optional per-batch defence or augmentation, see :data:`BatchTransform`.
+        on_epoch_end: called with each epoch's record (below) as soon as the epoch ends, e.g. to report it;
+            it may add keys to the record. Batch-norm recalibration comes after the last call.
+
+    ``model`` may be wrapped in DistributedDataParallel (one process per rank, each with its own x, y and
+    seed): optimiser steps go through the wrapper, attacks, evaluation and recalibration use the bare module.
 
     Returns:
         One dict per epoch: epoch (1-based), loss, accuracy (training, see :func:`train_one_epoch`),
         lr (after the epoch's last step), seconds (wall time), and eval_accuracy if ``eval_data`` is given.
     """
-    _check_images_labels(model, x, y)
+    module = bare_model(model)
+    _check_images_labels(module, x, y)
     if eval_data is not None:
-        _check_images_labels(model, *eval_data)
+        _check_images_labels(module, *eval_data)
     model.to(device)
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model, recipe)
@@ -400,8 +417,10 @@ def fit(
         )
         record["lr"] = optimizer.param_groups[0]["lr"]
         if eval_data is not None:
-            record["eval_accuracy"] = evaluate(model, *eval_data, device=device)
+            record["eval_accuracy"] = evaluate(module, *eval_data, device=device)
         record["seconds"] = time.perf_counter() - start
+        if on_epoch_end is not None:
+            on_epoch_end(record)
         history.append(record)
         epochs.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
     if recipe.recalibrate_bn and adversarial is None:
@@ -409,7 +428,7 @@ def fit(
         if batch_transform is not None:
             transform_generator = torch.Generator().manual_seed(seed)
             transform = lambda images, labels: batch_transform(images, labels, transform_generator)[0]
-        recalibrate_batch_norm(model, x, y, recipe.batch_size, device, transform)
+        recalibrate_batch_norm(module, x, y, recipe.batch_size, device, transform)
     return history
 
 
