@@ -2,8 +2,10 @@
 
     ue fetch fashion-mnist --root data            # the real Fashion-MNIST, offline (Debian package)
     ue protect --preset fashion-mnist --source data --out outputs/fmnist-beo
+    ue evaluate --source data --release outputs/fmnist-beo --out results/fmnist --victim small_cnn --epochs 8
     ue verify outputs/fmnist-beo                  # re-check a release against its manifest
-    ue presets                                    # list the shipped presets
+    ue sweep fashion-mnist --source data --out results/fmnist-sweep
+    ue presets                                    # list the shipped presets and sweeps
 
 Errors the user can act on print one line, ``error: …``, and exit with status 2.
 """
@@ -55,6 +57,87 @@ def _protect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "evaluate", help="train victims on the clean-all / clean-only / mixed arms and report their test accuracy"
+    )
+    parser.add_argument("--source", required=True, help="the clean dataset folder or URI (train and test splits)")
+    parser.add_argument("--release", required=True, help="a published release of (a subset of) that dataset")
+    parser.add_argument("--out", required=True, help="results folder or URI (must not exist)")
+    parser.add_argument("--config", help="a YAML evaluate config (pipelines.config.EvaluateConfig)")
+    parser.add_argument("--ratio", help="probability that an index takes its protected version (ratio)")
+    parser.add_argument("--victim", help="victim model, e.g. resnet18 or small_cnn (victim.model)")
+    parser.add_argument("--recipe", help="standard or plain (victim.recipe)")
+    parser.add_argument("--epochs", type=int, help="victim training epochs (victim.epochs)")
+    parser.add_argument("--workers", type=int, help="Ray Train workers per victim (victim.workers)")
+    parser.add_argument("--defence", help="none, or defences joined by +, e.g. grayscale+jpeg (defence.names)")
+    parser.add_argument("--test-subset", type=int, help="class-balanced clean test images to use (test_subset)")
+    parser.add_argument("--poison-only", action="store_true", help="also train on the release alone")
+    parser.add_argument("--robust", action="store_true", help="also report accuracy under PGD (robust_accuracy)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set defence.jpeg_quality=30 (repeatable)")
+    parser.add_argument("--storage", help="folder or URI for victim checkpoints (default: removed work folder)")
+    parser.add_argument("--ray-address", help="a Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing results at --out")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pipelines.config import load_evaluate_config, parse_override
+    from pipelines.evaluate import evaluate_release
+    from ue_core.defences import parse_defences
+
+    overrides = dict(parse_override(text) for text in args.set)
+    for key, value in (("ratio", args.ratio), ("victim.model", args.victim), ("victim.recipe", args.recipe),
+                       ("victim.epochs", args.epochs), ("victim.workers", args.workers),
+                       ("test_subset", args.test_subset)):
+        if value is not None:
+            overrides[key] = value
+    if args.defence is not None:
+        overrides["defence.names"] = list(parse_defences(args.defence))
+    if args.poison_only:
+        overrides["modes"] = ["clean-all", "clean-only", "mixed", "poison-only"]
+    if args.robust:
+        overrides["robust_accuracy"] = True
+    config = load_evaluate_config(args.config, overrides)
+    summary = evaluate_release(
+        args.source, args.release, args.out, config, overwrite=args.overwrite, storage=args.storage,
+        ray_address=args.ray_address, tracking_uri=args.tracking_uri, progress=not args.no_progress,
+    )
+    print(summary.markdown, end="")
+    print(summary.line())
+    return 0
+
+
+def _add_sweep(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("sweep", help="Ray Tune over eps x mixing ratio x victim x defence")
+    parser.add_argument("sweep", help="a shipped sweep name (see `ue presets`) or a sweep YAML file")
+    parser.add_argument("--out", required=True, help="results folder or URI (must not exist)")
+    parser.add_argument("--source", help="the clean dataset (default: the sweep file's source)")
+    parser.add_argument("--releases", help="where releases are kept and reused (default: releases/ beside --out)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any sweep key, e.g. --set grid.ratio=[0,0.5] (repeatable)")
+    parser.add_argument("--ray-address", help="a Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing results at --out")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from pipelines.config import load_sweep_config, parse_override
+    from pipelines.sweep import sweep
+
+    config = load_sweep_config(args.sweep, dict(parse_override(text) for text in args.set))
+    summary = sweep(
+        config, args.out, source=args.source, releases=args.releases, overwrite=args.overwrite,
+        ray_address=args.ray_address, tracking_uri=args.tracking_uri, progress=not args.no_progress,
+    )
+    print(summary.markdown, end="")
+    print(summary.line())
+    return 1 if any(o.status == "FAILED" for o in summary.outcomes) else 0
+
+
 def _fetch(args: argparse.Namespace) -> int:
     from ue_core.data import fetch_fashion_mnist
 
@@ -71,9 +154,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from pipelines.config import preset_names
+    from pipelines.config import preset_names, sweep_names
 
-    print("\n".join(preset_names()))
+    print("protect presets (ue protect --preset NAME):\n  " + "\n  ".join(preset_names()))
+    print("sweeps (ue sweep NAME):\n  " + "\n  ".join(sweep_names()))
     return 0
 
 
@@ -82,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL for s3:// URIs (sets AWS_ENDPOINT_URL)")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_protect(commands)
+    _add_evaluate(commands)
+    _add_sweep(commands)
     fetch = commands.add_parser("fetch", help="make a dataset available offline")
     fetch.add_argument("dataset", choices=["fashion-mnist"])
     fetch.add_argument("--root", default="data", help="folder to hold it (default: data)")
@@ -91,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-HANDLERS = {"protect": _protect, "fetch": _fetch, "verify": _verify, "presets": _presets}
+HANDLERS = {"protect": _protect, "evaluate": _evaluate, "sweep": _sweep, "fetch": _fetch, "verify": _verify, "presets": _presets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

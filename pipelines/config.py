@@ -8,6 +8,7 @@ typo is an error naming the key.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,10 +16,14 @@ from typing import Any
 
 import yaml
 
-from ue_core.config import from_dict, set_dotted
+from ue_core.config import from_dict, parse_fraction, set_dotted
+from ue_core.data.mixing import MODES
+from ue_core.defences import DefenceConfig, parse_defences
 from ue_core.errors import InvalidInputError
 from ue_core.methods.beo import BEOConfig
+from ue_core.models import MODEL_NAMES
 from ue_core.release import RELEASE_FORMATS
+from ue_core.training import Recipe, recipe
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,177 @@ class ProtectConfig:
             raise InvalidInputError(f"unknown release format {unknown[0]!r}; expected {', '.join(RELEASE_FORMATS)}")
 
 
+@dataclass(frozen=True)
+class VictimConfig:
+    """The learner whose clean test accuracy measures how unlearnable a release is (METHOD.md §4).
+
+    Attributes:
+        model: one of ue_core.models.MODEL_NAMES (paper default: resnet18).
+        recipe: "standard" (SGD 0.1, cosine, crop + flip) or "plain" (no augmentation).
+        epochs: training epochs (paper scale: 30 to 200).
+        lr: peak learning rate (None: the recipe's).
+        batch_size: global batch size, split evenly over the workers (None: the recipe's, 128).
+        workers: Ray Train workers, one DDP process each (None: one per GPU, else 1: on CPUs a second
+            process on the same node only splits the same cores).
+    """
+
+    model: str = "resnet18"
+    recipe: str = "standard"
+    epochs: int = 30
+    lr: float | None = None
+    batch_size: int | None = None
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise InvalidInputError(f"unknown victim {self.model!r}; expected one of {', '.join(MODEL_NAMES)}")
+        if self.workers is not None and self.workers < 1:
+            raise InvalidInputError(f"victim workers: must be >= 1, got {self.workers}")
+        self.to_recipe()  # validates recipe name, epochs, lr and batch size
+
+    def to_recipe(self, workers: int = 1) -> Recipe:
+        """The training recipe, with the per-worker batch size for ``workers`` DDP processes."""
+        overrides: dict[str, Any] = {"epochs": self.epochs}
+        if self.lr is not None:
+            overrides["lr"] = self.lr
+        if self.batch_size is not None:
+            overrides["batch_size"] = self.batch_size
+        full = recipe(self.recipe, **overrides)
+        if full.batch_size % workers:
+            raise InvalidInputError(
+                f"victim batch_size {full.batch_size} does not split evenly over {workers} workers"
+            )
+        return recipe(self.recipe, **(overrides | {"batch_size": full.batch_size // workers}))
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """An evaluate job: which arms of the mixing protocol to train, with which victim and defence.
+
+    Attributes:
+        layout: the clean source's layout ("auto" to detect).
+        test_subset: clean test images to evaluate on, class-balanced (None: the whole test split).
+        ratio: probability in [0, 1] that a training index takes its protected version.
+        modes: the arms to train (ue_core.data.mixing.MODES); the triple by default, "poison-only" on request.
+        seed: seeds the mixing draw, the victim's initial weights and its training.
+        robust_accuracy: also report the final test accuracy under the PGD attack of ``defence.pgd``.
+        victim: model, recipe, epochs, workers.
+        defence: training-time defences (ue_core.defences).
+    """
+
+    layout: str = "auto"
+    test_subset: int | None = None
+    ratio: float = 0.5
+    modes: tuple[str, ...] = ("clean-all", "clean-only", "mixed")
+    seed: int = 0
+    robust_accuracy: bool = False
+    victim: VictimConfig = field(default_factory=VictimConfig)
+    defence: DefenceConfig = field(default_factory=DefenceConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modes", tuple(self.modes))
+        if not 0.0 <= self.ratio <= 1.0:  # also rejects NaN
+            raise InvalidInputError(f"mixing ratio must be in [0, 1], got {self.ratio}")
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown or not self.modes or len(set(self.modes)) != len(self.modes):
+            raise InvalidInputError(
+                f"evaluate modes: expected distinct values from {', '.join(MODES)}, got {', '.join(self.modes)}"
+            )
+        if self.test_subset is not None and self.test_subset < 1:
+            raise InvalidInputError(f"test_subset: must be >= 1 (or null for all), got {self.test_subset}")
+
+
+def load_evaluate_config(config_file: str | None = None, overrides: dict[str, Any] | None = None) -> EvaluateConfig:
+    """YAML file → dotted-key overrides (e.g. {"victim.epochs": 5}) → EvaluateConfig."""
+    data = read_yaml(config_file) if config_file is not None else {}
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return from_dict(EvaluateConfig, data)
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """The axes of a sweep; every combination is a trial (see pipelines/sweep.py for the arms it implies).
+
+    Attributes:
+        eps: L∞ budgets, each in (0, 1) (numbers or fractions such as "8/255").
+        ratio: mixing ratios, each in [0, 1].
+        victim: victim models (ue_core.models.MODEL_NAMES).
+        defence: defence specs, each "none" or names joined by "+" (ue_core.defences).
+    """
+
+    eps: tuple[float, ...] = (8 / 255,)
+    ratio: tuple[float, ...] = (0.0, 0.5, 1.0)
+    victim: tuple[str, ...] = ("resnet18",)
+    defence: tuple[str, ...] = ("none",)
+
+    def __post_init__(self) -> None:
+        for name in ("eps", "ratio", "victim", "defence"):
+            values = getattr(self, name)
+            values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+            if not values or len(set(values)) != len(values):
+                raise InvalidInputError(f"sweep grid.{name}: expected a non-empty list of distinct values")
+            object.__setattr__(self, name, values)
+        object.__setattr__(self, "eps", tuple(parse_fraction(e) for e in self.eps))
+        object.__setattr__(self, "ratio", tuple(parse_fraction(r) for r in self.ratio))
+        for eps in self.eps:
+            if not 0 < eps < 1:
+                raise InvalidInputError(f"sweep grid.eps: each budget must be in (0, 1), got {eps}")
+        for ratio in self.ratio:
+            if not 0 <= ratio <= 1:
+                raise InvalidInputError(f"sweep grid.ratio: mixing ratio must be in [0, 1], got {ratio}")
+        for victim in self.victim:
+            VictimConfig(model=victim)  # names an unknown model
+        object.__setattr__(self, "defence", tuple("+".join(parse_defences(d)) or "none" for d in self.defence))
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep file: the source, how to protect it, how to evaluate, and the grid.
+
+    Attributes:
+        source: the clean dataset (a flag may replace it).
+        protect_preset: the shipped protect preset the releases start from.
+        protect: protect config keys merged over the preset (nested, as in a protect YAML); grid.eps
+            replaces beo.pga.eps.
+        evaluate: the evaluate config of every trial; the grid replaces ratio, victim.model and defence.names.
+        grid: eps × ratio × victim × defence.
+        max_failures: how often a failed trial is retried (Ray Tune's FailureConfig).
+    """
+
+    source: str | None = None
+    protect_preset: str | None = None
+    protect: dict[str, Any] = field(default_factory=dict)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    grid: SweepGrid = field(default_factory=SweepGrid)
+    max_failures: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_failures < 0:
+            raise InvalidInputError(f"sweep max_failures: must be >= 0, got {self.max_failures}")
+        for eps in self.grid.eps:
+            self.protect_config(eps)  # the protect config of every release is valid before anything starts
+
+    def protect_config(self, eps: float) -> ProtectConfig:
+        """The protect config of the release at budget ``eps``."""
+        return load_protect_config(self.protect_preset, data=self.protect, overrides={"beo.pga.eps": eps})
+
+
+def sweep_names() -> list[str]:
+    """Names of the shipped sweep files."""
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("pipelines.sweeps").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_sweep_config(name_or_file: str, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """A shipped sweep (by name) or a sweep YAML file, then dotted-key overrides → SweepConfig."""
+    path = resources.files("pipelines.sweeps") / f"{name_or_file}.yaml"
+    data = read_yaml(str(path) if name_or_file in sweep_names() else name_or_file)
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return from_dict(SweepConfig, data)
+
+
 def preset_names() -> list[str]:
     """Names of the shipped presets."""
     return sorted(p.name.removesuffix(".yaml") for p in resources.files("pipelines.presets").iterdir()
@@ -82,16 +258,21 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_protect_config(
-    preset: str | None = None, config_file: str | None = None, overrides: dict[str, Any] | None = None
+    preset: str | None = None,
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> ProtectConfig:
-    """Preset → YAML file → dotted-key overrides (e.g. {"beo.pga.eps": "16/255"}) → ProtectConfig."""
-    data: dict[str, Any] = {}
+    """Preset → YAML file → ``data`` (nested keys) → dotted-key overrides (e.g. {"beo.pga.eps": "16/255"})
+    → ProtectConfig."""
+    merged: dict[str, Any] = {}
     if preset is not None:
         if preset not in preset_names():
             raise InvalidInputError(f"unknown preset {preset!r}; expected one of {', '.join(preset_names())}")
-        data = read_yaml(str(resources.files("pipelines.presets") / f"{preset}.yaml"))
+        merged = read_yaml(str(resources.files("pipelines.presets") / f"{preset}.yaml"))
     if config_file is not None:
-        data = merge(data, read_yaml(config_file))
+        merged = merge(merged, read_yaml(config_file))
+    data = merge(merged, copy.deepcopy(data or {}))
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     return from_dict(ProtectConfig, data)

@@ -42,6 +42,11 @@ def is_s3(uri: str) -> bool:
     return uri.startswith(("s3://", "s3a://"))
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (Ray Tune trials run in their own working directory); URIs unchanged."""
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
 def storage_env() -> dict[str, str]:
     """The S3 settings of this process, to hand to Ray workers (never logged or tracked)."""
     return {name: os.environ[name] for name in S3_ENV_VARS if name in os.environ}
@@ -114,7 +119,7 @@ def check_readable(uri: str) -> None:
 
 def check_writable(uri: str) -> None:
     """Raise StorageError unless a small object can be written and removed beside ``uri``."""
-    parent = uri.rstrip("/").rsplit("/", 1)[0]
+    parent = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri.rstrip("/") else "."
     probe = f"{parent}/.ue-write-probe-{uuid.uuid4().hex[:8]}"
     try:
         fs, path = _check_filesystem(probe)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,18 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 
 
 def tracking_uri(explicit: str | None = None) -> str:
-    """The flag, else MLFLOW_TRACKING_URI, else the local sqlite store."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """The flag, else MLFLOW_TRACKING_URI, else the local sqlite store; a relative sqlite path is made
+    absolute, so that Ray workers (whose working directory differs) write to the same store."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
 
 
 class Tracker:
-    """A run in an MLflow experiment; use as a context manager (the run ends FAILED on an exception)."""
+    """A run in an MLflow experiment; use as a context manager (the run ends FAILED on an exception).
+
+    Inside another Tracker's block, a Tracker opens a child run of it (a nested run)."""
 
     def __init__(self, uri: str | None, experiment: str, run_name: str) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -40,10 +48,10 @@ class Tracker:
         if mlflow.get_experiment_by_name(experiment) is None:
             artifact_location = None
             if self.uri.startswith("sqlite:"):  # keep artifacts beside the database, not in the cwd
-                artifact_location = Path(self.uri.removeprefix("sqlite:///")).resolve().parent.joinpath("mlartifacts").as_uri()
+                artifact_location = Path(self.uri.removeprefix("sqlite:///")).parent.joinpath("mlartifacts").as_uri()
             mlflow.create_experiment(experiment, artifact_location=artifact_location)
         mlflow.set_experiment(experiment)
-        self.run = mlflow.start_run(run_name=run_name)
+        self.run = mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None)
 
     def __enter__(self) -> Tracker:
         return self
@@ -71,6 +79,50 @@ class Tracker:
 
     def log_json(self, content: dict[str, Any], name: str) -> None:
         mlflow.log_dict(content, name)
+
+    def log_text(self, text: str, name: str) -> None:
+        mlflow.log_text(text, name)
+
+    def remote(self) -> RemoteRun:
+        """A handle through which another process (a Ray Train worker) logs to this run."""
+        return RemoteRun(self.uri, self.run_id)
+
+
+@dataclass(frozen=True)
+class RemoteRun:
+    """An existing MLflow run, logged to from any process by id (Ray workers log from rank 0 only)."""
+
+    uri: str
+    run_id: str
+
+    @staticmethod
+    def start_child(uri: str, parent_run_id: str, name: str, tags: dict[str, str] | None = None) -> RemoteRun:
+        """A new run nested under ``parent_run_id``, in the parent's experiment (e.g. one per Tune trial)."""
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        client = mlflow.MlflowClient(uri)
+        parent = client.get_run(parent_run_id)
+        run = client.create_run(parent.info.experiment_id, run_name=name,
+                                tags={"mlflow.parentRunId": parent_run_id, **(tags or {})})
+        return RemoteRun(uri, run.info.run_id)
+
+    def finish(self, status: str) -> None:
+        """End the run as "FINISHED" or "FAILED"."""
+        mlflow.MlflowClient(self.uri).set_terminated(self.run_id, status=status)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        client = mlflow.MlflowClient(self.uri)
+        client.log_batch(self.run_id, metrics=[
+            Metric(key, float(value), now, step or 0) for key, value in metrics.items() if isinstance(value, (int, float))
+        ])
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        client = mlflow.MlflowClient(self.uri)
+        client.log_batch(self.run_id, params=[Param(k, str(v)[:500]) for k, v in flatten(params).items()])
 
 
 def bayes_error_plot(history: list[dict[str, float]]) -> plt.Figure:

@@ -99,3 +99,62 @@ def test_unknown_layout_and_missing_source(tmp_path):
         assert result.stderr.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk"]
     assert [p.name for p in junk.iterdir()] == ["notes.txt"]
+
+
+# ------------------------------------------------------------------------------------------- ue evaluate
+
+
+def _release_variant(release_dir: Path, out: Path, change) -> Path:
+    """A published copy of the release with ``change(dataset) -> dataset`` applied (valid manifest)."""
+    from ue_core.release import write_release
+
+    write_release(change(read_release(release_dir)), out, {"method": "test variant"})
+    return out
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--ratio", "1.5"], "mixing ratio must be in [0, 1], got 1.5"),
+        (["--ratio", "-0.1"], "mixing ratio must be in [0, 1], got -0.1"),
+        (["--victim", "alexnet"], "unknown victim 'alexnet'"),
+        (["--defence", "grayscale+blur"], "blur"),
+        (["--defence", "mixup+cutmix"], "mixup and cutmix exclude each other"),
+        (["--epochs", "0"], "epochs: must be >= 1"),
+    ],
+)
+def test_evaluate_rejects_bad_configs_before_starting(release_dir, fashion_mnist_root, tmp_path, arguments, message):
+    result = ue("evaluate", "--source", str(fashion_mnist_root), "--release", str(release_dir),
+                "--out", str(tmp_path / "results"), "--tracking-uri", f"sqlite:///{tmp_path / 'runs.db'}", *arguments)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert message in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no results, no MLflow store: nothing was started
+
+
+def test_evaluate_rejects_a_release_that_does_not_match_the_source(release_dir, fashion_mnist_root, tmp_path):
+    from dataclasses import replace
+
+    def relabel(dataset):
+        labels = dataset.labels.copy()
+        labels[:3] = (labels[:3] + 1) % dataset.num_classes
+        return replace(dataset, labels=labels)
+
+    def reindex(dataset):
+        return replace(dataset, index=dataset.index + 10**6)
+
+    variants = tmp_path / "variants"
+    cases = [
+        (_release_variant(release_dir, variants / "relabelled", relabel), "3 indices have different clean and protected labels"),
+        (_release_variant(release_dir, variants / "reindexed", reindex), "100 indices that are not in the clean source"),
+        (tmp_path / "missing-release", "cannot read"),
+        (variants, "no manifest.json"),
+    ]
+    for release, message in cases:
+        out = tmp_path / "results"
+        result = ue("evaluate", "--source", str(fashion_mnist_root), "--release", str(release), "--out", str(out),
+                    "--tracking-uri", f"sqlite:///{tmp_path / 'runs.db'}")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr and (str(release) in result.stderr or "labels" in result.stderr)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["variants"]

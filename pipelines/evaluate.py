@@ -1,0 +1,218 @@
+"""`ue evaluate`: how unlearnable is a release? The arms of the mixing protocol (METHOD.md §4), each a victim
+trained on Ray Train (pipelines/victims.py), reported as one table under one MLflow parent run.
+
+    ue evaluate --source data/fashion-mnist --release outputs/fashion-mnist-beo --out results/fmnist-eval \\
+        --victim small_cnn --epochs 8 --ratio 0.5 --defence grayscale
+
+The clean training set is the clean source restricted to the release's indices (a release of a subset is
+evaluated against the same subset); every release index must be in the source with the same label. At --out
+(published atomically, nothing visible before the end): results.csv and results.md (one row per arm),
+index-set.json (the mixing draw: which indices were protected), accuracy.png, models/ARM.pt (each victim's
+final weights). Ray Train's checkpoints go to --storage (default: a hidden work folder beside --out, removed
+at the end).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from pipelines.config import EvaluateConfig
+from pipelines.storage import WorkDir, absolute, check_readable, check_writable, remove
+from pipelines.tracking import Tracker
+from ue_core.config import to_dict
+from ue_core.data import read_dataset
+from ue_core.data.atomic import check_output_free, staged_directory
+from ue_core.data.dataset import ImageDataset, balanced_subset
+from ue_core.data.fsutil import filesystem, read_bytes
+from ue_core.data.mixing import build_training_set, protected_mask, save_index_set
+from ue_core.errors import InvalidInputError
+from ue_core.release import read_release
+
+_MAX_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """One row of the results table: accuracies are fractions in [0, 1] on the clean test set."""
+
+    mode: str
+    ratio: float
+    train_images: int
+    protected_images: int
+    final_test_accuracy: float
+    best_test_accuracy: float
+    final_robust_accuracy: float | None
+    seconds: float
+    mlflow_run: str
+    model: str
+    """The victim's final weights (a torch state dict), relative to the results folder."""
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """The clean training images of the release's indices, the release, and the clean test set."""
+
+    clean: ImageDataset
+    release: ImageDataset
+    test: ImageDataset
+
+
+def load_evaluation_data(source: str, release: str, config: EvaluateConfig) -> EvaluationData:
+    """Read and align the three sets; any mismatch is an error naming the indices (nothing is started)."""
+    protected = read_release(release)
+    clean = read_dataset(source, split="train", layout=config.layout)
+    missing = np.setdiff1d(protected.index, clean.index)
+    if missing.size:
+        raise InvalidInputError(
+            f"release {release} has {missing.size} indices that are not in the clean source {source}, "
+            f"e.g. {missing[:_MAX_SHOWN].tolist()}"
+        )
+    clean = clean.subset(np.flatnonzero(np.isin(clean.index, protected.index)))
+    test = read_dataset(source, split="test", layout=config.layout)
+    if config.test_subset is not None:
+        test = balanced_subset(test, min(config.test_subset, len(test)), seed=config.seed)
+    if test.image_shape != clean.image_shape or test.num_classes != clean.num_classes:
+        raise InvalidInputError(f"the test split of {source} does not match its training split's images or classes")
+    return EvaluationData(clean, protected, test)
+
+
+def arms(data: EvaluationData, config: EvaluateConfig) -> dict[str, tuple[ImageDataset, np.ndarray]]:
+    """mode → (training set, protected indices), built and checked (indices, labels, shapes) up front."""
+    built = {}
+    for mode in config.modes:
+        train, protected = build_training_set(data.clean, data.release, mode, config.ratio, config.seed)
+        if len(train) == 0:
+            raise InvalidInputError(f"arm {mode} at ratio {config.ratio} has no training images")
+        built[mode] = (train, protected)
+    return built
+
+
+def results_table(rows: list[ArmResult]) -> tuple[str, str]:
+    """The results as CSV and as a Markdown table (accuracies in percent)."""
+    fields = list(ArmResult.__dataclass_fields__)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(asdict(row) for row in rows)
+    lines = [
+        "| arm | ratio | train images | protected | final test acc (%) | best test acc (%) | robust acc (%) | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        robust = "—" if row.final_robust_accuracy is None else f"{100 * row.final_robust_accuracy:.2f}"
+        lines.append(
+            f"| {row.mode} | {row.ratio:g} | {row.train_images} | {row.protected_images} | "
+            f"{100 * row.final_test_accuracy:.2f} | {100 * row.best_test_accuracy:.2f} | {robust} | {row.seconds:.0f} |"
+        )
+    return buffer.getvalue(), "\n".join(lines) + "\n"
+
+
+def accuracy_plot(rows: list[ArmResult], title: str) -> plt.Figure:
+    """Final and best clean test accuracy per arm, as bars."""
+    figure, axis = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.5))
+    positions = np.arange(len(rows))
+    axis.bar(positions - 0.2, [100 * r.final_test_accuracy for r in rows], 0.4, label="final")
+    axis.bar(positions + 0.2, [100 * r.best_test_accuracy for r in rows], 0.4, label="best")
+    axis.set_xticks(positions, [r.mode for r in rows])
+    axis.set_ylabel("clean test accuracy (%)")
+    axis.set_ylim(0, 100)
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+@dataclass
+class EvaluateSummary:
+    out: str
+    rows: list[ArmResult]
+    mlflow_run: str
+    tracking_uri: str
+    markdown: str
+
+    def line(self) -> str:
+        return f"results at {self.out}; MLflow parent run {self.mlflow_run} in {self.tracking_uri}"
+
+
+def evaluate_release(
+    source: str,
+    release: str,
+    out: str,
+    config: EvaluateConfig,
+    overwrite: bool = False,
+    storage: str | None = None,
+    ray_address: str | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = "ue-evaluate",
+    progress: bool = True,
+) -> EvaluateSummary:
+    """Train one victim per arm of ``config.modes`` and publish the results table at ``out``."""
+    source, release, out = absolute(source), absolute(release), absolute(out)
+    check_writable(out)
+    fs, path = filesystem(out)
+    check_output_free(fs, path, out, overwrite)
+    check_readable(source)
+    check_readable(release)
+    data = load_evaluation_data(source, release, config)
+    training_sets = arms(data, config)
+
+    import ray
+
+    from pipelines.ray_engine import connect
+    from pipelines.victims import train_victim
+
+    connect(ray_address, progress)
+    test_images, test_labels = data.test.tensors()
+    test_ref = {"ref": ray.put((test_images.numpy(), test_labels.numpy()))}
+    work = WorkDir.beside(out)
+    storage_uri = storage or work.path("checkpoints")
+    rows: list[ArmResult] = []
+    weights: dict[str, bytes] = {}
+    with Tracker(tracking_uri, experiment, run_name=f"evaluate {Path(release).name}") as parent:
+        parent.log_params({"source": source, "release": release, "out": out, **to_dict(config)})
+        for mode, (train, protected) in training_sets.items():
+            with Tracker(tracking_uri, experiment, run_name=f"{mode} r={config.ratio:g}") as child:
+                child.log_params({"mode": mode, "train_images": len(train), "protected_images": len(protected),
+                                  "release": release, **to_dict(config)})
+                result = train_victim(
+                    train, test_ref, config, name=f"{mode}-{child.run_id}", storage_uri=storage_uri, run=child.remote()
+                )
+                rows.append(ArmResult(
+                    mode=mode, ratio=config.ratio, train_images=result.train_images, protected_images=len(protected),
+                    final_test_accuracy=result.final_test_accuracy, best_test_accuracy=result.best_test_accuracy,
+                    final_robust_accuracy=result.final_robust_accuracy, seconds=round(result.seconds, 1),
+                    mlflow_run=child.run_id, model=f"models/{mode}.pt",
+                ))
+                weights[mode] = read_bytes(*filesystem(f"{result.checkpoint}/model.pt"))
+        csv_text, markdown = results_table(rows)
+        drawn = np.sort(data.clean.index[protected_mask(data.clean.index, config.ratio, config.seed)])
+        figure = accuracy_plot(rows, f"{config.victim.model}, ratio {config.ratio:g}, defence "
+                                     f"{'+'.join(config.defence.names) or 'none'}")
+        with staged_directory(out, overwrite) as (out_fs, staging):
+            for name, text in (("results.csv", csv_text), ("results.md", markdown)):
+                with out_fs.open(f"{staging}/{name}", "w") as f:
+                    f.write(text)
+            save_index_set(out_fs.unstrip_protocol(f"{staging}/index-set.json"), drawn, mode="mixed",
+                           ratio=config.ratio, seed=config.seed)
+            with out_fs.open(f"{staging}/accuracy.png", "wb") as f:
+                figure.savefig(f, format="png", dpi=120)
+            out_fs.makedirs(f"{staging}/models", exist_ok=True)
+            for mode, content in weights.items():
+                with out_fs.open(f"{staging}/models/{mode}.pt", "wb") as f:
+                    f.write(content)
+        parent.log_metrics({f"{r.mode}_final_test_accuracy": r.final_test_accuracy for r in rows})
+        parent.log_figure(figure, "accuracy.png")
+        parent.log_text(csv_text, "results.csv")
+        parent.log_text(markdown, "results.md")
+        parent.log_json({"mode": "mixed", "ratio": config.ratio, "seed": config.seed,
+                         "protected_indices": drawn.tolist()}, "index-set.json")
+    if storage is None:
+        remove(work.uri)
+    return EvaluateSummary(out, rows, parent.run_id, parent.uri, markdown)
+

@@ -1,0 +1,336 @@
+"""`ue sweep`: Ray Tune over ε × mixing ratio × victim × defence, one MLflow child run per trial.
+
+    ue sweep fashion-mnist --source data --out results/fmnist-sweep        # a shipped sweep, by name
+    ue sweep my-sweep.yaml --out s3://bucket/sweeps/cifar10               # or a file
+
+1. Releases: one per distinct protect config (the grid's ε over the sweep's protect config), content-addressed
+   by a hash of (source, config) under --releases (default: releases/ beside --out). A release already there
+   is verified against its manifest and reused; a missing one is produced by `ue protect` on Ray.
+2. Trials (a Ray Tune grid; each trial is a function that fits a TorchTrainer with TuneReportCallback):
+   for each victim × defence — ratio 0: one "clean-all" victim; 0 < ratio < 1: a "mixed" victim per ε and
+   one "clean-only" victim (the unprotected part alone, the reference the mixed victims are compared with);
+   ratio 1: a "mixed" (= poison-only) victim per ε. Concurrency comes from the cluster's resources; a failed
+   trial is retried (FailureConfig) and, if it still fails, reported as failed in the table.
+3. Results, published atomically at --out: results.csv and results.md (one row per trial), accuracy.png
+   (test accuracy versus mixing ratio, one line per ε, with the clean-only reference; a heatmap of ε × ratio;
+   one row of panels per victim × defence). The same files are artifacts of the MLflow parent run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from pipelines.config import SweepConfig
+from pipelines.storage import WorkDir, absolute, check_readable, check_writable, remove
+from pipelines.tracking import RemoteRun, Tracker
+from ue_core.config import from_dict, to_dict
+from ue_core.data.atomic import check_output_free, staged_directory
+from ue_core.data.fsutil import filesystem
+from ue_core.defences import DefenceConfig
+from ue_core.errors import InvalidInputError
+from ue_core.release import MANIFEST_NAME, verify_release
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One victim to train: an arm of the mixing protocol at one grid point (eps is None for clean arms)."""
+
+    arm: str
+    eps: float | None
+    ratio: float
+    victim: str
+    defence: str
+
+    @property
+    def key(self) -> str:
+        eps = "—" if self.eps is None else f"{self.eps * 255:g}/255"
+        return f"{self.arm} eps={eps} ratio={self.ratio:g} {self.victim} {self.defence}"
+
+
+def plan_trials(config: SweepConfig) -> list[Trial]:
+    """Every trial of the sweep, in a stable order (see the module docstring)."""
+    grid = config.grid
+    trials = []
+    for victim, defence, ratio in product(grid.victim, grid.defence, sorted(grid.ratio)):
+        if ratio == 0:
+            trials.append(Trial("clean-all", None, ratio, victim, defence))
+            continue
+        trials.extend(Trial("mixed", eps, ratio, victim, defence) for eps in grid.eps)
+        if ratio < 1:
+            trials.append(Trial("clean-only", None, ratio, victim, defence))
+    return trials
+
+
+def release_uri(releases: str, source: str, config: SweepConfig, eps: float) -> str:
+    """Where the release of ``source`` at budget ``eps`` lives: a hash of (source, protect config)."""
+    content = json.dumps({"source": source, "config": to_dict(config.protect_config(eps))}, sort_keys=True)
+    digest = hashlib.sha256(content.encode()).hexdigest()[:16]
+    return f"{releases.rstrip('/')}/{Path(source.rstrip('/')).name}-{digest}"
+
+
+def ensure_releases(
+    source: str, config: SweepConfig, releases: str, ray_address: str | None, tracking_uri: str | None,
+    progress: bool,
+) -> dict[float, str]:
+    """ε → release URI, protecting only the configs that have no verified release yet."""
+    from pipelines.protect import protect
+
+    uris = {}
+    for eps in config.grid.eps:
+        uri = release_uri(releases, source, config, eps)
+        fs, path = filesystem(uri)
+        if fs.exists(f"{path}/{MANIFEST_NAME}"):
+            verify_release(uri)  # a damaged release is an error, never silently replaced
+        else:  # an interrupted protect resumes from its work folder
+            protect(source, uri, config.protect_config(eps), progress=progress, ray_address=ray_address,
+                    tracking_uri=tracking_uri, experiment="ue-sweep-releases")
+        uris[eps] = uri
+    return uris
+
+
+# ------------------------------------------------------------------------------------------------ trials
+
+
+def _evaluate_config(config: SweepConfig, trial: Trial):
+    """The evaluate config of one trial: the sweep's, with the trial's arm, ratio, victim and defence."""
+    evaluate = config.evaluate
+    defence = replace(evaluate.defence, names=DefenceConfig(names=trial.defence).names)
+    return replace(evaluate, ratio=trial.ratio, modes=(trial.arm,), victim=replace(evaluate.victim, model=trial.victim),
+                   defence=defence)
+
+
+def run_trial(tune_config: dict[str, Any], context: dict[str, Any]) -> None:
+    """A Tune trial: train the victim of ``tune_config["trial"]`` on Ray Train, logging to a child MLflow run."""
+    import ray
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipelines.evaluate import arms, load_evaluation_data
+    from pipelines.victims import train_victim
+
+    sweep = from_dict(SweepConfig, context["sweep"])
+    plan = Trial(**tune_config["trial"])
+    config = _evaluate_config(sweep, plan)
+    data = load_evaluation_data(context["source"], context["releases"][str(plan.eps or sweep.grid.eps[0])], config)
+    ((train, protected),) = arms(data, config).values()
+    test_images, test_labels = data.test.tensors()
+    test_ref = {"ref": ray.put((test_images.numpy(), test_labels.numpy()))}
+    run = RemoteRun.start_child(context["tracking_uri"], context["parent_run"], plan.key, tags={"ue.trial": plan.key})
+    try:
+        run.log_params({**asdict(plan), "train_images": len(train), "protected_images": len(protected),
+                        **to_dict(config)})
+        train_victim(train, test_ref, config, name=f"{plan.arm}-{run.run_id}", storage_uri=context["storage"],
+                     run=run, callbacks=[TuneReportCallback()])
+    except BaseException:
+        run.finish("FAILED")
+        raise
+    run.finish("FINISHED")
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """One row of the results table: the trial, how it ended, and its clean test accuracies in [0, 1]."""
+
+    arm: str
+    eps: float | None
+    ratio: float
+    victim: str
+    defence: str
+    status: str
+    final_test_accuracy: float | None
+    best_test_accuracy: float | None
+    error: str
+
+
+def run_trials(
+    trial_function: Callable[[dict[str, Any], dict[str, Any]], None],
+    trials: list[Trial],
+    context: dict[str, Any],
+    concurrency: int,
+    max_failures: int,
+    storage_uri: str,
+    name: str,
+) -> list[TrialOutcome]:
+    """Run ``trial_function({"trial": asdict(trial)}, context)`` for every trial as a Ray Tune grid; one
+    outcome per trial, in the order of ``trials``.
+
+    The Tune function itself holds a token 0.01 CPU (Tune refuses an empty request; its TorchTrainer's
+    workers hold the real resources), so ``concurrency`` alone bounds how many victims train at once. A trial that raises is retried ``max_failures`` times; if every attempt
+    fails, its outcome has status "FAILED" and the first line of the error.
+    """
+    from ray import tune
+
+    from pipelines.storage import pyarrow_filesystem
+
+    storage_fs, storage_path = pyarrow_filesystem(storage_uri)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trial_function, context=context), {"cpu": 0.01}),
+        param_space={"trial": tune.grid_search([asdict(t) for t in trials])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+        ),
+    )
+    outcomes = {}
+    for result in tuner.fit():
+        trial = Trial(**result.config["trial"])
+        metrics = result.metrics or {}
+        outcomes[trial] = TrialOutcome(
+            **asdict(trial),
+            status="FAILED" if result.error else "DONE",
+            final_test_accuracy=None if result.error else metrics.get("final_test_accuracy"),
+            best_test_accuracy=None if result.error else metrics.get("best_test_accuracy"),
+            error=str(result.error).strip().splitlines()[-1][:300] if result.error else "",
+        )
+    return [outcomes[t] for t in trials]
+
+
+def trial_concurrency(config: SweepConfig) -> int:
+    """How many victims train at once: the cluster's CPUs (or GPUs) over what one victim holds."""
+    import ray
+
+    from pipelines.victims import Scaling
+
+    scaling = Scaling.for_victim(config.evaluate.victim.workers)
+    if scaling.use_gpu:
+        return max(1, int(ray.cluster_resources().get("GPU", 0)) // scaling.workers)
+    spare = float(ray.cluster_resources().get("CPU", 1)) - 1.0  # one CPU for Ray Data and the drivers
+    return max(1, int(spare // scaling.cpus))
+
+
+# ----------------------------------------------------------------------------------------------- results
+
+
+def results_table(outcomes: list[TrialOutcome]) -> tuple[str, str]:
+    """The outcomes as CSV and as a Markdown table (accuracies in percent)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(TrialOutcome.__dataclass_fields__), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(asdict(o) for o in outcomes)
+    lines = ["| arm | ε | ratio | victim | defence | status | final test acc (%) | best test acc (%) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for o in outcomes:
+        eps = "—" if o.eps is None else f"{o.eps * 255:g}/255"
+        final = "—" if o.final_test_accuracy is None else f"{100 * o.final_test_accuracy:.2f}"
+        best = "—" if o.best_test_accuracy is None else f"{100 * o.best_test_accuracy:.2f}"
+        lines.append(f"| {o.arm} | {eps} | {o.ratio:g} | {o.victim} | {o.defence} | {o.status} | {final} | {best} |")
+    return buffer.getvalue(), "\n".join(lines) + "\n"
+
+
+def sweep_plot(outcomes: list[TrialOutcome]) -> plt.Figure:
+    """Per victim × defence: accuracy versus ratio (a line per ε, the clean-only reference dashed, clean-all
+    at ratio 0 on every line) and a heatmap of ε × ratio. Failed trials are gaps."""
+    panels = sorted({(o.victim, o.defence) for o in outcomes})
+    eps_values = sorted({o.eps for o in outcomes if o.eps is not None})
+    ratios = sorted({o.ratio for o in outcomes})
+    figure, axes = plt.subplots(len(panels), 2, figsize=(10, 3.6 * len(panels)), squeeze=False)
+    for row, (victim, defence) in enumerate(panels):
+        mine = [o for o in outcomes if (o.victim, o.defence) == (victim, defence)]
+
+        def accuracy(arm: str, eps: float | None, ratio: float) -> float:
+            for o in mine:
+                if (o.arm, o.eps, o.ratio) == (arm, eps, ratio) and o.final_test_accuracy is not None:
+                    return 100 * o.final_test_accuracy
+            return math.nan
+
+        clean_all = accuracy("clean-all", None, 0.0)
+        table = np.array([[clean_all if r == 0 else accuracy("mixed", e, r) for r in ratios] for e in eps_values])
+        lines = axes[row, 0]
+        for eps, values in zip(eps_values, table):
+            lines.plot(ratios, values, marker="o", label=f"mixed, ε = {eps * 255:g}/255")
+        reference = [clean_all if r == 0 else accuracy("clean-only", None, r) for r in ratios]
+        lines.plot(ratios, reference, marker="s", linestyle="--", color="black", label="clean-only (reference)")
+        lines.set_xlabel("mixing ratio r (fraction of training images protected)")
+        lines.set_ylabel("clean test accuracy (%)")
+        lines.set_title(f"{victim}, defence {defence}", fontsize=9)
+        lines.legend(fontsize=7)
+        heat = axes[row, 1]
+        image = heat.imshow(table, aspect="auto", cmap="viridis", origin="lower")
+        heat.set_xticks(range(len(ratios)), [f"{r:g}" for r in ratios])
+        heat.set_yticks(range(len(eps_values)), [f"{e * 255:g}/255" for e in eps_values])
+        heat.set_xlabel("mixing ratio r")
+        heat.set_ylabel("ε")
+        for (i, j), value in np.ndenumerate(table):
+            if not math.isnan(value):
+                heat.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
+        figure.colorbar(image, ax=heat, label="test accuracy (%)")
+    figure.tight_layout()
+    return figure
+
+
+@dataclass
+class SweepSummary:
+    out: str
+    outcomes: list[TrialOutcome]
+    mlflow_run: str
+    tracking_uri: str
+    markdown: str
+
+    def line(self) -> str:
+        failed = sum(o.status == "FAILED" for o in self.outcomes)
+        return (f"{len(self.outcomes)} trials ({failed} failed); results at {self.out}; "
+                f"MLflow parent run {self.mlflow_run} in {self.tracking_uri}")
+
+
+def sweep(
+    config: SweepConfig,
+    out: str,
+    source: str | None = None,
+    releases: str | None = None,
+    overwrite: bool = False,
+    ray_address: str | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = "ue-sweep",
+    progress: bool = True,
+) -> SweepSummary:
+    """Produce (or reuse) the releases, run every trial on Ray Tune, publish the results at ``out``."""
+    source = source or config.source
+    if source is None:
+        raise InvalidInputError("no source: give --source or a source key in the sweep file")
+    source, out = absolute(source), absolute(out)
+    check_writable(out)
+    fs, path = filesystem(out)
+    check_output_free(fs, path, out, overwrite)
+    check_readable(source)
+    releases = absolute(releases or f"{out.rstrip('/').rsplit('/', 1)[0]}/releases")
+    trials = plan_trials(config)
+
+    from pipelines.ray_engine import connect
+
+    connect(ray_address, progress)
+    release_uris = ensure_releases(source, config, releases, ray_address, tracking_uri, progress)
+    work = WorkDir.beside(out)
+    with Tracker(tracking_uri, experiment, run_name=f"sweep {Path(out).name}") as parent:
+        parent.log_params({"source": source, "out": out, "releases": releases, **to_dict(config)})
+        context = {
+            "sweep": to_dict(config), "source": source, "releases": {str(e): u for e, u in release_uris.items()},
+            "tracking_uri": parent.uri, "parent_run": parent.run_id, "storage": work.path("checkpoints"),
+        }
+        outcomes = run_trials(run_trial, trials, context, trial_concurrency(config), config.max_failures,
+                              work.path("tune"), name=f"sweep-{parent.run_id}")
+        csv_text, markdown = results_table(outcomes)
+        figure = sweep_plot(outcomes)
+        with staged_directory(out, overwrite) as (out_fs, staging):
+            for name, text in (("results.csv", csv_text), ("results.md", markdown)):
+                with out_fs.open(f"{staging}/{name}", "w") as f:
+                    f.write(text)
+            with out_fs.open(f"{staging}/accuracy.png", "wb") as f:
+                figure.savefig(f, format="png", dpi=120)
+        parent.log_metrics({"trials": len(outcomes), "failed_trials": sum(o.status == "FAILED" for o in outcomes)})
+        parent.log_figure(figure, "accuracy.png")
+        parent.log_text(csv_text, "results.csv")
+        parent.log_text(markdown, "results.md")
+    remove(work.uri)
+    return SweepSummary(out, outcomes, parent.run_id, parent.uri, markdown)

@@ -1,0 +1,123 @@
+"""`ue evaluate` on a real local Ray with a real MLflow sqlite store, on real Fashion-MNIST.
+
+The numbers the pipeline reports are checked against independent computations: the arm sizes against the
+mixing draw, the reported accuracies against the saved victim weights evaluated here, the MLflow runs against
+the results table.
+"""
+
+import csv
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.config import load_evaluate_config, load_protect_config
+from pipelines.evaluate import evaluate_release
+from pipelines.protect import protect
+from ue_core.data import read_dataset
+from ue_core.data.dataset import balanced_subset
+from ue_core.data.mixing import load_index_set, protected_mask
+from ue_core.models import build_model
+from ue_core.release import read_release
+from ue_core.training import PGDConfig, evaluate, robust_accuracy
+
+pytestmark = pytest.mark.slow
+
+TEST_IMAGES = 400
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlruns.db'}"
+
+
+@pytest.fixture(scope="module")
+def release(fashion_mnist_root, tmp_path_factory, store):
+    """A 600-image release (one round, reference engine: the release's origin does not matter here)."""
+    out = tmp_path_factory.mktemp("release") / "fmnist-beo"
+    config = load_protect_config("fashion-mnist", overrides={
+        "data.subset": 600, "data.test_subset": 0, "beo.rounds": 1, "beo.surrogate.epochs": 1,
+    })
+    protect(str(fashion_mnist_root), str(out), config, engine="reference", progress=False, tracking_uri=store)
+    return out
+
+
+def clean_test_set(source, seed=0):
+    test = read_dataset(str(source), split="test")
+    return balanced_subset(test, TEST_IMAGES, seed=seed)
+
+
+def test_triple_with_results_table_index_set_models_and_mlflow_runs(fashion_mnist_root, release, tmp_path, store):
+    config = load_evaluate_config(overrides={
+        "ratio": 0.4, "seed": 5, "test_subset": TEST_IMAGES, "defence.names": "cutout",
+        "victim.model": "small_cnn", "victim.epochs": 2,
+    })
+    out = tmp_path / "results"
+    summary = evaluate_release(str(fashion_mnist_root), str(release), str(out), config, tracking_uri=store,
+                               progress=False)
+
+    released = read_release(release)
+    drawn = np.sort(released.index[protected_mask(released.index, 0.4, seed=5)])
+    assert 0 < len(drawn) < len(released)
+    rows = {row.mode: row for row in summary.rows}
+    assert list(rows) == ["clean-all", "clean-only", "mixed"]
+    assert (rows["clean-all"].train_images, rows["clean-all"].protected_images) == (600, 0)
+    assert (rows["clean-only"].train_images, rows["clean-only"].protected_images) == (600 - len(drawn), len(drawn))
+    assert (rows["mixed"].train_images, rows["mixed"].protected_images) == (600, len(drawn))
+    np.testing.assert_array_equal(load_index_set(out / "index-set.json").protected_indices, drawn)
+
+    with open(out / "results.csv") as f:
+        table = {r["mode"]: r for r in csv.DictReader(f)}
+    test = clean_test_set(fashion_mnist_root, seed=5)
+    x_test, y_test = test.tensors()
+    for mode, row in rows.items():
+        assert float(table[mode]["final_test_accuracy"]) == pytest.approx(row.final_test_accuracy)
+        assert row.best_test_accuracy >= row.final_test_accuracy
+        model = build_model("small_cnn", 10, in_channels=1, image_size=28)
+        model.load_state_dict(torch.load(out / row.model, weights_only=True))
+        assert evaluate(model, x_test, y_test) == pytest.approx(row.final_test_accuracy, abs=1e-9)
+        assert f"| {mode} | 0.4 |" in (out / "results.md").read_text()
+    with Image.open(out / "accuracy.png") as image:
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.shape[0] > 100 and pixels.std() > 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]  # no work folder left behind
+
+    client = mlflow.MlflowClient(store)
+    parent = client.get_run(summary.mlflow_run)
+    assert parent.data.params["ratio"] == "0.4" and parent.data.params["victim.model"] == "small_cnn"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.csv", "accuracy.png", "index-set.json"}
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.params["mode"] for c in children) == sorted(rows)
+    for child in children:
+        row = rows[child.data.params["mode"]]
+        assert child.info.run_id == row.mlflow_run and child.info.status == "FINISHED"
+        assert child.data.metrics["final_test_accuracy"] == pytest.approx(row.final_test_accuracy)
+        history = client.get_metric_history(child.info.run_id, "test_accuracy")
+        assert sorted(m.step for m in history) == [1, 2]
+
+
+def test_adversarial_training_raises_robust_accuracy(fashion_mnist_root, release, tmp_path, store):
+    """The same data and victim, trained with and without PGD adversarial training (ε 8/255, 5 steps of
+    2/255): under the same PGD attack on the clean test set, the adversarially trained victim is more accurate."""
+    results = {}
+    for defence in ("none", "adversarial"):
+        config = load_evaluate_config(overrides={
+            "modes": ["clean-all"], "test_subset": TEST_IMAGES, "robust_accuracy": True,
+            "defence.names": defence, "defence.pgd": {"eps": 8 / 255, "step": 2 / 255, "steps": 5},
+            "victim.model": "small_cnn", "victim.epochs": 3,
+        })
+        out = tmp_path / defence
+        (row,) = evaluate_release(str(fashion_mnist_root), str(release), str(out), config, tracking_uri=store,
+                                  progress=False).rows
+        results[defence] = row
+        model = build_model("small_cnn", 10, in_channels=1, image_size=28)
+        model.load_state_dict(torch.load(out / row.model, weights_only=True))
+        x_test, y_test = clean_test_set(fashion_mnist_root).tensors()
+        recomputed = robust_accuracy(model, x_test, y_test, PGDConfig(eps=8 / 255, step=2 / 255, steps=5),
+                                     torch.Generator().manual_seed(0))
+        assert recomputed == pytest.approx(row.final_robust_accuracy, abs=1e-9)
+    standard, adversarial = results["none"], results["adversarial"]
+    assert adversarial.final_robust_accuracy > standard.final_robust_accuracy + 0.1, results

@@ -1,0 +1,104 @@
+"""`ue sweep` on a real local Ray (Tune over Train) with a real MLflow sqlite store, on real Fashion-MNIST."""
+
+import csv
+
+import mlflow
+import pytest
+from PIL import Image
+
+from pipelines.config import load_sweep_config
+from pipelines.sweep import Trial, ensure_releases, plan_trials, release_uri, run_trials, sweep
+from ue_core.release import read_manifest, verify_release
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "protect.data.subset": 200, "protect.data.test_subset": 0, "protect.beo.rounds": 1,
+    "protect.beo.surrogate.epochs": 1, "evaluate.test_subset": 300, "evaluate.victim.epochs": 1,
+    "grid.eps": ["8/255"], "grid.ratio": [0, 0.5], "grid.defence": ["none"],
+}
+
+
+def test_plan_has_the_arms_each_ratio_needs():
+    config = load_sweep_config("fashion-mnist", {"grid.eps": ["4/255", "8/255"], "grid.ratio": [1, 0, 0.3]})
+    keys = [t.key for t in plan_trials(config) if t.defence == "none"]
+    assert keys == [
+        "clean-all eps=— ratio=0 small_cnn none",
+        "mixed eps=4/255 ratio=0.3 small_cnn none", "mixed eps=8/255 ratio=0.3 small_cnn none",
+        "clean-only eps=— ratio=0.3 small_cnn none",
+        "mixed eps=4/255 ratio=1 small_cnn none", "mixed eps=8/255 ratio=1 small_cnn none",
+    ]
+    paper = load_sweep_config("cifar10-paper")
+    assert paper.grid.ratio == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.9, 1.0)
+    assert paper.grid.defence == ("none", "adversarial") and paper.grid.victim == ("resnet18",)
+    assert paper.protect_config(8 / 255).beo.surrogate.model == "resnet18"
+
+
+def test_releases_are_addressed_by_source_and_config():
+    config = load_sweep_config("fashion-mnist")
+    base = release_uri("r", "data", config, 8 / 255)
+    assert base == release_uri("r", "data", config, 8 / 255)
+    assert len({base, release_uri("r", "data", config, 16 / 255), release_uri("r", "other/data", config, 8 / 255),
+                release_uri("r", "data", load_sweep_config("fashion-mnist", {"protect.beo.rounds": 3}), 8 / 255)}) == 4
+
+
+def test_failed_trials_are_retried_and_reported(tmp_path):
+    """Real Ray Tune: a trial that fails once succeeds on its retry; one that always fails is reported."""
+    attempts = tmp_path / "attempts"
+    attempts.mkdir()
+
+    def flaky(tune_config, context):
+        from ray import tune
+
+        trial = tune_config["trial"]
+        log = attempts / trial["victim"]
+        log.write_text(log.read_text() + "x" if log.exists() else "x")
+        if trial["victim"] == "always" or len(log.read_text()) == 1:
+            raise RuntimeError(f"attempt {len(log.read_text())} of {trial['victim']} failed")
+        tune.report({"final_test_accuracy": 0.25, "best_test_accuracy": 0.5})
+
+    trials = [Trial("clean-all", None, 0.0, "flaky", "none"), Trial("clean-all", None, 0.0, "always", "none")]
+    outcomes = run_trials(flaky, trials, {}, concurrency=1, max_failures=2, storage_uri=str(tmp_path / "tune"),
+                          name="retries")
+    retried, failed = outcomes
+    assert (retried.status, retried.final_test_accuracy, retried.best_test_accuracy) == ("DONE", 0.25, 0.5)
+    assert failed.status == "FAILED" and failed.final_test_accuracy is None
+    assert "RuntimeError: attempt 3 of always failed" in failed.error
+    assert (attempts / "flaky").read_text() == "xx" and (attempts / "always").read_text() == "xxx"
+
+
+def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    config = load_sweep_config("fashion-mnist", TINY)
+    out = tmp_path / "sweep"
+    summary = sweep(config, str(out), source=str(fashion_mnist_root), tracking_uri=store, progress=False)
+
+    assert [o.status for o in summary.outcomes] == ["DONE"] * 3, summary.markdown
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["arm"], r["ratio"]) for r in rows] == [("clean-all", "0.0"), ("mixed", "0.5"), ("clean-only", "0.5")]
+    with Image.open(out / "accuracy.png") as image:
+        assert image.size[0] > 200 and image.convert("L").getextrema()[0] < 128
+
+    (release,) = (tmp_path / "releases").iterdir()
+    manifest = verify_release(release)
+    assert manifest["count"] == 200 and manifest["eps"] == pytest.approx(8 / 255)
+    before = (release / "manifest.json").stat().st_mtime_ns
+    again = ensure_releases(str(fashion_mnist_root), config, str(tmp_path / "releases"), None, store, False)
+    assert again == {8 / 255: str(release)} and (release / "manifest.json").stat().st_mtime_ns == before
+    assert read_manifest(release)["config"]["data"]["subset"] == 200
+
+    client = mlflow.MlflowClient(store)
+    parent = client.get_run(summary.mlflow_run)
+    assert parent.data.params["grid.ratio"] == "[0.0, 0.5]"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.csv", "results.md", "accuracy.png"}
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_key = {c.data.tags["ue.trial"]: c for c in children}
+    assert len(children) == 3 and set(by_key) == {Trial(**{k: o.__dict__[k] for k in Trial.__dataclass_fields__}).key
+                                                  for o in summary.outcomes}
+    for outcome, row in zip(summary.outcomes, rows):
+        child = by_key[Trial(outcome.arm, outcome.eps, outcome.ratio, outcome.victim, outcome.defence).key]
+        assert child.info.status == "FINISHED" and child.data.params["arm"] == outcome.arm
+        assert child.data.metrics["final_test_accuracy"] == pytest.approx(float(row["final_test_accuracy"]))
+        assert 0 <= outcome.final_test_accuracy <= 1
