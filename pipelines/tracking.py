@@ -6,6 +6,7 @@ through `--tracking-uri` or MLFLOW_TRACKING_URI. Credentials never reach params:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -88,6 +89,13 @@ class Tracker:
         return RemoteRun(self.uri, self.run_id)
 
 
+@functools.lru_cache(maxsize=4)
+def _client(uri: str) -> mlflow.MlflowClient:
+    """One client per store and process (each new client re-opens and re-checks a sqlite store)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    return mlflow.MlflowClient(uri)
+
+
 @dataclass(frozen=True)
 class RemoteRun:
     """An existing MLflow run, logged to from any process by id (Ray workers log from rank 0 only)."""
@@ -98,8 +106,7 @@ class RemoteRun:
     @staticmethod
     def start_child(uri: str, parent_run_id: str, name: str, tags: dict[str, str] | None = None) -> RemoteRun:
         """A new run nested under ``parent_run_id``, in the parent's experiment (e.g. one per Tune trial)."""
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        client = mlflow.MlflowClient(uri)
+        client = _client(uri)
         parent = client.get_run(parent_run_id)
         run = client.create_run(parent.info.experiment_id, run_name=name,
                                 tags={"mlflow.parentRunId": parent_run_id, **(tags or {})})
@@ -107,13 +114,13 @@ class RemoteRun:
 
     def finish(self, status: str) -> None:
         """End the run as "FINISHED" or "FAILED"."""
-        mlflow.MlflowClient(self.uri).set_terminated(self.run_id, status=status)
+        _client(self.uri).set_terminated(self.run_id, status=status)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        client = mlflow.MlflowClient(self.uri)
+        client = _client(self.uri)
         client.log_batch(self.run_id, metrics=[
             Metric(key, float(value), now, step or 0) for key, value in metrics.items() if isinstance(value, (int, float))
         ])
@@ -121,7 +128,7 @@ class RemoteRun:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        client = mlflow.MlflowClient(self.uri)
+        client = _client(self.uri)
         client.log_batch(self.run_id, params=[Param(k, str(v)[:500]) for k, v in flatten(params).items()])
 
 

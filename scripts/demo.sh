@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh), then protect a 2,000-image Fashion-MNIST subset with BEO on this machine and
-# publish the release in outputs/fashion-mnist-beo (Parquet shards, PNGs + labels.csv, manifest.json).
+# Set up (scripts/setup.sh), protect a 2,000-image Fashion-MNIST subset with BEO on this machine, publish the
+# release in outputs/fashion-mnist-beo (Parquet shards, PNGs + labels.csv, manifest.json), then measure it:
+# small-CNN victims on the clean-all / clean-only / mixed (r = 0.5) arms, results in outputs/fashion-mnist-eval.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ue protect --preset fashion-mnist --source data --out outputs/fashion-mnist-beo --overwrite "$@"
 .venv/bin/ue verify outputs/fashion-mnist-beo
+.venv/bin/ue evaluate --source data --release outputs/fashion-mnist-beo --out outputs/fashion-mnist-eval \
+    --overwrite --victim small_cnn --epochs 10 --ratio 0.5 --test-subset 2000

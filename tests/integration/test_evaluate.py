@@ -10,6 +10,7 @@ import csv
 import mlflow
 import numpy as np
 import pytest
+import ray
 import torch
 from PIL import Image
 
@@ -24,6 +25,13 @@ from ue_core.release import read_release
 from ue_core.training import PGDConfig, evaluate, robust_accuracy
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shutdown_ray_afterwards():
+    """The jobs start a local Ray in this process; later modules start their own."""
+    yield
+    ray.shutdown()
 
 TEST_IMAGES = 400
 
@@ -100,14 +108,18 @@ def test_triple_with_results_table_index_set_models_and_mlflow_runs(fashion_mnis
 
 
 def test_adversarial_training_raises_robust_accuracy(fashion_mnist_root, release, tmp_path, store):
-    """The same data and victim, trained with and without PGD adversarial training (ε 8/255, 5 steps of
-    2/255): under the same PGD attack on the clean test set, the adversarially trained victim is more accurate."""
+    """The same data and victim, trained with and without PGD adversarial training (ε 32/255, 5 steps of
+    8/255): under the same PGD attack on the clean test set, the adversarially trained victim is more accurate.
+    (At 8/255 the attack barely touches these small Fashion-MNIST victims: 0.605 robust without it.)
+
+    Small batches give ~75 steps: with ~15, the batch-norm running statistics of the adversarially trained
+    victim (not recalibrated: they are those of the adversarial batches) still lag and it tests at chance."""
     results = {}
     for defence in ("none", "adversarial"):
         config = load_evaluate_config(overrides={
             "modes": ["clean-all"], "test_subset": TEST_IMAGES, "robust_accuracy": True,
-            "defence.names": defence, "defence.pgd": {"eps": 8 / 255, "step": 2 / 255, "steps": 5},
-            "victim.model": "small_cnn", "victim.epochs": 3,
+            "defence.names": defence, "defence.pgd": {"eps": 32 / 255, "step": 8 / 255, "steps": 5},
+            "victim.model": "small_cnn", "victim.epochs": 4, "victim.batch_size": 32, "victim.lr": 0.05,
         })
         out = tmp_path / defence
         (row,) = evaluate_release(str(fashion_mnist_root), str(release), str(out), config, tracking_uri=store,
@@ -116,7 +128,7 @@ def test_adversarial_training_raises_robust_accuracy(fashion_mnist_root, release
         model = build_model("small_cnn", 10, in_channels=1, image_size=28)
         model.load_state_dict(torch.load(out / row.model, weights_only=True))
         x_test, y_test = clean_test_set(fashion_mnist_root).tensors()
-        recomputed = robust_accuracy(model, x_test, y_test, PGDConfig(eps=8 / 255, step=2 / 255, steps=5),
+        recomputed = robust_accuracy(model, x_test, y_test, PGDConfig(eps=32 / 255, step=8 / 255, steps=5),
                                      torch.Generator().manual_seed(0))
         assert recomputed == pytest.approx(row.final_robust_accuracy, abs=1e-9)
     standard, adversarial = results["none"], results["adversarial"]

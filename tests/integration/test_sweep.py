@@ -4,6 +4,7 @@ import csv
 
 import mlflow
 import pytest
+import ray
 from PIL import Image
 
 from pipelines.config import load_sweep_config
@@ -11,6 +12,13 @@ from pipelines.sweep import Trial, ensure_releases, plan_trials, release_uri, ru
 from ue_core.release import read_manifest, verify_release
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shutdown_ray_afterwards():
+    """The jobs start a local Ray in this process; later modules start their own."""
+    yield
+    ray.shutdown()
 
 TINY = {
     "protect.data.subset": 200, "protect.data.test_subset": 0, "protect.beo.rounds": 1,
