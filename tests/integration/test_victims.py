@@ -68,11 +68,12 @@ def test_one_worker_is_ue_core_fit(data, one_worker):
 
 def test_two_ddp_workers_match_one_within_tolerance(data, one_worker, tmp_path):
     """Two workers, each on half the rows with half the batch, average gradients (DDP): the same optimisation
-    up to the order of the rows and batch-norm statistics per half-batch. Stated tolerance: 5 points of test
-    accuracy (2 epochs of 1,000 images; seeds alone move it by ~2 points here)."""
+    up to the order of the rows and batch-norm statistics per half-batch, i.e. like another seed. Stated
+    tolerance: 10 points of test accuracy. On this data and recipe (2 epochs of 1,000 images) one process
+    trained with seeds 0–4 reached 0.578–0.649 (a 7-point spread; measured 2026-11-24)."""
     train, _, test_ref = data
     one = one_worker
     two = train_victim(train, test_ref, config(2), name="two", storage_uri=str(tmp_path))
     assert two.train_images == 1000
     assert one.final_test_accuracy > 0.5 and two.final_test_accuracy > 0.5
-    assert abs(two.final_test_accuracy - one.final_test_accuracy) <= 0.05, (one, two)
+    assert abs(two.final_test_accuracy - one.final_test_accuracy) <= 0.10, (one, two)
