@@ -6,6 +6,7 @@
     ue verify outputs/fmnist-beo                  # re-check a release against its manifest
     ue sweep fashion-mnist --source data --out results/fmnist-sweep
     ue presets                                    # list the shipped presets and sweeps
+    ue submit --address http://head:8265 -- protect …   # any of these on a Ray cluster; ue jobs; ue logs ID
 
 Errors the user can act on print one line, ``error: …``, and exit with status 2.
 """
@@ -138,6 +139,46 @@ def _sweep(args: argparse.Namespace) -> int:
     return 1 if any(o.status == "FAILED" for o in summary.outcomes) else 0
 
 
+def _add_cluster_commands(commands: argparse._SubParsersAction) -> None:
+    address = {"help": "the cluster's job API, e.g. http://head:8265 (default: RAY_API_SERVER_ADDRESS or an "
+                       "http RAY_ADDRESS, else http://127.0.0.1:8265)"}
+    submit = commands.add_parser("submit", help="run a ue command on a Ray cluster (ue submit -- protect …)")
+    submit.add_argument("--address", **address)
+    submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the job (repeatable; credentials are refused)")
+    submit.add_argument("--working-dir", help="ship this folder as the job's code (default: the installed package)")
+    submit.add_argument("--pip", action="append", default=[], metavar="SPEC",
+                        help="a package for the job to pip-install, e.g. 'unlearnable-beo[ray]' (repeatable)")
+    submit.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    submit.add_argument("arguments", nargs=argparse.REMAINDER, help="-- then the ue command to run")
+    jobs = commands.add_parser("jobs", help="list the jobs of a Ray cluster")
+    jobs.add_argument("--address", **address)
+    logs = commands.add_parser("logs", help="print a job's logs")
+    logs.add_argument("--address", **address)
+    logs.add_argument("job_id")
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pipelines.submit import submit
+
+    arguments = args.arguments[1:] if args.arguments[:1] == ["--"] else args.arguments
+    return submit(arguments, args.address, args.env, args.working_dir, follow=not args.no_wait, pip=args.pip)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from pipelines.submit import list_jobs
+
+    print(list_jobs(args.address))
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from pipelines.submit import job_logs
+
+    print(job_logs(args.address, args.job_id), end="")
+    return 0
+
+
 def _fetch(args: argparse.Namespace) -> int:
     from ue_core.data import fetch_fashion_mnist
 
@@ -168,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protect(commands)
     _add_evaluate(commands)
     _add_sweep(commands)
+    _add_cluster_commands(commands)
     fetch = commands.add_parser("fetch", help="make a dataset available offline")
     fetch.add_argument("dataset", choices=["fashion-mnist"])
     fetch.add_argument("--root", default="data", help="folder to hold it (default: data)")
@@ -177,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-HANDLERS = {"protect": _protect, "evaluate": _evaluate, "sweep": _sweep, "fetch": _fetch, "verify": _verify, "presets": _presets}
+HANDLERS = {"protect": _protect, "evaluate": _evaluate, "sweep": _sweep, "submit": _submit, "jobs": _jobs,
+            "logs": _logs, "fetch": _fetch, "verify": _verify, "presets": _presets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -158,3 +158,28 @@ def test_evaluate_rejects_a_release_that_does_not_match_the_source(release_dir, 
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
         assert message in result.stderr and (str(release) in result.stderr or "labels" in result.stderr)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["variants"]
+
+
+# ---------------------------------------------------------------------------------------- ue submit (errors)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--env", "AWS_SECRET_ACCESS_KEY=abc", "--", "presets"], "--env AWS_SECRET_ACCESS_KEY: credentials are not sent"),
+        (["--env", "MY_TOKEN=abc", "--", "presets"], "--env MY_TOKEN: credentials are not sent"),
+        (["--env", "NOVALUE", "--", "presets"], "--env takes KEY=VALUE, got 'NOVALUE'"),
+        ([], "nothing to submit"),
+        (["--address", "http://127.0.0.1:9", "--", "presets"], "cannot reach the Ray job API at http://127.0.0.1:9"),
+    ],
+)
+def test_submit_rejects_bad_requests_with_one_line(arguments, message):
+    result = ue("submit", *arguments)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and message in result.stderr
+    assert "abc" not in result.stderr
+
+
+def test_logs_of_an_unreachable_cluster():
+    result = ue("logs", "--address", "http://127.0.0.1:9", "ue-protect-00000000")
+    assert result.returncode == 2 and result.stderr.startswith("error: cannot reach the Ray job API")

@@ -1,0 +1,172 @@
+"""The cluster path as users take it: cluster/local brings up a real two-node Ray (token auth), a SeaweedFS
+S3 server and an MLflow server with artifacts in S3; `ue submit` sends jobs through Ray's job API; `down`
+leaves no process and no port behind."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pytest
+import s3fs
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).resolve().parents[2] / "cluster" / "local" / "localcluster.py"
+TINY_PROTECT = ["--preset", "fashion-mnist", "--subset", "300", "--rounds", "1", "--set", "data.test_subset=0",
+                "--set", "beo.surrogate.epochs=1", "--no-progress"]
+
+
+def run(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+class Cluster:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    @property
+    def state(self) -> dict:
+        return json.loads((self.state_dir / "state.json").read_text())
+
+    def client_env(self, with_keys: bool = False) -> dict[str, str]:
+        """A user's shell after `source STATE/env` (the S3 keys only for the test's own checks)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+        for line in (self.state_dir / "env").read_text().splitlines():
+            name, value = line.removeprefix("export ").split("=", 1)
+            env[name] = value
+        if with_keys:
+            keys = self.state["s3_credentials"]
+            env.update(AWS_ACCESS_KEY_ID=keys["access_key"], AWS_SECRET_ACCESS_KEY=keys["secret_key"],
+                       AWS_REGION="us-east-1")
+        return env
+
+    def s3(self) -> s3fs.S3FileSystem:
+        keys = self.state["s3_credentials"]
+        return s3fs.S3FileSystem(key=keys["access_key"], secret=keys["secret_key"], skip_instance_cache=True,
+                                 use_listings_cache=False, client_kwargs={"endpoint_url": self.state["endpoints"]["s3"]})
+
+    def ue(self, *args, timeout=900) -> subprocess.CompletedProcess:
+        return run(sys.executable, "-m", "pipelines.cli", *args, env=self.client_env(), timeout=timeout)
+
+
+def component_ports(state: dict) -> list[int]:
+    return [port for component in state["components"].values() for port in component["ports"]]
+
+
+def group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def cluster(fashion_mnist_root):
+    state_dir = Path(tempfile.mkdtemp(prefix="uec-"))  # short: unix socket paths are limited
+    result = run(sys.executable, SCRIPT, "up", "--state-dir", state_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    cluster = Cluster(state_dir)
+    fs = cluster.s3()
+    for path in (Path(fashion_mnist_root) / "FashionMNIST" / "raw").iterdir():
+        fs.put_file(str(path), f"datasets/fashion-mnist/FashionMNIST/raw/{path.name}")
+    started = cluster.state
+    try:
+        yield cluster
+    finally:
+        result = run(sys.executable, SCRIPT, "down", "--state-dir", state_dir)
+        try:
+            assert result.returncode == 0, result.stderr
+            assert not any(group_alive(c["pid"]) for c in started["components"].values())
+            import socket
+
+            for port in component_ports(started):
+                with socket.socket() as s:
+                    assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after down"
+            assert run(sys.executable, SCRIPT, "status", "--state-dir", state_dir).returncode == 3
+        finally:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def test_up_is_idempotent_and_status_reports_two_nodes(cluster):
+    before = {name: c["pid"] for name, c in cluster.state["components"].items()}
+    result = run(sys.executable, SCRIPT, "up", "--state-dir", cluster.state_dir)
+    assert result.returncode == 0 and "already up" in result.stdout
+    assert {name: c["pid"] for name, c in cluster.state["components"].items()} == before
+    status = run(sys.executable, SCRIPT, "status", "--state-dir", cluster.state_dir)
+    assert status.returncode == 0 and "ray nodes   2 alive" in status.stdout, status.stdout
+
+
+def test_protect_job_from_s3_to_s3_runs_on_both_nodes_and_tracks_to_the_mlflow_server(cluster):
+    result = cluster.ue("submit", "--", "protect", "--source", "s3://datasets/fashion-mnist",
+                        "--out", "s3://releases/fmnist-beo", *TINY_PROTECT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    job_id = result.stdout.split("submitted job ", 1)[1].split()[0]
+    assert "protected 300 images" in result.stdout
+    keys = cluster.state["s3_credentials"]
+    assert keys["secret_key"] not in result.stdout + result.stderr + cluster.ue("logs", job_id).stdout
+
+    verify = run(sys.executable, "-m", "pipelines.cli", "verify", "s3://releases/fmnist-beo",
+                 env=cluster.client_env(with_keys=True))
+    assert verify.returncode == 0 and "300 images" in verify.stdout, verify.stderr
+
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_tasks
+
+    env = cluster.client_env()
+    os.environ["RAY_AUTH_MODE"] = "token"
+    ray_job = JobSubmissionClient(env["RAY_API_SERVER_ADDRESS"]).get_job_info(job_id).job_id
+    tasks = list_tasks(address=cluster.state["endpoints"]["ray"], filters=[("job_id", "=", ray_job)], limit=10_000,
+                       raise_on_missing_output=False)
+    assert len({t.node_id for t in tasks if t.node_id}) == 2, "the job's tasks ran on one node only"
+
+    client = mlflow.MlflowClient(cluster.state["endpoints"]["mlflow"])
+    experiment = client.get_experiment_by_name("ue-protect")
+    (run_,) = client.search_runs([experiment.experiment_id])
+    assert run_.info.status == "FINISHED" and run_.data.params["out"] == "s3://releases/fmnist-beo"
+    assert not any(keys["secret_key"] in str(v) or keys["access_key"] in str(v) for v in run_.data.params.values())
+    artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
+    assert {"images.png", "bayes_error.png", "manifest.json"} <= artifacts
+    stored = cluster.s3().find("mlflow-artifacts")
+    assert any(path.endswith(f"{run_.info.run_id}/artifacts/images.png") for path in stored), stored[:5]
+
+
+def test_tiny_sweep_job(cluster):
+    result = cluster.ue(
+        "submit", "--", "sweep", "fashion-mnist", "--source", "s3://datasets/fashion-mnist",
+        "--out", "s3://results/sweep", "--releases", "s3://releases/sweep", "--no-progress",
+        "--set", "protect.data.subset=200", "--set", "protect.data.test_subset=0", "--set", "protect.beo.rounds=1",
+        "--set", "protect.beo.surrogate.epochs=1", "--set", "evaluate.test_subset=200",
+        "--set", "evaluate.victim.epochs=1", "--set", "grid.eps=[8/255]", "--set", "grid.ratio=[1.0]",
+        "--set", "grid.defence=[none]",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert "1 trials (0 failed)" in result.stdout
+    fs = cluster.s3()
+    assert {p.rsplit("/", 1)[1] for p in fs.ls("results/sweep")} == {"results.csv", "results.md", "accuracy.png"}
+    client = mlflow.MlflowClient(cluster.state["endpoints"]["mlflow"])
+    experiment = client.get_experiment_by_name("ue-sweep")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 1 and children[0].info.status == "FINISHED"
+    assert "final_test_accuracy" in children[0].data.metrics
+
+
+def test_a_failing_job_is_reported(cluster):
+    result = cluster.ue("submit", "--", "protect", "--source", "s3://datasets/missing", "--out", "s3://releases/x",
+                        *TINY_PROTECT)
+    assert result.returncode == 1
+    job_id = result.stdout.split("submitted job ", 1)[1].split()[0]
+    assert f"job {job_id} FAILED" in result.stderr
+    logs = cluster.ue("logs", job_id).stdout
+    errors = [line for line in logs.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: cannot read s3://datasets/missing: no such file or directory"], logs[-2000:]
+    listing = cluster.ue("jobs").stdout
+    assert any(line.startswith(job_id) and "FAILED" in line for line in listing.splitlines()), listing
+    assert not cluster.s3().exists("releases/x")
