@@ -114,11 +114,17 @@ class LocalCluster:
 
     def up(self) -> dict:
         state = self.load()
-        if all(self.running(state, name) for name in COMPONENTS):
+        missing = [name for name in COMPONENTS if not self.running(state, name)]
+        if not missing:
             print(f"local cluster already up ({self.root})")
             return state
-        if any(self.running(state, name) for name in COMPONENTS):
-            raise SystemExit(f"error: local cluster in {self.root} is partly up; run `down` first")
+        if missing == ["ray-worker"]:  # a lost worker node rejoins the running head
+            self.start_ray_node(state, "ray-worker")
+            print(f"local cluster up again: Ray worker node restarted ({self.root})")
+            return state
+        if len(missing) < len(COMPONENTS):
+            raise SystemExit(f"error: local cluster in {self.root} is partly up ({', '.join(missing)} stopped); "
+                             "run `down` first")
         state["components"] = {}
         if "endpoints" not in state:
             s3, mlflow, gcs, dashboard = free_ports(4)
@@ -127,7 +133,8 @@ class LocalCluster:
         self.save(state)
         self.start_s3(state)
         self.start_mlflow(state)
-        self.start_ray(state)
+        self.start_ray_node(state, "ray-head")
+        self.start_ray_node(state, "ray-worker")
         self.write_env(state)
         print(f"local cluster up: Ray {state['endpoints']['dashboard']}, S3 {state['endpoints']['s3']}, "
               f"MLflow {state['endpoints']['mlflow']}; `source {self.root / 'env'}`")
@@ -182,31 +189,30 @@ class LocalCluster:
         self.launch(state, "mlflow", command, self.server_env(state), [port])
         self.wait(lambda: self.http_ok(f"{state['endpoints']['mlflow']}/health"), "MLflow")
 
-    def start_ray(self, state: dict) -> None:
-        env = self.server_env(state)
-        gcs = int(state["endpoints"]["ray"].rsplit(":", 1)[1])
-        dashboard = int(state["endpoints"]["dashboard"].rsplit(":", 1)[1])
-        for name in ("ray-head", "ray-worker"):
-            ports = free_ports(7)
-            node = ["--node-ip-address=127.0.0.1", f"--num-cpus={NODE_CPUS}", "--block", "--disable-usage-stats",
-                    f"--node-manager-port={ports[0]}", f"--object-manager-port={ports[1]}",
-                    f"--dashboard-agent-listen-port={ports[2]}", f"--dashboard-agent-grpc-port={ports[3]}",
-                    f"--runtime-env-agent-port={ports[4]}", f"--metrics-export-port={ports[5]}"]
-            if name == "ray-head":
-                command = [str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-                           f"--dashboard-port={dashboard}", f"--ray-client-server-port={ports[6]}",
-                           f"--temp-dir={self.root / 'ray'}", *node]
-                self.launch(state, name, command, env, [gcs, dashboard, *ports])
-                self.wait(lambda: self.http_ok(f"{state['endpoints']['dashboard']}/api/version"), "Ray head")
-            else:
-                command = [str(BIN / "ray"), "start", f"--address={state['endpoints']['ray']}", *node]
-                self.launch(state, name, command, env, ports[:6])
-                self.wait(lambda: self.alive_nodes(state) >= 2, "Ray worker node")
+    def start_ray_node(self, state: dict, name: str) -> None:
+        """The head ("ray-head") or the worker node ("ray-worker"), each with NODE_CPUS and its own ports."""
+        ports = free_ports(7)
+        node = ["--node-ip-address=127.0.0.1", f"--num-cpus={NODE_CPUS}", "--block", "--disable-usage-stats",
+                f"--node-manager-port={ports[0]}", f"--object-manager-port={ports[1]}",
+                f"--dashboard-agent-listen-port={ports[2]}", f"--dashboard-agent-grpc-port={ports[3]}",
+                f"--runtime-env-agent-port={ports[4]}", f"--metrics-export-port={ports[5]}"]
+        if name == "ray-head":
+            gcs = int(state["endpoints"]["ray"].rsplit(":", 1)[1])
+            dashboard = int(state["endpoints"]["dashboard"].rsplit(":", 1)[1])
+            command = [str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+                       f"--dashboard-port={dashboard}", f"--ray-client-server-port={ports[6]}",
+                       f"--temp-dir={self.root / 'ray'}", *node]
+            self.launch(state, name, command, self.server_env(state), [gcs, dashboard, *ports])
+            self.wait(lambda: self.http_ok(f"{state['endpoints']['dashboard']}/api/version"), "Ray head")
+        else:
+            command = [str(BIN / "ray"), "start", f"--address={state['endpoints']['ray']}", *node]
+            self.launch(state, name, command, self.server_env(state), ports[:6])
+            self.wait(lambda: self.alive_nodes(state) >= 2, "Ray worker node")
 
     def alive_nodes(self, state: dict) -> int:
         result = subprocess.run([str(BIN / "ray"), "list", "nodes", f"--address={state['endpoints']['ray']}",
                                  "--filter", "state=ALIVE", "--format", "json"], capture_output=True, text=True,
-                                env=self.server_env(state), timeout=60)
+                                env=self.server_env(state), timeout=60, check=False)
         try:
             return len(json.loads(result.stdout))
         except json.JSONDecodeError:

@@ -5,9 +5,11 @@ leaves no process and no port behind."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -49,6 +51,13 @@ class Cluster:
         keys = self.state["s3_credentials"]
         return s3fs.S3FileSystem(key=keys["access_key"], secret=keys["secret_key"], skip_instance_cache=True,
                                  use_listings_cache=False, client_kwargs={"endpoint_url": self.state["endpoints"]["s3"]})
+
+    def ray_list(self, kind: str, selector: str) -> list[dict]:
+        """`ray list KIND --filter SELECTOR` on the cluster (Ray's state API, with the cluster's token)."""
+        result = run(Path(sys.executable).parent / "ray", "list", kind, "--address", self.state["endpoints"]["ray"],
+                     "--filter", selector, "--format", "json", "--limit", "10000", env=self.client_env(), timeout=120)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
 
     def ue(self, *args, timeout=900) -> subprocess.CompletedProcess:
         return run(sys.executable, "-m", "pipelines.cli", *args, env=self.client_env(), timeout=timeout)
@@ -115,15 +124,9 @@ def test_protect_job_from_s3_to_s3_runs_on_both_nodes_and_tracks_to_the_mlflow_s
                  env=cluster.client_env(with_keys=True))
     assert verify.returncode == 0 and "300 images" in verify.stdout, verify.stderr
 
-    from ray.job_submission import JobSubmissionClient
-    from ray.util.state import list_tasks
-
-    env = cluster.client_env()
-    os.environ["RAY_AUTH_MODE"] = "token"
-    ray_job = JobSubmissionClient(env["RAY_API_SERVER_ADDRESS"]).get_job_info(job_id).job_id
-    tasks = list_tasks(address=cluster.state["endpoints"]["ray"], filters=[("job_id", "=", ray_job)], limit=10_000,
-                       raise_on_missing_output=False)
-    assert len({t.node_id for t in tasks if t.node_id}) == 2, "the job's tasks ran on one node only"
+    (job,) = cluster.ray_list("jobs", f"submission_id={job_id}")
+    tasks = cluster.ray_list("tasks", f"job_id={job['job_id']}")
+    assert len({t["node_id"] for t in tasks if t.get("node_id")}) == 2, "the job's tasks ran on one node only"
 
     client = mlflow.MlflowClient(cluster.state["endpoints"]["mlflow"])
     experiment = client.get_experiment_by_name("ue-protect")
@@ -170,3 +173,39 @@ def test_a_failing_job_is_reported(cluster):
     listing = cluster.ue("jobs").stdout
     assert any(line.startswith(job_id) and "FAILED" in line for line in listing.splitlines()), listing
     assert not cluster.s3().exists("releases/x")
+
+
+def test_a_lost_worker_node_loses_nothing(cluster):
+    """SIGKILL the worker node once the first round is on S3. Either the job survives on the head alone, or it
+    fails and the same command, resubmitted after the node is back, resumes after its last completed round;
+    both end with a verified release holding every round, and round 0 is never redone."""
+    out, rounds = "s3://releases/fmnist-lost-node", 2
+    command = ["protect", "--source", "s3://datasets/fashion-mnist", "--out", out,
+               *[a if a != "1" else str(rounds) for a in TINY_PROTECT]]
+    submitted = cluster.ue("submit", "--no-wait", "--", *command)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split("submitted job ", 1)[1].split()[0]
+    fs = cluster.s3()
+    first_round = "releases/.fmnist-lost-node.work/rounds/round-00000/round.json"
+    deadline = time.monotonic() + 900
+    while not fs.exists(first_round):
+        assert time.monotonic() < deadline, "round 0 never completed"
+        time.sleep(2)
+    round_zero = fs.info(first_round)["ETag"]
+    os.killpg(cluster.state["components"]["ray-worker"]["pid"], signal.SIGKILL)
+
+    while (status := cluster.ray_list("jobs", f"submission_id={job_id}")[0]["status"]) not in ("SUCCEEDED", "FAILED"):
+        assert time.monotonic() < deadline + 600, f"job still {status}"
+        time.sleep(3)
+    restored = run(sys.executable, SCRIPT, "up", "--state-dir", cluster.state_dir)
+    assert restored.returncode == 0 and "worker node restarted" in restored.stdout, restored.stdout + restored.stderr
+    if status == "FAILED":
+        assert not fs.exists(out.removeprefix("s3://")), "a failed job left a partial release"
+        again = cluster.ue("submit", "--", *command)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr
+    print(f"after losing the worker node the job {status}" + ("; the resubmission resumed" if status == "FAILED" else ""))
+    assert not fs.exists(first_round) or fs.info(first_round)["ETag"] == round_zero
+    verify = run(sys.executable, "-m", "pipelines.cli", "verify", out, env=cluster.client_env(with_keys=True))
+    assert verify.returncode == 0, verify.stderr
+    manifest = json.loads(fs.cat(f"{out.removeprefix('s3://')}/manifest.json"))
+    assert [record["round"] for record in manifest["history"]] == list(range(rounds))
