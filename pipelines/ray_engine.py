@@ -11,6 +11,7 @@ completed round, and a different config in the same work directory is refused ra
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from pipelines.protect import finalise, load_test_set, load_training_set
 from pipelines.rounds import (
     DatasetInfo,
     Resources,
+    SurrogateTrainer,
     collect,
     completed_rounds,
     initial_state,
@@ -46,11 +48,26 @@ from ue_core.errors import InvalidInputError
 ROWS_PER_INGEST_SHARD = 5_000
 
 
+def worker_env() -> dict[str, str]:
+    """Environment for Ray's workers: the S3 settings, and OpenMP threads that sleep instead of spinning
+    when idle (several torch processes share the cores; spinning OpenMP workers slowed them 10–100× here)."""
+    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **storage_env()}
+
+
 def connect(address: str | None, progress: bool) -> None:
-    """Join the cluster at ``address`` (or start a local Ray), passing the S3 settings to workers."""
+    """Join the cluster at ``address`` (or RAY_ADDRESS: a submitted job's driver joins its own cluster), or
+    start a local Ray whose workers get the S3 settings and OpenMP policy of :func:`worker_env`.
+
+    Nothing is pushed into a cluster's runtime environment: its nodes hold their credentials (instance
+    profile, IRSA, node environment) and a submitted job's runtime env carries the rest; credentials in a
+    runtime env would show in the dashboard and in error messages, and a second copy of a job's env var is a
+    conflict that Ray refuses.
+    """
     if not ray.is_initialized():
-        ray.init(address=address, runtime_env={"env_vars": storage_env()}, include_dashboard=False,
-                 log_to_driver=False)
+        if address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(runtime_env={"env_vars": worker_env()}, include_dashboard=False, log_to_driver=False)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset execution is noise here
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # the same blocks in the same order on every run
@@ -121,18 +138,25 @@ def protect_on_ray(
     surrogate = read_model(f"{work.round_dir(done[-1])}/surrogate.pt") if done else None
     state_uri = f"{work.round_dir(done[-1])}/state" if done else initial_state_uri(work, info)
     bar = tqdm(total=config.beo.rounds, initial=len(done), desc="BEO rounds", unit="round", disable=not progress)
-    for round_index in range(len(done), config.beo.rounds):
-        surrogate, records = run_round(state_uri, surrogate, config.beo, info, round_index, test_ref, work, resources)
-        state_uri = f"{work.round_dir(round_index)}/state"
-        history.extend(records)
-        for record in records:
-            tracker.log_metrics(record, step=len(history) - len(records) + record["step"])
-        bar.set_postfix(bayes_error=f"{records[-1]['bayes_error']:.4f}")
-        bar.update()
+    state = None  # the last round's state in the object store, once a round has run in this job
+    if len(done) < config.beo.rounds:
+        # one Ray Train run trains every remaining round's surrogate (see SurrogateTrainer)
+        with SurrogateTrainer(config.beo, info, test_ref, work, resources) as trainer:
+            for round_index in range(len(done), config.beo.rounds):
+                surrogate, records, state = run_round(
+                    state if state is not None else state_uri, surrogate, config.beo, info, round_index, trainer,
+                    work, resources,
+                )
+                state_uri = f"{work.round_dir(round_index)}/state"
+                history.extend(records)
+                for record in records:
+                    tracker.log_metrics(record, step=len(history) - len(records) + record["step"])
+                bar.set_postfix(bayes_error=f"{records[-1]['bayes_error']:.4f}")
+                bar.update()
     bar.close()
 
     clean = read_shards(work.path("ingest")).sorted_by_index()
-    final = collect(read_state(state_uri), ["index", "delta"])
+    final = collect(state if state is not None else read_state(state_uri), ["index", "delta"])
     if not np.array_equal(final["index"], clean.index):
         raise InvalidInputError(f"the state in {state_uri} does not hold exactly the ingested indices")
     release, summary = finalise(clean, torch.from_numpy(final["delta"]), load_model(surrogate), config)

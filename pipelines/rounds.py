@@ -10,15 +10,21 @@ Per round (METHOD.md §2–3), each step a ue_core function run where the data i
 
 The state (δ and the per-sample Adam state, keyed by index) lives in Parquet shards in the work directory;
 each finished round is written there with round.json last, so a killed job resumes from its last round.
-Every round re-reads its input state from those files, so an uninterrupted and a resumed run see the same
-blocks in the same order.
+A round hands its state to the next in the object store, laid out as a read of those shards would be
+(canonical_layout), so an uninterrupted and a resumed run see the same blocks in the same order.
+
+Fixed costs matter on small machines (2 cores here): the job starts one Ray Train run for all its rounds
+(SurrogateTrainer); each pass's actor pool is one new process per node; the estimator's tasks reuse Ray's
+worker processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import tempfile
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +32,6 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from ray.train import Checkpoint, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from pipelines.storage import WorkDir, pyarrow_filesystem, remove
 from ue_core import bayes_error
@@ -52,20 +56,27 @@ class DatasetInfo:
     name: str
 
 
+TRAINER_CPUS = 0.05  # logical CPUs the job-long surrogate worker reserves (see SurrogateTrainer)
+
+
 @dataclass(frozen=True)
 class Resources:
     """How to size actor pools and tasks from what the cluster reports (never a hard-coded whole CPU).
 
     Attributes:
-        actors: actors per pool (one per GPU, else one per logical CPU).
+        actors: actors per pool: one per GPU, else one per CPU node, running one torch thread per core of
+            its node. Every actor is a new process that imports torch and loads the surrogate (2–5 s of CPU
+            here, more on a busy machine), paid twice per round (features, ascent); on a CPU node one
+            actor with as many threads as cores does the same work per batch as one actor per core.
         cpus_per_actor: a fraction, so that Ray Data's own tasks and the driver keep room (whole-CPU
             actors deadlocked a 2-core machine).
+        threads_per_actor: torch threads of each actor.
         gpus_per_actor: 1 when the cluster has GPUs, else 0.
-        task_cpus: CPUs per estimator task.
-        trainer_cpus: CPUs the surrogate's Ray Train worker reserves: a node's CPUs but one, which the Ray
-            Data tasks that feed it need (a 1.5-of-2 CPU worker hung waiting for its data here).
-        trainer_threads: torch threads of that worker: all of the node's cores, since it trains alone once
-            its data has arrived.
+        blocks: row blocks of the exact estimator, each a task; task_cpus: CPUs per estimator task (all
+            blocks run at once, one thread each; the tasks' worker processes are kept and reused by Ray).
+        trainer_cpus: CPUs the surrogate's Ray Train worker reserves for the whole job: a small fraction,
+            since it trains only while everything else waits for it (SurrogateTrainer).
+        trainer_threads: torch threads of that worker: all of the node's cores, since it trains alone.
     """
 
     actors: int
@@ -74,19 +85,31 @@ class Resources:
     task_cpus: float
     trainer_cpus: float
     trainer_threads: int
+    threads_per_actor: int = 1
+    blocks: int = 2
 
     @staticmethod
     def from_cluster() -> Resources:
         available = ray.available_resources()
         cpus, gpus = float(available.get("CPU", 1.0)), int(available.get("GPU", 0))
-        node_cpus = max(float(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"])
-        trainer = {"trainer_cpus": max(0.5, min(cpus, node_cpus) - 1.0), "trainer_threads": max(1, int(node_cpus))}
+        cpu_nodes = [float(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]]
+        cpu_nodes = [n for n in cpu_nodes if n > 0] or [cpus]
+        node_cpus = max(cpu_nodes)
+        trainer_cpus = min(TRAINER_CPUS, 0.1 * cpus)
+        usable = cpus - trainer_cpus
+        blocks = max(1, int(cpus))
+        common = {"trainer_cpus": trainer_cpus, "trainer_threads": max(1, int(node_cpus)), "blocks": blocks,
+                  "task_cpus": usable / blocks}
         if gpus:
-            return Resources(
-                actors=gpus, cpus_per_actor=min(1.0, cpus / (2 * gpus)), gpus_per_actor=1, task_cpus=0.5, **trainer
-            )
-        actors = max(1, int(cpus))
-        return Resources(actors=actors, cpus_per_actor=0.5 * cpus / actors, gpus_per_actor=0, task_cpus=0.5, **trainer)
+            return Resources(actors=gpus, cpus_per_actor=min(1.0, usable / (2 * gpus)), gpus_per_actor=1, **common)
+        actors = len(cpu_nodes)
+        return Resources(
+            actors=actors,
+            cpus_per_actor=0.5 * usable / actors,
+            gpus_per_actor=0,
+            threads_per_actor=max(1, int(node_cpus)),
+            **common,
+        )
 
 
 def unwrap(refs: Any) -> Any:
@@ -161,7 +184,8 @@ def collect(dataset: ray.data.Dataset, columns: list[str]) -> dict[str, np.ndarr
 class FeaturePass:
     """Ray Data actor: penultimate features φ(x + δ) of each batch; output columns index, label, features."""
 
-    def __init__(self, surrogate: dict[str, Any], batch_size: int) -> None:
+    def __init__(self, surrogate: dict[str, Any], batch_size: int, threads: int = 1) -> None:
+        torch.set_num_threads(threads)
         self.model = load_model(ray.get(surrogate["ref"]))
         self.batch_size = batch_size
 
@@ -175,8 +199,14 @@ class AscentPass:
     """Ray Data actor: one PGA step for each row of a batch, given the feature gradient of every row."""
 
     def __init__(
-        self, surrogate: dict[str, Any], pga: dict[str, Any], gradient: dict[str, Any], batch_size: int
+        self,
+        surrogate: dict[str, Any],
+        pga: dict[str, Any],
+        gradient: dict[str, Any],
+        batch_size: int,
+        threads: int = 1,
     ) -> None:
+        torch.set_num_threads(threads)
         self.model = load_model(ray.get(surrogate["ref"]))
         self.pga = from_dict(PGAConfig, pga)
         self.sorted_index, self.feature_gradient = ray.get(gradient["ref"])  # (N,), (N, D) = ∂β̂/∂z / s
@@ -282,7 +312,7 @@ def feature_gradient(
         task = _cheap_estimate.options(num_cpus=resources.task_cpus)
         return unwrap(task.remote(bank, bank_labels, num_classes, to_dict(estimator), (config.seed, round_index, step)))
     budget = estimator.memory_budget_mb * 2**20
-    blocks = np.array_split(np.arange(len(features)), max(1, min(len(features), 2 * resources.actors)))
+    blocks = np.array_split(np.arange(len(features)), max(1, min(len(features), resources.blocks)))
     bounds = [(int(b[0]), int(b[-1]) + 1) for b in blocks if len(b)]
     stats_task = _stats_block.options(num_cpus=resources.task_cpus)
     parts = unwrap(
@@ -301,83 +331,147 @@ def feature_gradient(
 # -------------------------------------------------------------------------------------------- surrogate
 
 
+def _state_rows(blocks: list[Any], columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """``columns`` of the state blocks (Arrow tables from the object store), rows sorted by index."""
+    from ray.data.block import BlockAccessor
+
+    parts = [BlockAccessor.for_block(block).select(list(columns)) for block in blocks]
+    batches = [BlockAccessor.for_block(part).to_batch_format("numpy") for part in parts]
+    merged = {c: np.concatenate([b[c] for b in batches]) for c in columns}
+    order = np.argsort(merged["index"], kind="stable")  # the reference trains in index order
+    return {c: v[order] for c, v in merged.items()}
+
+
 def _surrogate_loop(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker: train this round's surrogate with ue_core on the rows of its dataset shard."""
+    """Ray Train worker: train one surrogate per request from the driver, until it sends None.
+
+    A request names the round, last round's surrogate and the round's state blocks (object-store
+    references); the reply (the trained weights and the accuracies) goes back through the outbox. Each
+    round ends with one ``ray.train.report``, so the worker reports once per round.
+    """
     import ray.train
 
     config = from_dict(BEOConfig, loop_config["beo"])
     torch.set_num_threads(loop_config["threads"])
-    shard = ray.train.get_dataset_shard("train")
-    rows = {c: [] for c in ("index", "label", "image", "delta")}
-    for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
-        for column in rows:
-            rows[column].append(batch[column])
-    data = {c: np.concatenate(v) for c, v in rows.items()}
-    order = np.argsort(data["index"], kind="stable")  # the reference trains in index order
-    x, delta = images_and_delta({c: v[order] for c, v in data.items()})
-    y = torch.from_numpy(data["label"][order])
-    training_images = x if config.surrogate.mode == "fixed" else x + delta
-    previous = load_model(loop_config["previous"]) if loop_config["previous"] is not None else None
-    model = train_surrogate(
-        previous, training_images, y, loop_config["num_classes"], config.surrogate, seed=loop_config["seed"]
-    )
-    metrics = {"surrogate_train_accuracy": evaluate(model, training_images, y, config.batch_size)}
-    if loop_config["test"] is not None:
-        test_x, test_y = ray.get(loop_config["test"]["ref"])
-        metrics["surrogate_test_accuracy"] = evaluate(
-            model, torch.from_numpy(test_x), torch.from_numpy(test_y), config.batch_size
+    inbox, outbox = loop_config["inbox"], loop_config["outbox"]
+    while (request := inbox.get()) is not None:
+        started = time.perf_counter()
+        data = _state_rows(ray.get(request["blocks"]), ("index", "label", "image", "delta"))
+        x, delta = images_and_delta(data)
+        y = torch.from_numpy(data["label"])
+        training_images = x if config.surrogate.mode == "fixed" else x + delta
+        previous = load_model(request["previous"]) if request["previous"] is not None else None
+        model = train_surrogate(
+            previous, training_images, y, loop_config["num_classes"], config.surrogate,
+            seed=config.seed * 100_003 + request["round"],  # as the reference does
         )
-    with tempfile.TemporaryDirectory() as directory:
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, f"{directory}/model.pt")
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+        metrics = {"surrogate_train_accuracy": evaluate(model, training_images, y, config.batch_size)}
+        if loop_config["test"] is not None:
+            test_x, test_y = ray.get(loop_config["test"]["ref"])
+            metrics["surrogate_test_accuracy"] = evaluate(
+                model, torch.from_numpy(test_x), torch.from_numpy(test_y), config.batch_size
+            )
+        state_dict = {k: v.cpu() for k, v in model.state_dict().items()}
+        outbox.put({"round": request["round"], "state_dict": state_dict, "metrics": metrics,
+                    "seconds_worker": time.perf_counter() - started})
+        ray.train.report({"round": request["round"], **metrics})
 
 
-def train_surrogate_on_ray(
-    state: ray.data.Dataset,
-    previous: dict[str, Any] | None,
-    config: BEOConfig,
-    info: DatasetInfo,
-    round_index: int,
-    test: dict[str, Any] | None,
-    work: WorkDir,
-    resources: Resources,
-) -> tuple[dict[str, Any], dict[str, float]]:
-    """This round's surrogate (a model spec) and its accuracies, trained by a TorchTrainer."""
-    if previous is not None and config.surrogate.mode == "fixed":
-        return previous, {}
-    storage_fs, storage_path = pyarrow_filesystem(work.path("ray-train"))
-    trainer = TorchTrainer(
-        _surrogate_loop,
-        train_loop_config={
-            "beo": to_dict(config),
-            "previous": previous,
+class SurrogateTrainer:
+    """The job's surrogate trainer: one Ray Train TorchTrainer (one worker) that trains every round's surrogate.
+
+    Starting a TorchTrainer (its controller, worker group and torch backend: three new processes that import
+    torch) costs 10–20 s on a 2-core machine, as much as the training itself at N = 12,000, so the job starts
+    one and sends it a request per round: ``train`` hands the worker the round's state blocks through the
+    object store (no Ray Data split) and waits for the weights. Each round's training depends only on the
+    seed, the round and the state, so a resumed job (a new trainer) trains the same surrogates.
+
+    The worker reserves a small CPU fraction (``Resources.trainer_cpus``): it computes only while the driver
+    waits for it, never while the actor pools or estimator tasks run, and whole CPUs held across the job
+    would starve those. It trains with ``Resources.trainer_threads`` torch threads.
+    """
+
+    def __init__(
+        self, config: BEOConfig, info: DatasetInfo, test: dict[str, Any] | None, work: WorkDir, resources: Resources
+    ) -> None:
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+        from ray.util.queue import Queue
+
+        self.config = config
+        self.info = info
+        self.inbox = Queue(actor_options={"num_cpus": 0})
+        self.outbox = Queue(actor_options={"num_cpus": 0})
+        storage_fs, storage_path = pyarrow_filesystem(work.path("ray-train"))
+        trainer = TorchTrainer(
+            _surrogate_loop,
+            train_loop_config={
+                "beo": to_dict(config),
+                "num_classes": info.num_classes,
+                "test": test,
+                "threads": resources.trainer_threads,
+                "inbox": self.inbox,
+                "outbox": self.outbox,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=1,
+                use_gpu=resources.gpus_per_actor > 0,
+                resources_per_worker={"CPU": resources.trainer_cpus},
+            ),
+            run_config=RunConfig(name="surrogate", storage_path=storage_path, storage_filesystem=storage_fs),
+        )
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._fit, args=(trainer,), name="surrogate-trainer", daemon=True)
+        self._thread.start()
+
+    def _fit(self, trainer: Any) -> None:
+        try:
+            trainer.fit()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the driver's thread by train()
+            self._error = error
+
+    def train(
+        self, state: ray.data.MaterializedDataset, previous: dict[str, Any] | None, round_index: int
+    ) -> tuple[dict[str, Any], dict[str, float]]:
+        """This round's surrogate (a model spec) and its accuracies."""
+        config, info = self.config, self.info
+        if previous is not None and config.surrogate.mode == "fixed":
+            return previous, {}
+        self.inbox.put({"round": round_index, "previous": previous, "blocks": state.to_arrow_refs()})
+        while True:
+            try:
+                reply = self.outbox.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive():
+                    if isinstance(self._error, UEError):
+                        raise self._error
+                    raise RuntimeError("the surrogate's Ray Train run ended before it replied") from self._error
+        spec = {
+            **(previous or {}),
+            "name": config.surrogate.model,
             "num_classes": info.num_classes,
-            "test": test,
-            "seed": config.seed * 100_003 + round_index,  # as the reference does
-            "threads": resources.trainer_threads,
-        },
-        datasets={"train": state.select_columns(["index", "label", "image", "delta"])},
-        scaling_config=ScalingConfig(
-            num_workers=1,
-            use_gpu=resources.gpus_per_actor > 0,
-            resources_per_worker={"CPU": resources.trainer_cpus},
-        ),
-        run_config=RunConfig(
-            name=f"surrogate-round-{round_index:05d}", storage_path=storage_path, storage_filesystem=storage_fs
-        ),
-    )
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as directory:
-        state_dict = torch.load(f"{directory}/model.pt", weights_only=True)
-    spec = {
-        **(previous or {}),
-        "name": config.surrogate.model,
-        "num_classes": info.num_classes,
-        "in_channels": info.image_shape[2],
-        "image_size": info.image_shape[0],
-        "state_dict": state_dict,
-    }
-    return spec, dict(result.metrics or {})
+            "in_channels": info.image_shape[2],
+            "image_size": info.image_shape[0],
+            "state_dict": reply["state_dict"],
+        }
+        return spec, reply["metrics"]
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Let the Train run finish (it reports and ends) and free its queues."""
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):  # the run is gone already
+                self.inbox.put(None, timeout=max(timeout, 1.0))
+            self._thread.join(timeout)
+        for mailbox in (self.inbox, self.outbox):
+            with contextlib.suppress(Exception):  # best effort on the way out
+                mailbox.shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(timeout=60.0 if exc_type is None else 0.0)  # on an error, do not wait for a training
 
 
 # ----------------------------------------------------------------------------------------------- rounds
@@ -420,28 +514,54 @@ def completed_rounds(work: WorkDir) -> list[int]:
     return sorted(done)
 
 
+def load_state(uri: str, resources: Resources) -> ray.data.MaterializedDataset:
+    """The state at ``uri`` in the layout every round starts from (see :func:`canonical_layout`)."""
+    return canonical_layout(read_state(uri), resources)
+
+
+def canonical_layout(state: ray.data.Dataset, resources: Resources) -> ray.data.MaterializedDataset:
+    """The state columns in ``max(2, 2 × actors)`` equal blocks, rows in the order given, in the object store.
+
+    A round's batches follow the blocks, and float results can depend on the batch a row is in; an equal
+    split depends only on the row order, which a Parquet write and read keep, so the state handed on in
+    memory and the same state read back after a resume give the same blocks.
+    """
+    blocks = max(2, 2 * resources.actors)
+    return state.select_columns(list(STATE_COLUMNS)).repartition(blocks).materialize()
+
+
 def run_round(
-    state_uri: str,
+    state: str | ray.data.MaterializedDataset,
     previous: dict[str, Any] | None,
     config: BEOConfig,
     info: DatasetInfo,
     round_index: int,
-    test: dict[str, Any] | None,
+    trainer: SurrogateTrainer,
     work: WorkDir,
     resources: Resources,
-) -> tuple[dict[str, Any], list[dict[str, float]]]:
-    """One round from the state at ``state_uri``; writes round ``round_index`` and returns (surrogate, records)."""
+) -> tuple[dict[str, Any], list[dict[str, float]], ray.data.MaterializedDataset]:
+    """One round; writes round ``round_index`` and returns (surrogate, records, the new state).
+
+    ``state`` is the URI of the input state's Parquet shards (the first round of a job or of a resumed
+    job) or the state the previous round returned (in :func:`canonical_layout`, as a read would give it).
+    Seconds per part of the round go into every record: seconds_read (the state from Parquet, 0 when handed
+    on in memory), seconds_surrogate, then per step seconds_features, seconds_estimator, seconds_ascent,
+    and seconds_write (the new state in its layout, its Parquet shards, the surrogate and round.json).
+    """
     started = time.perf_counter()
-    state = read_state(state_uri).select_columns(list(STATE_COLUMNS)).repartition(max(2, 2 * resources.actors))
-    state = state.materialize()
-    surrogate, accuracies = train_surrogate_on_ray(state, previous, config, info, round_index, test, work, resources)
-    round_metrics = {"round": round_index, "seconds_surrogate": time.perf_counter() - started, **accuracies}
-    actor_options = dict(
-        compute=ray.data.ActorPoolStrategy(size=resources.actors),
-        num_cpus=resources.cpus_per_actor,
-        num_gpus=resources.gpus_per_actor,
-        batch_size=config.batch_size,
-    )
+    if isinstance(state, str):
+        state = load_state(state, resources)
+    round_metrics: dict[str, float] = {"round": round_index, "seconds_read": time.perf_counter() - started}
+    started = time.perf_counter()
+    surrogate, accuracies = trainer.train(state, previous, round_index)
+    round_metrics |= {"seconds_surrogate": time.perf_counter() - started, **accuracies}
+    actor_options = {
+        "compute": ray.data.ActorPoolStrategy(size=resources.actors),
+        "num_cpus": resources.cpus_per_actor,
+        "num_gpus": resources.gpus_per_actor,
+        "batch_size": config.batch_size,
+    }
+    threads = resources.threads_per_actor
     # object-store references, wrapped so that Ray hands them to the actors as references, not copies
     surrogate_ref = {"ref": ray.put(surrogate)}
     records = []
@@ -451,7 +571,8 @@ def run_round(
         features = collect(
             state.map_batches(
                 FeaturePass,
-                fn_constructor_kwargs={"surrogate": surrogate_ref, "batch_size": config.batch_size},
+                fn_constructor_kwargs={"surrogate": surrogate_ref, "batch_size": config.batch_size,
+                                       "threads": threads},
                 **actor_options,
             ),
             ["index", "label", "features"],
@@ -472,6 +593,7 @@ def run_round(
                 "pga": to_dict(config.pga),
                 "gradient": {"ref": gradient_ref},
                 "batch_size": config.batch_size,
+                "threads": threads,
             },
             **actor_options,
         ).materialize()
@@ -488,8 +610,12 @@ def run_round(
             }
         )
         state = state.select_columns(list(STATE_COLUMNS))
+    t0 = time.perf_counter()
+    state = canonical_layout(state, resources)
     round_dir = work.round_dir(round_index)
     write_state(state, f"{round_dir}/state")
     save_model(surrogate, f"{round_dir}/surrogate.pt")
+    seconds_write = time.perf_counter() - t0
+    records = [{**record, "seconds_write": seconds_write} for record in records]
     write_json(f"{round_dir}/round.json", records)  # last: the round is complete
-    return surrogate, records
+    return surrogate, records, state
