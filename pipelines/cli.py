@@ -21,6 +21,14 @@ from collections.abc import Sequence
 from ue_core.errors import UEError
 
 
+def _add_job_options(parser: argparse.ArgumentParser, overwrite_help: str) -> None:
+    """The options every Ray job command shares: where to run, where to track, overwrite, progress."""
+    parser.add_argument("--ray-address", help="a Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def _add_protect(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("protect", help="protect a dataset with BEO and publish the release")
     parser.add_argument("--source", required=True, help="dataset folder or URI (any supported layout)")
@@ -35,10 +43,7 @@ def _add_protect(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--engine", choices=["ray", "reference"], default="ray",
                         help="ray (default): distributed and resumable; reference: ue_core's one-process BEO")
     parser.add_argument("--work-dir", help="where an interrupted job resumes from (default: .OUT.work beside --out)")
-    parser.add_argument("--ray-address", help="a Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing release at --out")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_job_options(parser, "replace an existing release at --out")
 
 
 def _protect(args: argparse.Namespace) -> int:
@@ -78,10 +83,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set defence.jpeg_quality=30 (repeatable)")
     parser.add_argument("--storage", help="folder or URI for victim checkpoints (default: removed work folder)")
-    parser.add_argument("--ray-address", help="a Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing results at --out")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_job_options(parser, "replace existing results at --out")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -119,10 +121,7 @@ def _add_sweep(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--releases", help="where releases are kept and reused (default: releases/ beside --out)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any sweep key, e.g. --set grid.ratio=[0,0.5] (repeatable)")
-    parser.add_argument("--ray-address", help="a Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing results at --out")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_job_options(parser, "replace existing results at --out")
 
 
 def _sweep(args: argparse.Namespace) -> int:
