@@ -237,20 +237,14 @@ def sweep_plot(outcomes: list[TrialOutcome]) -> plt.Figure:
     ratios = sorted({o.ratio for o in outcomes})
     figure, axes = plt.subplots(len(panels), 2, figsize=(10, 3.6 * len(panels)), squeeze=False)
     for row, (victim, defence) in enumerate(panels):
-        mine = [o for o in outcomes if (o.victim, o.defence) == (victim, defence)]
-
-        def accuracy(arm: str, eps: float | None, ratio: float) -> float:
-            for o in mine:
-                if (o.arm, o.eps, o.ratio) == (arm, eps, ratio) and o.final_test_accuracy is not None:
-                    return 100 * o.final_test_accuracy
-            return math.nan
-
-        clean_all = accuracy("clean-all", None, 0.0)
-        table = np.array([[clean_all if r == 0 else accuracy("mixed", e, r) for r in ratios] for e in eps_values])
+        accuracies = {(o.arm, o.eps, o.ratio): 100 * o.final_test_accuracy for o in outcomes
+                      if (o.victim, o.defence) == (victim, defence) and o.final_test_accuracy is not None}
+        clean_all = accuracies.get(("clean-all", None, 0.0), math.nan)
+        table = np.array([[clean_all if r == 0 else accuracies.get(("mixed", e, r), math.nan) for r in ratios] for e in eps_values])
         lines = axes[row, 0]
         for eps, values in zip(eps_values, table):
             lines.plot(ratios, values, marker="o", label=f"mixed, ε = {eps * 255:g}/255")
-        reference = [clean_all if r == 0 else accuracy("clean-only", None, r) for r in ratios]
+        reference = [clean_all if r == 0 else accuracies.get(("clean-only", None, r), math.nan) for r in ratios]
         lines.plot(ratios, reference, marker="s", linestyle="--", color="black", label="clean-only (reference)")
         lines.set_xlabel("mixing ratio r (fraction of training images protected)")
         lines.set_ylabel("clean test accuracy (%)")
