@@ -98,6 +98,7 @@ class LocalCluster:
             AWS_ENDPOINT_URL=state["endpoints"]["s3"], MLFLOW_S3_ENDPOINT_URL=state["endpoints"]["s3"],
             MLFLOW_TRACKING_URI=state["endpoints"]["mlflow"], MLFLOW_DISABLE_TELEMETRY="true",
             RAY_AUTH_MODE="token", OMP_WAIT_POLICY="PASSIVE",
+            PATH=os.pathsep.join([str(BIN), env.get("PATH", "")]),  # jobs run `ue` from this venv
         )
         return env
 

@@ -111,6 +111,14 @@ def test_up_is_idempotent_and_status_reports_two_nodes(cluster):
     assert status.returncode == 0 and "ray nodes   2 alive" in status.stdout, status.stdout
 
 
+def test_plain_ray_job_submit_runs_ue_too(cluster):
+    env = cluster.client_env()
+    result = run(Path(sys.executable).parent / "ray", "job", "submit", "--address", env["RAY_API_SERVER_ADDRESS"],
+                 "--", "ue", "presets", env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert "cifar10-paper" in result.stdout and "SUCCEEDED" in result.stdout
+
+
 def test_protect_job_from_s3_to_s3_runs_on_both_nodes_and_tracks_to_the_mlflow_server(cluster):
     result = cluster.ue("submit", "--", "protect", "--source", "s3://datasets/fashion-mnist",
                         "--out", "s3://releases/fmnist-beo", *TINY_PROTECT)
@@ -190,6 +198,9 @@ def test_a_lost_worker_node_loses_nothing(cluster):
     deadline = time.monotonic() + 900
     while not fs.exists(first_round):
         assert time.monotonic() < deadline, "round 0 never completed"
+        status = cluster.ray_list("jobs", f"submission_id={job_id}")[0]["status"]
+        assert status not in ("SUCCEEDED", "FAILED"), f"job {status} before round 0 was on S3: " + \
+            cluster.ue("logs", job_id).stdout[-2000:]
         time.sleep(2)
     round_zero = fs.info(first_round)["ETag"]
     os.killpg(cluster.state["components"]["ray-worker"]["pid"], signal.SIGKILL)
