@@ -128,6 +128,18 @@ def accuracy_plot(rows: list[ArmResult], title: str) -> plt.Figure:
     return figure
 
 
+def publish_results(out_fs, staging: str, tracker: Tracker, csv_text: str, markdown: str, figure: plt.Figure) -> None:
+    """results.csv, results.md and accuracy.png into a staging folder (ue_core.data.atomic), and the same
+    three as artifacts of ``tracker``'s run: what `ue evaluate` and `ue sweep` both publish."""
+    for name, text in (("results.csv", csv_text), ("results.md", markdown)):
+        with out_fs.open(f"{staging}/{name}", "w") as f:
+            f.write(text)
+        tracker.log_text(text, name)
+    with out_fs.open(f"{staging}/accuracy.png", "wb") as f:
+        figure.savefig(f, format="png", dpi=120)
+    tracker.log_figure(figure, "accuracy.png")
+
+
 @dataclass
 class EvaluateSummary:
     out: str
@@ -195,21 +207,14 @@ def evaluate_release(
         figure = accuracy_plot(rows, f"{config.victim.model}, ratio {config.ratio:g}, defence "
                                      f"{'+'.join(config.defence.names) or 'none'}")
         with staged_directory(out, overwrite) as (out_fs, staging):
-            for name, text in (("results.csv", csv_text), ("results.md", markdown)):
-                with out_fs.open(f"{staging}/{name}", "w") as f:
-                    f.write(text)
+            publish_results(out_fs, staging, parent, csv_text, markdown, figure)
             save_index_set(out_fs.unstrip_protocol(f"{staging}/index-set.json"), drawn, mode="mixed",
                            ratio=config.ratio, seed=config.seed)
-            with out_fs.open(f"{staging}/accuracy.png", "wb") as f:
-                figure.savefig(f, format="png", dpi=120)
             out_fs.makedirs(f"{staging}/models", exist_ok=True)
             for mode, content in weights.items():
                 with out_fs.open(f"{staging}/models/{mode}.pt", "wb") as f:
                     f.write(content)
         parent.log_metrics({f"{r.mode}_final_test_accuracy": r.final_test_accuracy for r in rows})
-        parent.log_figure(figure, "accuracy.png")
-        parent.log_text(csv_text, "results.csv")
-        parent.log_text(markdown, "results.md")
         parent.log_json({"mode": "mixed", "ratio": config.ratio, "seed": config.seed,
                          "protected_indices": drawn.tolist()}, "index-set.json")
     if storage is None:

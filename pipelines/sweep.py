@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pipelines.config import SweepConfig
+from pipelines.evaluate import publish_results
 from pipelines.storage import WorkDir, absolute, check_readable, check_writable, remove
 from pipelines.tracking import RemoteRun, Tracker
 from ue_core.config import from_dict, to_dict
@@ -317,14 +318,7 @@ def sweep(
         csv_text, markdown = results_table(outcomes)
         figure = sweep_plot(outcomes)
         with staged_directory(out, overwrite) as (out_fs, staging):
-            for name, text in (("results.csv", csv_text), ("results.md", markdown)):
-                with out_fs.open(f"{staging}/{name}", "w") as f:
-                    f.write(text)
-            with out_fs.open(f"{staging}/accuracy.png", "wb") as f:
-                figure.savefig(f, format="png", dpi=120)
+            publish_results(out_fs, staging, parent, csv_text, markdown, figure)
         parent.log_metrics({"trials": len(outcomes), "failed_trials": sum(o.status == "FAILED" for o in outcomes)})
-        parent.log_figure(figure, "accuracy.png")
-        parent.log_text(csv_text, "results.csv")
-        parent.log_text(markdown, "results.md")
     remove(work.uri)
     return SweepSummary(out, outcomes, parent.run_id, parent.uri, markdown)
