@@ -38,7 +38,6 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 from ue_core.errors import InvalidInputError
 from ue_core.training import BatchTransform, PGDConfig
@@ -210,6 +209,8 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     Returns:
         float (B, C, H, W) in [0, 1] with values k/255, on the device and in the dtype of x.
     """
+    from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg  # the module's only torchvision use
+
     _check_images(x)
     if not (_is_int(quality) and 1 <= quality <= 100):
         raise InvalidInputError(f"jpeg quality: must be an integer in [1, 100], got {quality!r}")

@@ -1,5 +1,8 @@
 """Surrogate and victim zoo: torchvision architectures with small-image stems, and a small CNN for CPU work.
 
+torchvision is imported by the builders that use it, not by this module: every Ray worker that loads a
+small CNN would otherwise pay its import (~1.5 s of CPU here, mostly ``torchvision.ops``).
+
 Every model is a :class:`Classifier`: ``features(x)`` gives the penultimate features (N, D) after global
 pooling, and ``forward(x) = head(features(x))`` gives logits (N, num_classes), ``head`` being one linear layer.
 
@@ -21,10 +24,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torchvision import models as tv_models
-from torchvision.models.vgg import cfgs as vgg_configs
-from torchvision.models.vgg import make_layers as make_vgg_layers
-from torchvision.ops.misc import Conv2dNormActivation
 
 from ue_core.errors import InvalidInputError
 
@@ -74,8 +73,10 @@ def _stem_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
     return conv
 
 
-def _resnet(builder: Callable[..., tv_models.ResNet], in_channels: int, num_classes: int) -> Classifier:
-    net = builder(weights=None)
+def _resnet(depth: int, in_channels: int, num_classes: int) -> Classifier:
+    from torchvision import models
+
+    net = getattr(models, f"resnet{depth}")(weights=None)
     body = nn.Sequential(
         _stem_conv(in_channels, net.conv1.out_channels),
         net.bn1,
@@ -92,6 +93,9 @@ def _resnet(builder: Callable[..., tv_models.ResNet], in_channels: int, num_clas
 
 def _vgg19(in_channels: int, num_classes: int) -> Classifier:
     # torchvision's VGG-19-BN convolutional part ("E"), built alone: its 4096-wide classifier is never used.
+    from torchvision.models.vgg import cfgs as vgg_configs
+    from torchvision.models.vgg import make_layers as make_vgg_layers
+
     conv_layers = make_vgg_layers(vgg_configs["E"], batch_norm=True)
     conv_layers[0] = nn.Conv2d(in_channels, conv_layers[0].out_channels, kernel_size=3, padding=1)
     _he_init_convs(conv_layers)
@@ -100,7 +104,9 @@ def _vgg19(in_channels: int, num_classes: int) -> Classifier:
 
 
 def _densenet121(in_channels: int, num_classes: int) -> Classifier:
-    net = tv_models.densenet121(weights=None)
+    from torchvision import models
+
+    net = models.densenet121(weights=None)
     net.features.conv0 = _stem_conv(in_channels, net.features.conv0.out_channels)
     net.features.pool0 = nn.Identity()
     body = nn.Sequential(net.features, nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -121,7 +127,10 @@ _MOBILENETV2_SMALL_IMAGE_SETTING = [
 
 
 def _mobilenetv2(in_channels: int, num_classes: int) -> Classifier:
-    net = tv_models.mobilenet_v2(weights=None, inverted_residual_setting=_MOBILENETV2_SMALL_IMAGE_SETTING)
+    from torchvision import models
+    from torchvision.ops.misc import Conv2dNormActivation
+
+    net = models.mobilenet_v2(weights=None, inverted_residual_setting=_MOBILENETV2_SMALL_IMAGE_SETTING)
     stem_channels = net.features[0].out_channels
     net.features[0] = Conv2dNormActivation(
         in_channels, stem_channels, kernel_size=3, stride=1, activation_layer=nn.ReLU6
@@ -161,8 +170,8 @@ def _small_cnn(in_channels: int, num_classes: int, width: int) -> Classifier:
 
 
 _BUILDERS: dict[str, Callable[[int, int], Classifier]] = {
-    "resnet18": lambda in_channels, num_classes: _resnet(tv_models.resnet18, in_channels, num_classes),
-    "resnet34": lambda in_channels, num_classes: _resnet(tv_models.resnet34, in_channels, num_classes),
+    "resnet18": lambda in_channels, num_classes: _resnet(18, in_channels, num_classes),
+    "resnet34": lambda in_channels, num_classes: _resnet(34, in_channels, num_classes),
     "vgg19": _vgg19,
     "densenet121": _densenet121,
     "mobilenetv2": _mobilenetv2,

@@ -1,5 +1,7 @@
 """The estimator as Ray tasks over row blocks equals ue_core's one-process estimator."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import ray
@@ -17,15 +19,17 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.mark.parametrize("kind", ["exact", "batch", "reference"])
-def test_distributed_estimator_matches_one_process(local_ray, kind):
+@pytest.mark.parametrize(("kind", "blocks"), [("exact", None), ("exact", 3), ("batch", None), ("reference", None)])
+def test_distributed_estimator_matches_one_process(local_ray, kind, blocks):
+    """Default sizing (one block per node: one here) and three row blocks, as on a three-node cluster."""
+    resources = local_ray if blocks is None else dataclasses.replace(local_ray, blocks=blocks)
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 4, (300,), generator=generator)
     features = torch.randn(4, 16, generator=generator)[labels] + 0.8 * torch.randn(300, 16, generator=generator)
     z, _ = bayes_error.normalise_features(torch.relu(features))
     config = BEOConfig(estimator=EstimatorConfig(kind=kind, batch_size=64, reference_size=80))
     value, gradient = feature_gradient(z.numpy(), labels.numpy(), 4, config, round_index=2, step=0,
-                                       resources=local_ray)
+                                       resources=resources)
     expected = bayes_error.estimate(z, labels, 4, sigma=0.3, estimator=kind, batch_size=64, reference_size=80,
                                     generator=estimator_generator(config.estimator, config.seed, 2, 0))
     assert local_ray.actors >= 1 and 0 < local_ray.cpus_per_actor < 1  # fractions, never whole CPUs here

@@ -5,7 +5,7 @@ a local path or any fsspec URI; every writer refuses to replace an existing outp
 leaves nothing behind when it fails.
 """
 
-from ue_core.data.cifar import ReleasedCIFAR10, ReleasedCIFAR100, read_cifar, write_cifar_batches
+from ue_core.data.cifar import read_cifar, write_cifar_batches
 from ue_core.data.dataset import ImageDataset, images_to_uint8
 from ue_core.data.fetch import fetch_fashion_mnist
 from ue_core.data.folder import read_class_folder, read_png_folder, write_png_folder
@@ -48,3 +48,13 @@ __all__ = [
     "write_png_folder",
     "write_shards",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """ReleasedCIFAR10 / ReleasedCIFAR100 on first use: they subclass torchvision's datasets, and importing
+    torchvision costs every process that only reads or writes data ~1.5 s."""
+    if name in ("ReleasedCIFAR10", "ReleasedCIFAR100"):
+        from ue_core.data import released_cifar
+
+        return getattr(released_cifar, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,10 +18,9 @@ import io
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
-import torchvision
 from fsspec import AbstractFileSystem
 
 from ue_core.data.atomic import staged_directory
@@ -192,7 +191,7 @@ def write_cifar_batches(
     Pickles use protocol 2, like the originals, so :func:`read_cifar` and torchvision both load them.
 
     torchvision's ``CIFAR10``/``CIFAR100`` check the md5 of every file against the original release, so
-    they reject any modified copy: load the output with :class:`ReleasedCIFAR10` / :class:`ReleasedCIFAR100`.
+    they reject any modified copy: load the output with ue_core.data.ReleasedCIFAR10 / ReleasedCIFAR100.
     Returns the written folder's path or URI.
     """
     if variant not in LAYOUTS:
@@ -234,34 +233,3 @@ def _batch(dataset: ImageDataset, rows: np.ndarray, layout: _Layout, batch_label
 def _write_pickle(fs: AbstractFileSystem, path: str, content: dict[str, Any]) -> None:
     with fs.open(path, "wb") as f:
         pickle.dump(content, f, protocol=2)
-
-
-class ReleasedCIFAR10(torchvision.datasets.CIFAR10):
-    """torchvision's CIFAR10 loader for a modified (e.g. protected) copy from :func:`write_cifar_batches`.
-
-    torchvision 0.29's ``CIFAR10.__init__`` calls ``_check_integrity``, which compares the md5 of all six
-    batch files with the original release, and ``_load_meta`` does the same for ``batches.meta``; any
-    changed pixel changes the md5, so the stock class refuses every release. This subclass keeps
-    torchvision's loading code and only drops the expected md5s (``check_integrity`` then checks that the
-    files exist). Like the stock class it needs both the train and the test files.
-    """
-
-    train_list: ClassVar[list[list[str | None]]] = [
-        [n, None] for n, _ in torchvision.datasets.CIFAR10.train_list
-    ]
-    test_list: ClassVar[list[list[str | None]]] = [
-        [n, None] for n, _ in torchvision.datasets.CIFAR10.test_list
-    ]
-    meta: ClassVar[dict[str, str | None]] = {**torchvision.datasets.CIFAR10.meta, "md5": None}
-
-
-class ReleasedCIFAR100(torchvision.datasets.CIFAR100):
-    """torchvision's CIFAR100 loader without the md5 checks of the original files (see ReleasedCIFAR10)."""
-
-    train_list: ClassVar[list[list[str | None]]] = [
-        [n, None] for n, _ in torchvision.datasets.CIFAR100.train_list
-    ]
-    test_list: ClassVar[list[list[str | None]]] = [
-        [n, None] for n, _ in torchvision.datasets.CIFAR100.test_list
-    ]
-    meta: ClassVar[dict[str, str | None]] = {**torchvision.datasets.CIFAR100.meta, "md5": None}

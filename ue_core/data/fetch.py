@@ -16,8 +16,6 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import torchvision
-
 from ue_core.data.fsutil import first_line
 from ue_core.errors import UEError
 
@@ -133,4 +131,6 @@ def _install_raw_files(gz_dir: Path, raw: Path) -> None:
 
 def _fetch_with_torchvision(root: Path) -> None:
     """torchvision's own download into ``ROOT/FashionMNIST/raw`` (needs the internet)."""
+    import torchvision
+
     torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
