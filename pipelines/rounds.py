@@ -72,8 +72,11 @@ class Resources:
             actors deadlocked a 2-core machine).
         threads_per_actor: torch threads of each actor.
         gpus_per_actor: 1 when the cluster has GPUs, else 0.
-        blocks: row blocks of the exact estimator, each a task; task_cpus: CPUs per estimator task (all
-            blocks run at once, one thread each; the tasks' worker processes are kept and reused by Ray).
+        blocks: row blocks of the exact estimator, each a task: one per node, spread over the nodes, each
+            with ``task_threads`` torch threads (the node's cores) and ``task_cpus``, a fraction, so that all
+            blocks run at once whatever else holds a share of a CPU (with one single-threaded task per CPU,
+            the trainer's reserved 0.05 CPU made the second task wait for the first). Ray keeps the
+            tasks' worker processes and reuses them in the next round.
         trainer_cpus: CPUs the surrogate's Ray Train worker reserves for the whole job: a small fraction,
             since it trains only while everything else waits for it (SurrogateTrainer).
         trainer_threads: torch threads of that worker: all of the node's cores, since it trains alone.
@@ -85,8 +88,9 @@ class Resources:
     task_cpus: float
     trainer_cpus: float
     trainer_threads: int
+    blocks: int
+    task_threads: int
     threads_per_actor: int = 1
-    blocks: int = 2
 
     @staticmethod
     def from_cluster() -> Resources:
@@ -97,18 +101,14 @@ class Resources:
         node_cpus = max(cpu_nodes)
         trainer_cpus = min(TRAINER_CPUS, 0.1 * cpus)
         usable = cpus - trainer_cpus
-        blocks = max(1, int(cpus))
-        common = {"trainer_cpus": trainer_cpus, "trainer_threads": max(1, int(node_cpus)), "blocks": blocks,
-                  "task_cpus": usable / blocks}
+        threads = max(1, int(node_cpus))
+        common = {"trainer_cpus": trainer_cpus, "trainer_threads": threads, "blocks": len(cpu_nodes),
+                  "task_cpus": 0.5 * usable / len(cpu_nodes), "task_threads": threads}
         if gpus:
             return Resources(actors=gpus, cpus_per_actor=min(1.0, usable / (2 * gpus)), gpus_per_actor=1, **common)
         actors = len(cpu_nodes)
         return Resources(
-            actors=actors,
-            cpus_per_actor=0.5 * usable / actors,
-            gpus_per_actor=0,
-            threads_per_actor=max(1, int(node_cpus)),
-            **common,
+            actors=actors, cpus_per_actor=0.5 * usable / actors, gpus_per_actor=0, threads_per_actor=threads, **common
         )
 
 
@@ -242,8 +242,16 @@ class AscentPass:
 
 @ray.remote
 def _stats_block(
-    bank: np.ndarray, labels: np.ndarray, num_classes: int, sigma: float, start: int, stop: int, memory_budget: int
+    bank: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    sigma: float,
+    start: int,
+    stop: int,
+    memory_budget: int,
+    threads: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    torch.set_num_threads(threads)
     z, y = torch.from_numpy(bank), torch.from_numpy(labels)
     stats = bayes_error.block_stats(z[start:stop], z, y, num_classes, sigma, torch.arange(start, stop), memory_budget)
     return stats.row_sum.numpy(), stats.predicted_mass.numpy(), stats.predicted.numpy()
@@ -258,7 +266,9 @@ def _gradient_block(
     start: int,
     stop: int,
     memory_budget: int,
+    threads: int,
 ) -> np.ndarray:
+    torch.set_num_threads(threads)
     z, y = torch.from_numpy(bank), torch.from_numpy(labels)
     every = bayes_error.KernelStats(*(torch.from_numpy(s) for s in stats))
     rows = torch.arange(start, stop)
@@ -274,9 +284,11 @@ def _cheap_estimate(
     num_classes: int,
     estimator: dict[str, Any],
     generator_seed: tuple[int, int, int],
+    threads: int,
 ) -> tuple[float, np.ndarray]:
     from ue_core.methods.beo import EstimatorConfig
 
+    torch.set_num_threads(threads)
     config = from_dict(EstimatorConfig, estimator)
     result = bayes_error.estimate(
         torch.from_numpy(bank),
@@ -308,22 +320,25 @@ def feature_gradient(
     """
     estimator = config.estimator
     bank, bank_labels = ray.put(features), ray.put(labels)
+    threads = resources.task_threads
     if estimator.kind != "exact":
         task = _cheap_estimate.options(num_cpus=resources.task_cpus)
-        return unwrap(task.remote(bank, bank_labels, num_classes, to_dict(estimator), (config.seed, round_index, step)))
+        generator_seed = (config.seed, round_index, step)
+        return unwrap(task.remote(bank, bank_labels, num_classes, to_dict(estimator), generator_seed, threads))
     budget = estimator.memory_budget_mb * 2**20
     blocks = np.array_split(np.arange(len(features)), max(1, min(len(features), resources.blocks)))
     bounds = [(int(b[0]), int(b[-1]) + 1) for b in blocks if len(b)]
-    stats_task = _stats_block.options(num_cpus=resources.task_cpus)
+    options = {"num_cpus": resources.task_cpus, "scheduling_strategy": "SPREAD"}
+    stats_task = _stats_block.options(**options)
     parts = unwrap(
-        [stats_task.remote(bank, bank_labels, num_classes, estimator.sigma, a, b, budget) for a, b in bounds]
+        [stats_task.remote(bank, bank_labels, num_classes, estimator.sigma, a, b, budget, threads) for a, b in bounds]
     )
     stats = tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
     value = float(np.mean(1.0 - stats[1] / stats[0]))
     stats_ref = ray.put(stats)
-    gradient_task = _gradient_block.options(num_cpus=resources.task_cpus)
+    gradient_task = _gradient_block.options(**options)
     rows = unwrap(
-        [gradient_task.remote(bank, bank_labels, stats_ref, estimator.sigma, a, b, budget) for a, b in bounds]
+        [gradient_task.remote(bank, bank_labels, stats_ref, estimator.sigma, a, b, budget, threads) for a, b in bounds]
     )
     return value, np.concatenate(rows)
 
@@ -545,8 +560,9 @@ def run_round(
     ``state`` is the URI of the input state's Parquet shards (the first round of a job or of a resumed
     job) or the state the previous round returned (in :func:`canonical_layout`, as a read would give it).
     Seconds per part of the round go into every record: seconds_read (the state from Parquet, 0 when handed
-    on in memory), seconds_surrogate, then per step seconds_features, seconds_estimator, seconds_ascent,
-    and seconds_write (the new state in its layout, its Parquet shards, the surrogate and round.json).
+    on in memory), seconds_surrogate (training and the accuracies), then per step seconds_features,
+    seconds_estimator, seconds_ascent, and seconds_write (the new state in its layout, its Parquet shards,
+    the surrogate and round.json).
     """
     started = time.perf_counter()
     if isinstance(state, str):
