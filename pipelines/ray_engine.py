@@ -35,9 +35,8 @@ from pipelines.rounds import (
     run_round,
     unwrap,
     write_json,
-    write_state,
 )
-from pipelines.storage import WorkDir, pyarrow_filesystem, storage_env
+from pipelines.storage import WorkDir, storage_env
 from pipelines.tracking import Tracker
 from ue_core.config import to_dict
 from ue_core.data.dataset import ImageDataset
@@ -107,15 +106,10 @@ def _exists(uri: str) -> bool:
     return fs.exists(path)
 
 
-def initial_state_uri(work: WorkDir, info: DatasetInfo) -> str:
-    """WORK/state-0: δ = 0 for every ingested image (written once)."""
-    uri = work.path("state-0")
-    if not _exists(f"{uri}/_complete"):
-        fs, path = pyarrow_filesystem(work.path("ingest"))
-        ingest = ray.data.read_parquet(path, filesystem=fs)
-        write_state(ingest.map_batches(initial_state, fn_kwargs={"image_shape": info.image_shape}), uri)
-        write_json(f"{uri}/_complete", {})
-    return uri
+def initial_state_dataset(work: WorkDir, info: DatasetInfo) -> ray.data.Dataset:
+    """The state before round 0: δ = 0 and empty Adam state for every ingested image (lazy; never written,
+    since it follows from the ingest shards: a job that resumes before round 0 ends builds it again)."""
+    return read_state(work.path("ingest")).map_batches(initial_state, fn_kwargs={"image_shape": info.image_shape})
 
 
 def protect_on_ray(
@@ -136,18 +130,16 @@ def protect_on_ray(
     for round_index in done:
         history.extend(read_json(f"{work.round_dir(round_index)}/round.json"))
     surrogate = read_model(f"{work.round_dir(done[-1])}/surrogate.pt") if done else None
-    state_uri = f"{work.round_dir(done[-1])}/state" if done else initial_state_uri(work, info)
+    # the state the next round starts from: read lazily here, laid out by run_round, then handed on in memory
+    state = read_state(f"{work.round_dir(done[-1])}/state") if done else initial_state_dataset(work, info)
     bar = tqdm(total=config.beo.rounds, initial=len(done), desc="BEO rounds", unit="round", disable=not progress)
-    state = None  # the last round's state in the object store, once a round has run in this job
     if len(done) < config.beo.rounds:
         # one Ray Train run trains every remaining round's surrogate (see SurrogateTrainer)
         with SurrogateTrainer(config.beo, info, test_ref, work, resources) as trainer:
             for round_index in range(len(done), config.beo.rounds):
                 surrogate, records, state = run_round(
-                    state if state is not None else state_uri, surrogate, config.beo, info, round_index, trainer,
-                    work, resources,
+                    state, surrogate, config.beo, info, round_index, trainer, work, resources
                 )
-                state_uri = f"{work.round_dir(round_index)}/state"
                 history.extend(records)
                 for record in records:
                     tracker.log_metrics(record, step=len(history) - len(records) + record["step"])
@@ -156,8 +148,8 @@ def protect_on_ray(
     bar.close()
 
     clean = read_shards(work.path("ingest")).sorted_by_index()
-    final = collect(state if state is not None else read_state(state_uri), ["index", "delta"])
+    final = collect(state, ["index", "delta"])
     if not np.array_equal(final["index"], clean.index):
-        raise InvalidInputError(f"the state in {state_uri} does not hold exactly the ingested indices")
+        raise InvalidInputError(f"the state of round {config.beo.rounds - 1} does not hold exactly the ingested indices")
     release, summary = finalise(clean, torch.from_numpy(final["delta"]), load_model(surrogate), config)
     return clean, release, history, summary, test

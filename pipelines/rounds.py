@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
+from ray.data.dataset import MaterializedDataset
 
 from pipelines.storage import WorkDir, pyarrow_filesystem, remove
 from ue_core import bayes_error
@@ -446,7 +447,7 @@ class SurrogateTrainer:
             self._error = error
 
     def train(
-        self, state: ray.data.MaterializedDataset, previous: dict[str, Any] | None, round_index: int
+        self, state: MaterializedDataset, previous: dict[str, Any] | None, round_index: int
     ) -> tuple[dict[str, Any], dict[str, float]]:
         """This round's surrogate (a model spec) and its accuracies."""
         config, info = self.config, self.info
@@ -529,12 +530,7 @@ def completed_rounds(work: WorkDir) -> list[int]:
     return sorted(done)
 
 
-def load_state(uri: str, resources: Resources) -> ray.data.MaterializedDataset:
-    """The state at ``uri`` in the layout every round starts from (see :func:`canonical_layout`)."""
-    return canonical_layout(read_state(uri), resources)
-
-
-def canonical_layout(state: ray.data.Dataset, resources: Resources) -> ray.data.MaterializedDataset:
+def canonical_layout(state: ray.data.Dataset, resources: Resources) -> MaterializedDataset:
     """The state columns in ``max(2, 2 × actors)`` equal blocks, rows in the order given, in the object store.
 
     A round's batches follow the blocks, and float results can depend on the batch a row is in; an equal
@@ -546,7 +542,7 @@ def canonical_layout(state: ray.data.Dataset, resources: Resources) -> ray.data.
 
 
 def run_round(
-    state: str | ray.data.MaterializedDataset,
+    state: ray.data.Dataset,
     previous: dict[str, Any] | None,
     config: BEOConfig,
     info: DatasetInfo,
@@ -554,19 +550,19 @@ def run_round(
     trainer: SurrogateTrainer,
     work: WorkDir,
     resources: Resources,
-) -> tuple[dict[str, Any], list[dict[str, float]], ray.data.MaterializedDataset]:
+) -> tuple[dict[str, Any], list[dict[str, float]], MaterializedDataset]:
     """One round; writes round ``round_index`` and returns (surrogate, records, the new state).
 
-    ``state`` is the URI of the input state's Parquet shards (the first round of a job or of a resumed
-    job) or the state the previous round returned (in :func:`canonical_layout`, as a read would give it).
-    Seconds per part of the round go into every record: seconds_read (the state from Parquet, 0 when handed
-    on in memory), seconds_surrogate (training and the accuracies), then per step seconds_features,
+    ``state`` is the state the previous round returned (materialised in :func:`canonical_layout`), or, in
+    the first round of a job or of a resumed job, a lazy dataset: the last completed round's Parquet shards,
+    or the initial state built from the ingest shards. Seconds per part of the round go into every record:
+    seconds_read (reading and laying out a lazy state, 0 when handed on in memory), seconds_surrogate (training and the accuracies), then per step seconds_features,
     seconds_estimator, seconds_ascent, and seconds_write (the new state in its layout, its Parquet shards,
     the surrogate and round.json).
     """
     started = time.perf_counter()
-    if isinstance(state, str):
-        state = load_state(state, resources)
+    if not isinstance(state, MaterializedDataset):
+        state = canonical_layout(state, resources)
     round_metrics: dict[str, float] = {"round": round_index, "seconds_read": time.perf_counter() - started}
     started = time.perf_counter()
     surrogate, accuracies = trainer.train(state, previous, round_index)
