@@ -2,7 +2,9 @@
 
 This machine has 2 cores, so "one node" and "two nodes" only compare if each node gets the same hardware: the
 script starts a Ray head pinned to core 0 and, for the two-node runs, a worker node pinned to core 1 (taskset),
-each declaring 1 CPU; the benchmark's own process (the job's driver) stays on core 0. Both configurations
+each declaring 2 logical CPUs as cluster/local's nodes do (with 1, the one-node job hangs: Ray Data's
+1-CPU tasks never fit beside the surrogate trainer's 0.05 CPU); the benchmark's own process (the job's
+driver) stays on core 0. Both configurations
 protect the same class-balanced Fashion-MNIST subset with the same config (fashion-mnist preset, exact
 estimator), jobs interleaved (one node, two nodes, one node, …), and the per-pass seconds come from the
 release manifests. Run from the repository root:
@@ -27,7 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import ray
+# nodes and driver authenticate with ~/.ray/auth_token, as in cluster/local; read when ray is imported
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+import ray  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster" / "local"))
 from localcluster import free_ports, stop_group  # noqa: E402 - the local cluster's process helpers
@@ -40,22 +45,23 @@ PASSES = ("seconds_surrogate", "seconds_features", "seconds_estimator", "seconds
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def start_node(core: int, temp_dir: Path, head_port: int | None) -> int:
-    """A Ray node pinned to ``core`` declaring 1 CPU; the head when ``head_port`` is None. Returns its PID."""
-    ports = free_ports(8)
-    command = ["taskset", "-c", str(core), RAY, "start", "--block", "--num-cpus=1", "--node-ip-address=127.0.0.1",
+def start_node(core: int, root: Path, gcs_port: int, head: bool) -> int:
+    """A Ray node pinned to ``core``, declaring 2 logical CPUs: the head (GCS on ``gcs_port``) or a node joining it.
+    It leads its own process group; returns its PID."""
+    ports = free_ports(7)
+    command = ["taskset", "-c", str(core), RAY, "start", "--block", "--num-cpus=2", "--node-ip-address=127.0.0.1",
                "--disable-usage-stats", f"--node-manager-port={ports[0]}", f"--object-manager-port={ports[1]}",
                f"--dashboard-agent-listen-port={ports[2]}", f"--dashboard-agent-grpc-port={ports[3]}",
                f"--runtime-env-agent-port={ports[4]}", f"--metrics-export-port={ports[5]}"]
-    if head_port is None:
-        command += ["--head", f"--port={ports[6]}", "--include-dashboard=false", f"--temp-dir={temp_dir}",
-                    f"--ray-client-server-port={ports[7]}"]
+    if head:
+        command += ["--head", f"--port={gcs_port}", "--include-dashboard=false", f"--temp-dir={root / 'ray'}",
+                    f"--ray-client-server-port={ports[6]}"]
     else:
-        command += [f"--address=127.0.0.1:{head_port}"]
-    log = open(temp_dir.parent / f"node-{core}.log", "ab")  # noqa: SIM115 - kept open for the node's life
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               env={**os.environ, **worker_env()}, start_new_session=True)
-    return process.pid, ports[6]
+        command += [f"--address=127.0.0.1:{gcs_port}"]
+    with open(root / f"node-{core}.log", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, **worker_env()}, start_new_session=True)
+    return process.pid
 
 
 def wait_for_nodes(address: str, count: int, timeout: float = 90.0) -> None:
@@ -76,14 +82,14 @@ def wait_for_nodes(address: str, count: int, timeout: float = 90.0) -> None:
 def run(nodes: int, args: argparse.Namespace, config, directory: Path, attempt: int) -> dict[str, float]:
     """One protect job on a fresh cluster of ``nodes`` pinned nodes; seconds per pass, summed over steps."""
     root = directory / f"{nodes}-node-{attempt}"
-    (root / "ray").mkdir(parents=True)
+    root.mkdir(parents=True)
+    gcs_port = free_ports(1)[0]
     pids = []
     try:
-        head, port = start_node(0, root / "ray", None)
-        pids.append(head)
+        pids.append(start_node(0, root, gcs_port, head=True))
         if nodes == 2:
-            pids.append(start_node(1, root / "ray", port)[0])
-        address = f"127.0.0.1:{port}"
+            pids.append(start_node(1, root, gcs_port, head=False))
+        address = f"127.0.0.1:{gcs_port}"
         wait_for_nodes(address, nodes)
         started = time.perf_counter()
         protect(args.source, str(root / "release"), config, engine="ray", progress=False, ray_address=address,

@@ -37,7 +37,7 @@ from pipelines.storage import WorkDir, pyarrow_filesystem, remove
 from ue_core import bayes_error
 from ue_core.config import from_dict, to_dict
 from ue_core.data.fsutil import filesystem
-from ue_core.errors import UEError
+from ue_core.errors import InvalidInputError, UEError
 from ue_core.methods.beo import BEOConfig, estimator_generator, train_surrogate
 from ue_core.models import Classifier, build_model
 from ue_core.pga import PGAConfig, PixelState, ascent_step
@@ -99,6 +99,11 @@ class Resources:
         cpu_nodes = [float(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]]
         cpu_nodes = [n for n in cpu_nodes if n > 0] or [cpus]
         node_cpus = max(cpu_nodes)
+        if node_cpus < 2:  # Ray Data's tasks take 1 CPU each: beside the trainer's share they never start
+            raise InvalidInputError(
+                f"Ray cluster: its largest node has {node_cpus:g} logical CPU; a protect job needs a node with "
+                "at least 2 logical CPUs (start nodes with --num-cpus=2 or more)"
+            )
         trainer_cpus = min(TRAINER_CPUS, 0.1 * cpus)
         usable = cpus - trainer_cpus
         threads = max(1, int(node_cpus))
