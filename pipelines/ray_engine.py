@@ -150,6 +150,8 @@ def protect_on_ray(
     clean = read_shards(work.path("ingest")).sorted_by_index()
     final = collect(state, ["index", "delta"])
     if not np.array_equal(final["index"], clean.index):
-        raise InvalidInputError(f"the state of round {config.beo.rounds - 1} does not hold exactly the ingested indices")
+        raise InvalidInputError(
+            f"the state of round {config.beo.rounds - 1} does not hold exactly the ingested indices"
+        )
     release, summary = finalise(clean, torch.from_numpy(final["delta"]), load_model(surrogate), config)
     return clean, release, history, summary, test

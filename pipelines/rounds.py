@@ -560,9 +560,9 @@ def run_round(
     ``state`` is the state the previous round returned (materialised in :func:`canonical_layout`), or, in
     the first round of a job or of a resumed job, a lazy dataset: the last completed round's Parquet shards,
     or the initial state built from the ingest shards. Seconds per part of the round go into every record:
-    seconds_read (reading and laying out a lazy state, 0 when handed on in memory), seconds_surrogate (training and the accuracies), then per step seconds_features,
-    seconds_estimator, seconds_ascent, and seconds_write (the new state in its layout, its Parquet shards,
-    the surrogate and round.json).
+    seconds_read (reading and laying out a lazy state, 0 when handed on in memory), seconds_surrogate
+    (training and the accuracies), then per step seconds_features, seconds_estimator, seconds_ascent, and
+    seconds_write (the new state in its layout, its Parquet shards, the surrogate and round.json).
     """
     started = time.perf_counter()
     if not isinstance(state, MaterializedDataset):
