@@ -40,8 +40,9 @@ from localcluster import free_ports, stop_group  # noqa: E402 - the local cluste
 from pipelines.config import load_protect_config  # noqa: E402
 from pipelines.protect import protect  # noqa: E402
 from pipelines.ray_engine import worker_env  # noqa: E402
+from protect_round import round_seconds  # noqa: E402 - same folder: the per-round split by pass
 
-PASSES = ("seconds_surrogate", "seconds_features", "seconds_estimator", "seconds_ascent")
+PASSES = ("surrogate", "features", "estimator", "ascent")  # parts of protect_round.round_seconds
 RAY = str(Path(sys.executable).parent / "ray")
 
 
@@ -101,9 +102,8 @@ def run(nodes: int, args: argparse.Namespace, config, directory: Path, attempt: 
             stop_group(pid)
     with open(root / "release" / "manifest.json") as f:
         history = json.load(f)["history"]
-    seconds = {key: sum(h.get(key, 0.0) for h in history) / args.rounds for key in PASSES}
-    if "seconds_surrogate" in seconds:  # per round, not per step
-        seconds["seconds_surrogate"] = sum({h["round"]: h["seconds_surrogate"] for h in history}.values()) / args.rounds
+    rounds = round_seconds(history)
+    seconds = {part: sum(r[part] for r in rounds) / len(rounds) for part in PASSES}
     shutil.rmtree(root / "ray", ignore_errors=True)
     return {"total": total, **seconds}
 
@@ -130,16 +130,15 @@ def main() -> None:
                 rows.append((nodes, seconds))
                 print(f"# {nodes} node(s), job {attempt + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()),
                       flush=True)
-    names = [key.removeprefix("seconds_") for key in PASSES]
     print(f"N={args.size}, rounds={args.rounds}, surrogate epochs={args.epochs}; seconds per round, 1 core per node")
-    print("| date | N | nodes | total job (s) | " + " | ".join(names) + " |")
+    print("| date | N | nodes | total job (s) | " + " | ".join(PASSES) + " |")
     print("|---|---|---|---|" + "---|" * len(PASSES))
     for nodes, seconds in rows:
         print(f"| {datetime.date.today()} | {args.size} | {nodes} | {seconds['total']:.0f} | "
               + " | ".join(f"{seconds[key]:.1f}" for key in PASSES) + " |")
     medians = {n: {key: statistics.median(s[key] for m, s in rows if m == n) for key in PASSES} for n in (1, 2)}
     print("speed-up, one node / two nodes (medians): "
-          + ", ".join(f"{name} {medians[1][key] / medians[2][key]:.2f}×" for name, key in zip(names, PASSES)))
+          + ", ".join(f"{part} {medians[1][part] / medians[2][part]:.2f}×" for part in PASSES))
 
 
 if __name__ == "__main__":
