@@ -43,6 +43,7 @@ from ue_core.data.dataset import ImageDataset
 from ue_core.data.fsutil import filesystem
 from ue_core.data.shards import read_shards, write_shards
 from ue_core.errors import InvalidInputError
+from ue_core.pga import PGAConfig
 
 ROWS_PER_INGEST_SHARD = 5_000
 
@@ -106,10 +107,14 @@ def _exists(uri: str) -> bool:
     return fs.exists(path)
 
 
-def initial_state_dataset(work: WorkDir, info: DatasetInfo) -> ray.data.Dataset:
-    """The state before round 0: δ = 0 and empty Adam state for every ingested image (lazy; never written,
-    since it follows from the ingest shards: a job that resumes before round 0 ends builds it again)."""
-    return read_state(work.path("ingest")).map_batches(initial_state, fn_kwargs={"image_shape": info.image_shape})
+def initial_state_dataset(work: WorkDir, info: DatasetInfo, pga: PGAConfig) -> ray.data.Dataset:
+    """The state before round 0: δ = 0 (and zero Adam moments under ``update: adam``) for every ingested
+    image (lazy; never written, since it follows from the ingest shards: a job that resumes before round 0
+    ends builds it again)."""
+    moments = pga.update == "adam"
+    return read_state(work.path("ingest")).map_batches(
+        initial_state, fn_kwargs={"image_shape": info.image_shape, "moments": moments}
+    )
 
 
 def protect_on_ray(
@@ -131,7 +136,7 @@ def protect_on_ray(
         history.extend(read_json(f"{work.round_dir(round_index)}/round.json"))
     surrogate = read_model(f"{work.round_dir(done[-1])}/surrogate.pt") if done else None
     # the state the next round starts from: read lazily here, laid out by run_round, then handed on in memory
-    state = read_state(f"{work.round_dir(done[-1])}/state") if done else initial_state_dataset(work, info)
+    state = read_state(f"{work.round_dir(done[-1])}/state") if done else initial_state_dataset(work, info, config.beo.pga)
     bar = tqdm(total=config.beo.rounds, initial=len(done), desc="BEO rounds", unit="round", disable=not progress)
     if len(done) < config.beo.rounds:
         # one Ray Train run trains every remaining round's surrogate (see SurrogateTrainer)

@@ -8,7 +8,7 @@ Per round (METHOD.md §2–3), each step a ue_core function run where the data i
     gradient    Ray tasks over row blocks: ue_core.bayes_error.block_gradient with everyone's stats
     ascent      Ray Data actors: J_φᵀ (∂β̂/∂z / s) per batch, then ue_core.pga.ascent_step
 
-The state (δ and the per-sample Adam state, keyed by index) lives in Parquet shards in the work directory;
+The state (δ, steps and, under Adam, the per-sample moments, keyed by index) lives in Parquet shards in the work directory;
 each finished round is written there with round.json last, so a killed job resumes from its last round.
 A round hands its state to the next in the object store, laid out as a read of those shards would be
 (canonical_layout), so an uninterrupted and a resumed run see the same blocks in the same order.
@@ -43,7 +43,17 @@ from ue_core.models import Classifier, build_model
 from ue_core.pga import PGAConfig, PixelState, ascent_step
 from ue_core.training import compute_features, evaluate, feature_vjp
 
-STATE_COLUMNS = ("index", "label", "image", "delta", "exp_avg", "exp_avg_sq", "steps")
+MOMENT_COLUMNS = ("exp_avg", "exp_avg_sq")
+
+
+def state_columns(pga: PGAConfig) -> list[str]:
+    """The columns of the state shards: Adam's two moments only under ``update: adam``.
+
+    The sign and L2 rules never read the moments; storing them would triple the state's bytes moved
+    through Arrow in every pass and written every round.
+    """
+    moments = list(MOMENT_COLUMNS) if pga.update == "adam" else []
+    return ["index", "label", "image", "delta", *moments, "steps"]
 
 
 @dataclass(frozen=True)
@@ -162,8 +172,11 @@ def images_and_delta(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.
     return x.contiguous(), torch.from_numpy(np.ascontiguousarray(batch["delta"]))
 
 
-def initial_state(batch: dict[str, np.ndarray], image_shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
-    """Ingest shard rows (index, label, image bytes) → state rows with δ = 0 and empty Adam state."""
+def initial_state(
+    batch: dict[str, np.ndarray], image_shape: tuple[int, int, int], moments: bool
+) -> dict[str, np.ndarray]:
+    """Ingest shard rows (index, label, image bytes) → state rows with δ = 0 (and zero Adam moments if
+    ``moments``)."""
     height, width, channels = image_shape
     images = np.frombuffer(b"".join(batch["image"]), np.uint8).reshape(-1, height, width, channels)
     zeros = np.zeros((len(images), channels, height, width), np.float32)
@@ -172,8 +185,7 @@ def initial_state(batch: dict[str, np.ndarray], image_shape: tuple[int, int, int
         "label": batch["label"].astype(np.int64),
         "image": images,
         "delta": zeros,
-        "exp_avg": zeros.copy(),
-        "exp_avg_sq": zeros.copy(),
+        **({name: zeros.copy() for name in MOMENT_COLUMNS} if moments else {}),
         "steps": np.zeros(len(images), np.int64),
     }
 
@@ -223,19 +235,20 @@ class AscentPass:
         gradient = feature_vjp(
             self.model, x + delta, torch.from_numpy(self.feature_gradient[rows]), batch_size=self.batch_size
         )
-        state = PixelState(
-            delta,
-            torch.from_numpy(np.ascontiguousarray(batch["exp_avg"])),
-            torch.from_numpy(np.ascontiguousarray(batch["exp_avg_sq"])),
-            torch.from_numpy(batch["steps"].astype(np.int64)),
+        adam = self.pga.update == "adam"
+        # the sign and L2 rules never read the moments, which the state then does not hold (state_columns)
+        exp_avg, exp_avg_sq = (
+            (torch.from_numpy(np.ascontiguousarray(batch[name])) for name in MOMENT_COLUMNS)
+            if adam
+            else (torch.zeros(()).expand_as(delta),) * 2
         )
+        state = PixelState(delta, exp_avg, exp_avg_sq, torch.from_numpy(batch["steps"].astype(np.int64)))
         state = ascent_step(state, gradient, x, self.pga)
         size = state.delta.abs().flatten(1)
         return {
             **{c: batch[c] for c in ("index", "label", "image")},
             "delta": state.delta.numpy(),
-            "exp_avg": state.exp_avg.numpy(),
-            "exp_avg_sq": state.exp_avg_sq.numpy(),
+            **({"exp_avg": state.exp_avg.numpy(), "exp_avg_sq": state.exp_avg_sq.numpy()} if adam else {}),
             "steps": state.steps.numpy(),
             "delta_abs_max": size.max(1).values.numpy(),  # per-row |δ| summaries for the round's metrics
             "delta_abs_mean": size.mean(1).numpy(),
@@ -534,15 +547,15 @@ def completed_rounds(work: WorkDir) -> list[int]:
     return sorted(done)
 
 
-def canonical_layout(state: ray.data.Dataset, resources: Resources) -> MaterializedDataset:
-    """The state columns in ``max(2, 2 × actors)`` equal blocks, rows in the order given, in the object store.
+def canonical_layout(state: ray.data.Dataset, columns: list[str], resources: Resources) -> MaterializedDataset:
+    """The state ``columns`` in ``max(2, 2 × actors)`` equal blocks, rows in the order given, in the object store.
 
     A round's batches follow the blocks, and float results can depend on the batch a row is in; an equal
     split depends only on the row order, which a Parquet write and read keep, so the state handed on in
     memory and the same state read back after a resume give the same blocks.
     """
     blocks = max(2, 2 * resources.actors)
-    return state.select_columns(list(STATE_COLUMNS)).repartition(blocks).materialize()
+    return state.select_columns(columns).repartition(blocks).materialize()
 
 
 def run_round(
@@ -565,8 +578,9 @@ def run_round(
     seconds_write (the new state in its layout, its Parquet shards, the surrogate and round.json).
     """
     started = time.perf_counter()
+    columns = state_columns(config.pga)
     if not isinstance(state, MaterializedDataset):
-        state = canonical_layout(state, resources)
+        state = canonical_layout(state, columns, resources)
     round_metrics: dict[str, float] = {"round": round_index, "seconds_read": time.perf_counter() - started}
     started = time.perf_counter()
     surrogate, accuracies = trainer.train(state, previous, round_index)
@@ -625,9 +639,9 @@ def run_round(
                 **timings,
             }
         )
-        state = state.select_columns(list(STATE_COLUMNS))
+        state = state.select_columns(columns)
     t0 = time.perf_counter()
-    state = canonical_layout(state, resources)
+    state = canonical_layout(state, columns, resources)
     round_dir = work.round_dir(round_index)
     write_state(state, f"{round_dir}/state")
     save_model(surrogate, f"{round_dir}/surrogate.pt")
