@@ -48,15 +48,14 @@ from ue_core.pga import PGAConfig
 ROWS_PER_INGEST_SHARD = 5_000
 
 
-def worker_env() -> dict[str, str]:
-    """Environment for Ray's workers: the S3 settings, and OpenMP threads that sleep instead of spinning
-    when idle (several torch processes share the cores; spinning OpenMP workers slowed them 10–100× here)."""
-    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **storage_env()}
-
-
 def connect(address: str | None, progress: bool) -> None:
     """Join the cluster at ``address`` (or RAY_ADDRESS: a submitted job's driver joins its own cluster), or
-    start a local Ray whose workers get the S3 settings and OpenMP policy of :func:`worker_env`.
+    start a local Ray whose workers get the S3 settings of :func:`storage_env`.
+
+    The local Ray's workers keep libgomp's default OpenMP wait policy (spin briefly, then sleep): one torch
+    process per node computes at a time here, and OMP_WAIT_POLICY=PASSIVE made the surrogate's training
+    15–30% slower (bench/README.md). A cluster whose nodes share cores sets PASSIVE in its nodes' own
+    environment (cluster/local/localcluster.py does).
 
     Nothing is pushed into a cluster's runtime environment: its nodes hold their credentials (instance
     profile, IRSA, node environment) and a submitted job's runtime env carries the rest; credentials in a
@@ -67,7 +66,7 @@ def connect(address: str | None, progress: bool) -> None:
         if address or os.environ.get("RAY_ADDRESS"):
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         else:
-            ray.init(runtime_env={"env_vars": worker_env()}, include_dashboard=False, log_to_driver=False)
+            ray.init(runtime_env={"env_vars": storage_env()}, include_dashboard=False, log_to_driver=False)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset execution is noise here
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # the same blocks in the same order on every run

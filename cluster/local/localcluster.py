@@ -97,7 +97,8 @@ class LocalCluster:
             AWS_ACCESS_KEY_ID=keys["access_key"], AWS_SECRET_ACCESS_KEY=keys["secret_key"], AWS_REGION="us-east-1",
             AWS_ENDPOINT_URL=state["endpoints"]["s3"], MLFLOW_S3_ENDPOINT_URL=state["endpoints"]["s3"],
             MLFLOW_TRACKING_URI=state["endpoints"]["mlflow"], MLFLOW_DISABLE_TELEMETRY="true",
-            RAY_AUTH_MODE="token", OMP_WAIT_POLICY="PASSIVE",
+            RAY_AUTH_MODE="token",
+            OMP_WAIT_POLICY="PASSIVE",  # its two nodes share this machine's cores: idle OpenMP threads must sleep
             PATH=os.pathsep.join([str(BIN), env.get("PATH", "")]),  # jobs run `ue` from this venv
         )
         return env
