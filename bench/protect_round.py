@@ -28,7 +28,7 @@ import ray
 
 from pipelines.config import load_protect_config
 from pipelines.protect import protect
-from pipelines.ray_engine import worker_env
+from pipelines.ray_engine import connect
 
 PARTS = {
     "surrogate": ("seconds_surrogate",),
@@ -62,8 +62,7 @@ def summarise(total: float, rounds: list[dict[str, float]]) -> dict:
 def run(engine: str, args: argparse.Namespace, config, directory: str, attempt: int) -> dict:
     out = f"{directory}/{engine}-{attempt}"
     if engine == "ray":
-        # as `ue protect` starts a local Ray (pipelines.ray_engine.connect), with its workers' environment
-        ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": worker_env()})
+        connect(None, progress=False)  # the local Ray `ue protect` starts; shut down after each job
     try:
         started = time.perf_counter()
         protect(args.source, out, config, engine=engine, progress=False,

@@ -36,14 +36,14 @@ import ray  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster" / "local"))
 from localcluster import free_ports, stop_group  # noqa: E402 - the local cluster's process helpers
+from protect_round import round_seconds  # noqa: E402 - same folder: the per-round split by pass
 
 from pipelines.config import load_protect_config  # noqa: E402
 from pipelines.protect import protect  # noqa: E402
-from pipelines.ray_engine import worker_env  # noqa: E402
-from protect_round import round_seconds  # noqa: E402 - same folder: the per-round split by pass
 
 PASSES = ("surrogate", "features", "estimator", "ascent")  # parts of protect_round.round_seconds
 RAY = str(Path(sys.executable).parent / "ray")
+OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}  # 2 logical CPUs on 1 core: idle OpenMP threads sleep (as in cluster/local)
 
 
 def start_node(core: int, root: Path, gcs_port: int, head: bool) -> int:
@@ -61,7 +61,7 @@ def start_node(core: int, root: Path, gcs_port: int, head: bool) -> int:
         command += [f"--address=127.0.0.1:{gcs_port}"]
     with open(root / f"node-{core}.log", "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env={**os.environ, **worker_env()}, start_new_session=True)
+                                   env={**os.environ, **OPENMP_ENV}, start_new_session=True)
     return process.pid
 
 

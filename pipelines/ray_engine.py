@@ -135,7 +135,10 @@ def protect_on_ray(
         history.extend(read_json(f"{work.round_dir(round_index)}/round.json"))
     surrogate = read_model(f"{work.round_dir(done[-1])}/surrogate.pt") if done else None
     # the state the next round starts from: read lazily here, laid out by run_round, then handed on in memory
-    state = read_state(f"{work.round_dir(done[-1])}/state") if done else initial_state_dataset(work, info, config.beo.pga)
+    if done:
+        state = read_state(f"{work.round_dir(done[-1])}/state")
+    else:
+        state = initial_state_dataset(work, info, config.beo.pga)
     bar = tqdm(total=config.beo.rounds, initial=len(done), desc="BEO rounds", unit="round", disable=not progress)
     if len(done) < config.beo.rounds:
         # one Ray Train run trains every remaining round's surrogate (see SurrogateTrainer)

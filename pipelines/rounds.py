@@ -8,8 +8,8 @@ Per round (METHOD.md §2–3), each step a ue_core function run where the data i
     gradient    Ray tasks over row blocks: ue_core.bayes_error.block_gradient with everyone's stats
     ascent      Ray Data actors: J_φᵀ (∂β̂/∂z / s) per batch, then ue_core.pga.ascent_step
 
-The state (δ, steps and, under Adam, the per-sample moments, keyed by index) lives in Parquet shards in the work directory;
-each finished round is written there with round.json last, so a killed job resumes from its last round.
+The state (δ, steps and, under Adam, the per-sample moments, keyed by index) lives in Parquet shards in the
+work directory; each finished round is written there with round.json last, so a killed job resumes from its last round.
 A round hands its state to the next in the object store, laid out as a read of those shards would be
 (canonical_layout), so an uninterrupted and a resumed run see the same blocks in the same order.
 
