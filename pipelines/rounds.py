@@ -41,7 +41,7 @@ from ue_core.errors import InvalidInputError, UEError
 from ue_core.methods.beo import BEOConfig, estimator_generator, train_surrogate
 from ue_core.models import Classifier, build_model
 from ue_core.pga import PGAConfig, PixelState, ascent_step
-from ue_core.training import compute_features, evaluate, feature_vjp
+from ue_core.training import compute_features, evaluate, feature_accuracy, feature_vjp
 
 MOMENT_COLUMNS = ("exp_avg", "exp_avg_sq")
 
@@ -398,7 +398,7 @@ def _surrogate_loop(loop_config: dict[str, Any]) -> None:
             previous, training_images, y, loop_config["num_classes"], config.surrogate,
             seed=config.seed * 100_003 + request["round"],  # as the reference does
         )
-        metrics = {"surrogate_train_accuracy": evaluate(model, training_images, y, config.batch_size)}
+        metrics = {}  # the train accuracy comes from the round's first feature pass (run_round)
         if loop_config["test"] is not None:
             test_x, test_y = ray.get(loop_config["test"]["ref"])
             metrics["surrogate_test_accuracy"] = evaluate(
@@ -574,8 +574,9 @@ def run_round(
     the first round of a job or of a resumed job, a lazy dataset: the last completed round's Parquet shards,
     or the initial state built from the ingest shards. Seconds per part of the round go into every record:
     seconds_read (reading and laying out a lazy state, 0 when handed on in memory), seconds_surrogate
-    (training and the accuracies), then per step seconds_features, seconds_estimator, seconds_ascent, and
-    seconds_write (the new state in its layout, its Parquet shards, the surrogate and round.json).
+    (training and the test accuracy; the train accuracy comes from step 0's features), then per step
+    seconds_features, seconds_estimator, seconds_ascent, and seconds_write (the new state in its layout,
+    its Parquet shards, the surrogate and round.json).
     """
     started = time.perf_counter()
     columns = state_columns(config.pga)
@@ -592,6 +593,7 @@ def run_round(
         "batch_size": config.batch_size,
     }
     threads = resources.threads_per_actor
+    model = load_model(surrogate)
     # object-store references, wrapped so that Ray hands them to the actors as references, not copies
     surrogate_ref = {"ref": ray.put(surrogate)}
     records = []
@@ -607,6 +609,10 @@ def run_round(
             ),
             ["index", "label", "features"],
         )
+        if step == 0:  # the round's protected images, scored from their features, as the reference does
+            round_metrics["surrogate_train_accuracy"] = feature_accuracy(
+                model, torch.from_numpy(features["features"]), torch.from_numpy(features["label"])
+            )
         timings["seconds_features"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         z, scale = bayes_error.normalise_features(torch.from_numpy(features["features"]))

@@ -483,6 +483,19 @@ def compute_features(
         )
 
 
+def feature_accuracy(model: Classifier, features: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy, a fraction in [0, 1], of ``model``'s head on penultimate features (N, feature_dim) of
+    labels y int64 (N,): ``evaluate(model, x, y)`` without a second forward pass when the features
+    ``compute_features(model, x)`` are at hand."""
+    if features.ndim != 2 or features.shape != (len(y), model.feature_dim):
+        raise InvalidInputError(
+            f"features must be (N, {model.feature_dim}) for {len(y)} labels, got {tuple(features.shape)}"
+        )
+    with torch.no_grad():
+        logits = model.head(features.to(model.head.weight.device))
+    return (logits.argmax(dim=1).cpu() == y.cpu()).sum().item() / len(y)
+
+
 def feature_vjp(
     model: Classifier,
     x: torch.Tensor,

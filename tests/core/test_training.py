@@ -15,6 +15,7 @@ from ue_core.training import (
     augment_batch,
     compute_features,
     evaluate,
+    feature_accuracy,
     feature_vjp,
     fit,
     make_optimizer,
@@ -222,6 +223,18 @@ def test_evaluate_counts_argmax_hits_in_batches():
     model.train()
     assert evaluate(model, x, y, batch_size=7) == pytest.approx(30 / 50)
     assert model.training
+
+
+def test_feature_accuracy_equals_evaluate_on_the_same_images():
+    model = tiny_cnn(3, in_channels=3)
+    x = torch.rand(50, 3, 28, 28)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(dim=1)
+    y[:15] = (y[:15] + 1) % 3
+    features = compute_features(model, x, batch_size=7)
+    assert feature_accuracy(model, features, y) == evaluate(model, x, y, batch_size=7) == pytest.approx(35 / 50)
+    with pytest.raises(InvalidInputError, match="features must be"):
+        feature_accuracy(model, features[:, :-1], y)
 
 
 @pytest.mark.parametrize(
