@@ -33,6 +33,7 @@ from pipelines.rounds import (
     read_model,
     read_state,
     run_round,
+    state_columns,
     unwrap,
     write_json,
 )
@@ -110,9 +111,8 @@ def initial_state_dataset(work: WorkDir, info: DatasetInfo, pga: PGAConfig) -> r
     """The state before round 0: δ = 0 (and zero Adam moments under ``update: adam``) for every ingested
     image (lazy; never written, since it follows from the ingest shards: a job that resumes before round 0
     ends builds it again)."""
-    moments = pga.update == "adam"
     return read_state(work.path("ingest")).map_batches(
-        initial_state, fn_kwargs={"image_shape": info.image_shape, "moments": moments}
+        initial_state, fn_kwargs={"image_shape": info.image_shape, "columns": state_columns(pga)}
     )
 
 

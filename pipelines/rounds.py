@@ -173,21 +173,22 @@ def images_and_delta(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.
 
 
 def initial_state(
-    batch: dict[str, np.ndarray], image_shape: tuple[int, int, int], moments: bool
+    batch: dict[str, np.ndarray], image_shape: tuple[int, int, int], columns: list[str]
 ) -> dict[str, np.ndarray]:
-    """Ingest shard rows (index, label, image bytes) → state rows with δ = 0 (and zero Adam moments if
-    ``moments``)."""
+    """Ingest shard rows (index, label, image bytes) → state rows of ``columns`` (:func:`state_columns`), with
+    δ = 0 and zero Adam moments."""
     height, width, channels = image_shape
     images = np.frombuffer(b"".join(batch["image"]), np.uint8).reshape(-1, height, width, channels)
     zeros = np.zeros((len(images), channels, height, width), np.float32)
-    return {
+    state = {
         "index": batch["index"].astype(np.int64),
         "label": batch["label"].astype(np.int64),
         "image": images,
         "delta": zeros,
-        **({name: zeros.copy() for name in MOMENT_COLUMNS} if moments else {}),
+        **{name: zeros.copy() for name in MOMENT_COLUMNS if name in columns},
         "steps": np.zeros(len(images), np.int64),
     }
+    return {name: state[name] for name in columns}
 
 
 def collect(dataset: ray.data.Dataset, columns: list[str]) -> dict[str, np.ndarray]:
