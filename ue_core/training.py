@@ -199,12 +199,17 @@ def pgd_attack(
     y: torch.Tensor,
     config: PGDConfig,
     generator: torch.Generator | None = None,
+    *,
+    minimise: bool = False,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L∞ PGD that maximises the cross-entropy of ``model`` around x (untargeted).
+    """L∞ PGD on the cross-entropy of ``model`` around x: maximised (untargeted attack, the default) or
+    minimised towards ``y`` (``minimise=True``: a targeted attack when y are target classes, or the
+    error-minimising noise of unlearnable examples when y are the true labels).
 
     The model runs in eval mode during the attack (batch-norm running statistics, no statistics update), as in
     most PyTorch adversarial-training code, and is restored to its previous mode afterwards. Each step is
-    x ← Π(x + step·sign(∇ₓ CE)), Π projecting onto the eps ball around x and then onto [0, 1].
+    x ← Π(x ± step·sign(∇ₓ CE)), Π projecting onto the eps ball around x and then onto [0, 1].
 
     Args:
         model: classifier on the device of x.
@@ -212,13 +217,19 @@ def pgd_attack(
         y: int64 (B,) labels, or float (B, num_classes) class probabilities.
         config: radius, step size and number of steps.
         generator: CPU generator for the random start (the global RNG if None).
+        minimise: descend the cross-entropy instead of ascending it.
+        start: where to start, float (B, C, H, W), projected first (e.g. the previous iteration's x + δ);
+            overrides ``config.random_start``.
 
     Returns:
         x_adv: float (B, C, H, W), detached, with |x_adv − x| ≤ eps and values in [0, 1].
     """
     x = x.detach()
     lower, upper = (x - config.eps).clamp(min=0), (x + config.eps).clamp(max=1)
-    if config.random_start:
+    direction = -1.0 if minimise else 1.0
+    if start is not None:
+        x_adv = torch.min(torch.max(start.detach().to(x.dtype), lower), upper)
+    elif config.random_start:
         noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         x_adv = torch.min(torch.max(x + (2 * noise - 1) * config.eps, lower), upper)
     else:
@@ -228,7 +239,7 @@ def pgd_attack(
             x_adv.requires_grad_(True)
             loss = F.cross_entropy(model(x_adv), y, reduction="sum")
             (gradient,) = torch.autograd.grad(loss, x_adv)
-            x_adv = torch.min(torch.max(x_adv.detach() + config.step * gradient.sign(), lower), upper)
+            x_adv = torch.min(torch.max(x_adv.detach() + direction * config.step * gradient.sign(), lower), upper)
     return x_adv
 
 

@@ -14,6 +14,7 @@ import torch
 
 from ue_core.checks import check_release
 from ue_core.data.dataset import ImageDataset
+from ue_core.errors import InvalidInputError
 from ue_core.pga import PGAConfig, quantise_release
 
 
@@ -56,3 +57,9 @@ class ProtectionMethod(ABC):
         result.release = dataset.with_images(images)
         check_release(dataset, result.release, self.pga)
         return result
+
+
+def require_linf(pga: PGAConfig, method: str) -> None:
+    """Methods defined for the L∞ ball only (their PGD takes signed steps) refuse any other norm."""
+    if pga.norm != "linf":
+        raise InvalidInputError(f"{method}: only the L∞ budget (norm: linf) is defined, got norm {pga.norm!r}")
