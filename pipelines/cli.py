@@ -30,18 +30,22 @@ def _add_job_options(parser: argparse.ArgumentParser, overwrite_help: str) -> No
 
 
 def _add_protect(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("protect", help="protect a dataset with BEO and publish the release")
+    parser = commands.add_parser("protect", help="protect a dataset with BEO (or a baseline) and publish the release")
     parser.add_argument("--source", required=True, help="dataset folder or URI (any supported layout)")
     parser.add_argument("--out", required=True, help="release folder or URI (must not exist)")
     parser.add_argument("--preset", help="a shipped preset (see `ue presets`)")
     parser.add_argument("--config", help="a YAML config file, merged over the preset")
-    parser.add_argument("--eps", help="L-inf budget, e.g. 8/255 (beo.pga.eps)")
+    parser.add_argument("--method",
+                        help="beo (default), or a baseline: random noise, error-minimising (em), targeted "
+                             "adversarial poisoning (tap) (method)")
+    parser.add_argument("--eps", help="L-inf budget of every method, e.g. 8/255 (beo.pga.eps)")
     parser.add_argument("--rounds", type=int, help="surrogate rounds (beo.rounds)")
     parser.add_argument("--subset", type=int, help="protect a class-balanced subset of this size (data.subset)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set beo.surrogate.epochs=5 (repeatable)")
     parser.add_argument("--engine", choices=["ray", "reference"], default="ray",
-                        help="ray (default): distributed and resumable; reference: ue_core's one-process BEO")
+                        help="ray (default): BEO distributed and resumable, a baseline as one Ray task; "
+                             "reference: ue_core's one-process method here")
     parser.add_argument("--work-dir", help="where an interrupted job resumes from (default: .OUT.work beside --out)")
     _add_job_options(parser, "replace an existing release at --out")
 
@@ -51,7 +55,9 @@ def _protect(args: argparse.Namespace) -> int:
     from pipelines.protect import protect
 
     overrides = dict(parse_override(text) for text in args.set)
-    for key, value in (("beo.pga.eps", args.eps), ("beo.rounds", args.rounds), ("data.subset", args.subset)):
+    flags = (("method", args.method), ("beo.pga.eps", args.eps), ("beo.rounds", args.rounds),
+             ("data.subset", args.subset))
+    for key, value in flags:
         if value is not None:
             overrides[key] = value
     config = load_protect_config(args.preset, args.config, overrides)

@@ -16,11 +16,15 @@ from typing import Any
 
 import yaml
 
-from ue_core.config import from_dict, parse_fraction, set_dotted
+from ue_core.config import from_dict, parse_fraction, set_dotted, to_dict
 from ue_core.data.mixing import MODES
 from ue_core.defences import DefenceConfig, parse_defences
 from ue_core.errors import InvalidInputError
+from ue_core.methods.base import require_linf
 from ue_core.methods.beo import BEOConfig
+from ue_core.methods.em import EMConfig
+from ue_core.methods.random_noise import RandomNoiseConfig
+from ue_core.methods.tap import TAPConfig
 from ue_core.models import MODEL_NAMES
 from ue_core.release import RELEASE_FORMATS
 from ue_core.training import Recipe, recipe
@@ -44,19 +48,48 @@ class DataConfig:
     seed: int = 0
 
 
+METHODS = ("beo", "random", "em", "tap")
+
+
 @dataclass(frozen=True)
 class ProtectConfig:
-    """A protect job: what to read, how to protect it, which release formats to write."""
+    """A protect job: what to read, how to protect it, which release formats to write.
+
+    Attributes:
+        method: "beo" (the product), or a baseline to compare it with: "random" (±ε noise), "em"
+            (error-minimising noise) or "tap" (targeted adversarial poisoning); see ue_core/methods/.
+        beo: BEO's settings. Its ``pga`` (eps, norm) is the budget of every method, so that ``--eps`` means
+            the same whichever method runs; its update rule and step size are BEO's alone.
+        random, em, tap: each baseline's own settings, read only when it is the method.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
+    method: str = "beo"
     beo: BEOConfig = field(default_factory=BEOConfig)
+    random: RandomNoiseConfig = field(default_factory=RandomNoiseConfig)
+    em: EMConfig = field(default_factory=EMConfig)
+    tap: TAPConfig = field(default_factory=TAPConfig)
     formats: tuple[str, ...] = ("parquet",)
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InvalidInputError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        if self.method in ("em", "tap"):  # their PGD takes signed steps: refused here, before a job starts
+            require_linf(self.beo.pga, self.method)
         object.__setattr__(self, "formats", tuple(self.formats))
         unknown = sorted(set(self.formats) - set(RELEASE_FORMATS))
         if unknown:
             raise InvalidInputError(f"unknown release format {unknown[0]!r}; expected {', '.join(RELEASE_FORMATS)}")
+
+    def method_record(self) -> dict[str, Any]:
+        """The config as nested dicts without the sections this method never reads (a baseline keeps only
+        ``beo.pga``, its budget): what the MLflow run and the manifest record. ``from_dict`` reads it back."""
+        record = to_dict(self)
+        for name in set(METHODS) - {"beo", self.method}:
+            del record[name]
+        if self.method != "beo":
+            record["beo"] = {"pga": record["beo"]["pga"]}
+        return record
 
 
 @dataclass(frozen=True)
@@ -253,7 +286,8 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Deep merge of two nested dicts; values of ``update`` win."""
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge(merged[key], value) if both_mappings else value
     return merged
 
 

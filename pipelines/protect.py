@@ -4,6 +4,11 @@ Engines:
     ray        (default) ingest → rounds on Ray (pipelines/rounds.py) → finalise and publish; resumable.
     reference  ue_core's one-process BEO, the ground truth the Ray engine is tested against.
 
+Methods (config key ``method``): BEO, or a baseline to compare it with (random noise, EM, TAP). A baseline
+runs ue_core's one-process method: in this process (engine reference) or as one Ray task on the cluster
+(engine ray; on a GPU when the cluster has one). Baselines are comparison points, not the product's
+sharded job, and they are not resumable.
+
 Both check the inputs before any work (existing output, readable source, writable destination), track
 the job in MLflow, and publish atomically with manifest.json last (ue_core.release).
 """
@@ -24,11 +29,14 @@ from pipelines.config import ProtectConfig
 from pipelines.storage import WorkDir, check_readable, check_writable, remove
 from pipelines.tracking import Tracker, bayes_error_plot, image_grid
 from ue_core.checks import check_release
-from ue_core.config import to_dict
 from ue_core.data import read_dataset
 from ue_core.data.dataset import ImageDataset, balanced_subset
 from ue_core.errors import DatasetFormatError, InvalidInputError
+from ue_core.methods.base import ProtectionMethod
 from ue_core.methods.beo import BEO, measure_bayes_error
+from ue_core.methods.em import ErrorMinimisingNoise
+from ue_core.methods.random_noise import RandomNoise
+from ue_core.methods.tap import TargetedAdversarialPoisoning
 from ue_core.pga import quantise_release
 from ue_core.release import check_release_target, write_release
 
@@ -37,22 +45,26 @@ ENGINES = ("ray", "reference")
 
 @dataclass
 class ProtectSummary:
-    """What a protect job reports at the end."""
+    """What a protect job reports at the end: ``results`` holds the method's headline numbers (BEO: β̂ of
+    the clean data and of the release, keys bayes_error_clean and bayes_error_release)."""
 
+    method: str
     release_uri: str
     count: int
-    bayes_error_clean: float
-    bayes_error_release: float
+    results: dict[str, float]
     seconds: float
     mlflow_run: str
     tracking_uri: str
 
     def line(self) -> str:
-        return (
-            f"protected {self.count} images: β̂ {self.bayes_error_clean:.4f} (clean) → "
-            f"{self.bayes_error_release:.4f} (release) in {self.seconds:.0f} s; release at {self.release_uri}; "
-            f"MLflow run {self.mlflow_run} in {self.tracking_uri}"
-        )
+        if self.method == "beo":
+            headline = (f"protected {self.count} images: β̂ {self.results['bayes_error_clean']:.4f} (clean) → "
+                        f"{self.results['bayes_error_release']:.4f} (release)")
+        else:
+            numbers = ", ".join(f"{key.replace('_', ' ')} {value:.4g}" for key, value in self.results.items())
+            headline = f"protected {self.count} images with {self.method}" + (f" ({numbers})" if numbers else "")
+        return (f"{headline} in {self.seconds:.0f} s; release at {self.release_uri}; "
+                f"MLflow run {self.mlflow_run} in {self.tracking_uri}")
 
 
 def code_version() -> str:
@@ -109,26 +121,35 @@ def protect(
     check_release_target(out, overwrite)
     check_readable(source)
     with Tracker(tracking_uri, experiment, run_name=f"protect {Path(out).name}") as tracker:
-        tracker.log_params({"engine": engine, "source": source, "out": out, **to_dict(config)})
-        if engine == "reference":
-            clean, release, history, summary, test = _protect_reference(source, config, progress)
-            for step, record in enumerate(history):
-                tracker.log_metrics(record, step=step)
-        else:
+        tracker.log_params({"engine": engine, "source": source, "out": out, **config.method_record()})
+        on_ray = engine == "ray"
+        if on_ray and config.method == "beo":
             from pipelines.ray_engine import protect_on_ray
 
             work = WorkDir(work_dir) if work_dir else WorkDir.beside(out)
             clean, release, history, summary, test = protect_on_ray(
                 source, config, work, ray_address, progress, tracker
             )
+        else:
+            test = load_test_set(source, config)
+            if on_ray:
+                from pipelines.ray_engine import protect_in_one_task
+
+                clean, result = protect_in_one_task(source, config, ray_address, progress)
+            else:
+                clean = load_training_set(source, config)
+                result = build_method(config, test).protect(clean, progress=progress)
+            release, history, summary = result.release, result.history, result.summary
+            for step, record in enumerate(history):
+                tracker.log_metrics(record, step=step)
         manifest: dict[str, Any] = {
-            "method": "beo",
+            "method": config.method,
             "engine": engine,
             "source": source,
             "dataset": clean.name,
             "eps": config.beo.pga.eps,
             "norm": config.beo.pga.norm,
-            "config": to_dict(config),
+            "config": config.method_record(),
             "code_version": code_version(),
             "python": platform.python_version(),
             "mlflow_run": tracker.run_id,
@@ -137,19 +158,29 @@ def protect(
         }
         written = write_release(release, out, manifest, formats=config.formats, test=test, overwrite=overwrite)
         tracker.log_metrics(summary)
-        tracker.log_figure(bayes_error_plot(history), "bayes_error.png")
+        if config.method == "beo":
+            tracker.log_figure(bayes_error_plot(history), "bayes_error.png")
         tracker.log_figure(image_grid(clean.images, release.images, clean.labels, clean.class_names), "images.png")
         tracker.log_json(written, "manifest.json")
-        if engine == "ray":
+        if on_ray and config.method == "beo":
             remove(work.uri)
-    return ProtectSummary(out, len(clean), summary["bayes_error_clean"], summary["bayes_error_release"],
-                          time.perf_counter() - started, tracker.run_id, tracker.uri)
+    return ProtectSummary(config.method, out, len(clean), summary, time.perf_counter() - started, tracker.run_id,
+                          tracker.uri)
 
 
-def _protect_reference(source: str, config: ProtectConfig, progress: bool):
-    train, test = load_training_set(source, config), load_test_set(source, config)
-    result = BEO(config.beo, test_set=test).protect(train, progress=progress)
-    return train, result.release, result.history, result.summary, test
+def build_method(config: ProtectConfig, test_set: ImageDataset | None = None, device: str = "cpu") -> ProtectionMethod:
+    """The ue_core method that ``config.method`` names, with the shared budget ``config.beo.pga``.
+
+    ``test_set`` serves BEO's per-round surrogate test accuracy; ``device`` is where EM's and TAP's models run.
+    """
+    budget = config.beo.pga
+    if config.method == "beo":
+        return BEO(config.beo, test_set=test_set)
+    if config.method == "random":
+        return RandomNoise(budget, config.random)
+    if config.method == "em":
+        return ErrorMinimisingNoise(budget, config.em, device)
+    return TargetedAdversarialPoisoning(budget, config.tap, device)
 
 
 def finalise(

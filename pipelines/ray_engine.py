@@ -44,6 +44,7 @@ from ue_core.data.dataset import ImageDataset
 from ue_core.data.fsutil import filesystem
 from ue_core.data.shards import read_shards, write_shards
 from ue_core.errors import InvalidInputError
+from ue_core.methods.base import ProtectionResult
 from ue_core.pga import PGAConfig
 
 ROWS_PER_INGEST_SHARD = 5_000
@@ -162,3 +163,29 @@ def protect_on_ray(
         )
     release, summary = finalise(clean, torch.from_numpy(final["delta"]), load_model(surrogate), config)
     return clean, release, history, summary, test
+
+
+@ray.remote
+def _protect_task(source: str, config: dict[str, Any], threads: int, on_gpu: bool) -> tuple[ImageDataset, Any]:
+    from pipelines.protect import build_method
+    from ue_core.config import from_dict
+
+    torch.set_num_threads(threads)
+    protect_config = from_dict(ProtectConfig, config)
+    train = load_training_set(source, protect_config)
+    return train, build_method(protect_config, device="cuda" if on_gpu else "cpu").protect(train)
+
+
+def protect_in_one_task(
+    source: str, config: ProtectConfig, address: str | None, progress: bool
+) -> tuple[ImageDataset, ProtectionResult]:
+    """A baseline's whole one-process method as one Ray task (reading the source where it runs): on a GPU when
+    the cluster has one, else with one node's cores as torch threads. Returns (clean training set, result)."""
+    connect(address, progress)
+    resources = Resources.from_cluster()
+    task = _protect_task.options(num_cpus=resources.task_cpus, num_gpus=resources.gpus_per_actor)
+    on_gpu = resources.gpus_per_actor > 0
+    with tqdm(total=1, desc=f"{config.method} (one Ray task)", unit="job", disable=not progress) as bar:
+        train, result = unwrap(task.remote(source, to_dict(config), resources.task_threads, on_gpu))
+        bar.update()
+    return train, result

@@ -76,7 +76,7 @@ def plan_trials(config: SweepConfig) -> list[Trial]:
 
 def release_uri(releases: str, source: str, config: SweepConfig, eps: float) -> str:
     """Where the release of ``source`` at budget ``eps`` lives: a hash of (source, protect config)."""
-    content = json.dumps({"source": source, "config": to_dict(config.protect_config(eps))}, sort_keys=True)
+    content = json.dumps({"source": source, "config": config.protect_config(eps).method_record()}, sort_keys=True)
     digest = hashlib.sha256(content.encode()).hexdigest()[:16]
     return f"{releases.rstrip('/')}/{Path(source.rstrip('/')).name}-{digest}"
 

@@ -8,7 +8,7 @@ from ue_core.data import read_dataset
 from ue_core.data.dataset import balanced_subset
 from ue_core.errors import InvalidInputError
 from ue_core.methods.beo import BEO, BEOConfig, EstimatorConfig, SurrogateConfig, measure_bayes_error
-from ue_core.methods.random_noise import RandomNoise
+from ue_core.methods.random_noise import RandomNoise, RandomNoiseConfig
 from ue_core.pga import PGAConfig
 
 
@@ -59,7 +59,7 @@ def test_history_has_one_record_per_step(beo_result):
 
 def test_beo_beats_random_noise_in_a_fixed_feature_space(fashion_subset, beo_result):
     """β̂ in the final surrogate's space: random noise of the same budget barely moves it."""
-    noise = RandomNoise(PGAConfig(eps=16 / 255), seed=0).protect(fashion_subset)
+    noise = RandomNoise(PGAConfig(eps=16 / 255), RandomNoiseConfig(seed=0)).protect(fashion_subset)
     images, labels = noise.release.tensors()
     noisy = measure_bayes_error(beo_result.surrogate, images, labels, 10, EstimatorConfig())
     assert beo_result.summary["bayes_error_release"] > noisy + 0.05

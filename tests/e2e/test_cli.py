@@ -183,3 +183,39 @@ def test_submit_rejects_bad_requests_with_one_line(arguments, message):
 def test_logs_of_an_unreachable_cluster():
     result = ue("logs", "--address", "http://127.0.0.1:9", "ue-protect-00000000")
     assert result.returncode == 2 and result.stderr.startswith("error: cannot reach the Ray job API")
+
+
+def test_a_baseline_is_published_like_beo_with_its_own_config(fashion_mnist_root, tmp_path):
+    """`--method tap`: the same verified release layout; the manifest records the method and only the config
+    sections it reads (its budget beo.pga, its own tap section)."""
+    out = tmp_path / "tap"
+    result = ue("protect", "--preset", "fashion-mnist", "--source", str(fashion_mnist_root), "--out", str(out),
+                *TINY, "--method", "tap", "--set", "tap.model=small_cnn", "--set", "tap.epochs=1",
+                "--set", "tap.steps=3", "--set", "tap.batch_size=50")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("protected 100 images with tap (clean train accuracy ")
+    manifest = verify_release(out)
+    assert manifest["method"] == "tap" and manifest["count"] == 100
+    assert set(manifest["config"]) == {"data", "method", "beo", "tap", "formats"}
+    assert set(manifest["config"]["beo"]) == {"pga"} and manifest["config"]["tap"]["steps"] == 3
+    assert 0 <= manifest["summary"]["target_rate"] <= 1
+    release = read_release(out).sorted_by_index()
+    source = read_dataset(str(fashion_mnist_root)).sorted_by_index()
+    changed = np.abs(release.images.astype(int) - source.images[np.searchsorted(source.index, release.index)])
+    assert changed.max() <= 8 and changed.max() > 0
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--method", "ops"], "unknown method 'ops'; expected one of beo, random, em, tap"),
+        (["--method", "em", "--set", "beo.pga.norm=l2", "--eps", "0.5"], "em: only the L∞ budget"),
+        (["--method", "tap", "--set", "tap.steps=0"], "tap steps: must be >= 1"),
+    ],
+)
+def test_bad_baseline_configs_fail_with_one_line_and_write_nothing(fashion_mnist_root, tmp_path, arguments, message):
+    out = tmp_path / "out"
+    result = ue("protect", "--preset", "fashion-mnist", "--source", str(fashion_mnist_root), "--out", str(out),
+                *TINY, *arguments)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -67,7 +67,7 @@ def test_ray_release_is_verified_and_its_work_dir_is_gone(job, ray_release):
     manifest = verify_release(out)
     assert manifest["engine"] == "ray" and manifest["count"] == 200
     assert [h["round"] for h in manifest["history"]] == [0, 1]
-    assert summary.bayes_error_release > summary.bayes_error_clean
+    assert summary.results["bayes_error_release"] > summary.results["bayes_error_clean"]
     assert not (job["root"] / ".ray-release.work").exists()
 
 
@@ -83,7 +83,7 @@ def test_ray_engine_matches_the_reference(job, ray_release):
     reference = protect(job["source"], str(job["root"] / "reference-release"), config, engine="reference",
                         progress=False, tracking_uri=job["tracking"], experiment="tests")
     assert_releases_agree(out, job["root"] / "reference-release")
-    assert summary.bayes_error_release == pytest.approx(reference.bayes_error_release, abs=0.02)
+    assert summary.results["bayes_error_release"] == pytest.approx(reference.results["bayes_error_release"], abs=0.02)
 
 
 def assert_releases_agree(ours_uri: Path, theirs_uri: Path) -> None:
@@ -114,7 +114,7 @@ def test_adam_rule_on_ray_matches_the_reference(job, tmp_path):
     finally:
         ray.shutdown()
     assert_releases_agree(tmp_path / "ray", tmp_path / "reference")
-    assert ours.bayes_error_release == pytest.approx(reference.bayes_error_release, abs=0.02)
+    assert ours.results["bayes_error_release"] == pytest.approx(reference.results["bayes_error_release"], abs=0.02)
     assert np.mean(read_release(tmp_path / "ray").images != job["clean"].sorted_by_index().images) > 0.1
 
 
@@ -126,7 +126,7 @@ def test_the_mlflow_run_holds_params_metrics_and_figures(job, ray_release):
     assert run.data.params["beo.pga.eps"] == str(8 / 255) and run.data.params["engine"] == "ray"
     history = mlflow.MlflowClient().get_metric_history(summary.mlflow_run, "bayes_error")
     assert [m.step for m in history] == [0, 1]
-    assert run.data.metrics["bayes_error_release"] == pytest.approx(summary.bayes_error_release)
+    assert run.data.metrics["bayes_error_release"] == pytest.approx(summary.results["bayes_error_release"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(summary.mlflow_run)}
     assert {"bayes_error.png", "images.png", "manifest.json"} <= artifacts
     local = Path(mlflow.artifacts.download_artifacts(run_id=summary.mlflow_run, artifact_path="images.png"))
@@ -179,3 +179,32 @@ def test_state_left_by_a_killed_write_is_replaced(tmp_path):
         assert sorted(read_state(str(target)).to_pandas()["index"]) == [0, 1, 2, 3, 4]
     finally:
         ray.shutdown()
+
+
+def test_a_baseline_runs_as_one_ray_task_and_matches_the_reference(job, tmp_path):
+    """EM through the Ray engine (one task reading the source where it runs) publishes what the one-process
+    run does (tolerance as above: thread counts may differ), and its MLflow run holds EM's params and its
+    per-iteration metrics, not BEO's."""
+    config = load_protect_config(config_file=job["config_file"], overrides={
+        "method": "em", "em.model": "small_cnn", "em.max_iterations": 2, "em.batch_size": 50, "em.lr": 0.05})
+    reference = protect(job["source"], str(tmp_path / "reference"), config, engine="reference",
+                        progress=False, tracking_uri=job["tracking"], experiment="tests")
+    ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        ours = protect(job["source"], str(tmp_path / "ray"), config, engine="ray",
+                       progress=False, tracking_uri=job["tracking"], experiment="tests")
+    finally:
+        ray.shutdown()
+    assert verify_release(tmp_path / "ray")["method"] == "em"
+    mine = read_release(tmp_path / "ray").sorted_by_index()
+    theirs = read_release(tmp_path / "reference").sorted_by_index()
+    np.testing.assert_array_equal(mine.index, theirs.index)
+    assert np.mean(mine.images != theirs.images) <= 0.005
+    assert np.mean(mine.images != job["clean"].sorted_by_index().images) > 0.3
+    assert ours.results["iterations"] == reference.results["iterations"] == 2
+    mlflow.set_tracking_uri(job["tracking"])
+    run = mlflow.get_run(ours.mlflow_run)
+    assert run.data.params["method"] == "em" and run.data.params["em.max_iterations"] == "2"
+    assert "beo.rounds" not in run.data.params and "tap.steps" not in run.data.params
+    accuracy = mlflow.MlflowClient().get_metric_history(ours.mlflow_run, "accuracy_on_protected")
+    assert [m.step for m in accuracy] == [0, 1]

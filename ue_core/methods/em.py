@@ -86,7 +86,8 @@ class ErrorMinimisingNoise(ProtectionMethod):
     def perturb(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
         """Alternate training and noise updates; the history has one record per iteration: iteration,
         train_loss (mean over its train steps), accuracy_on_protected (the model on x + δ after the noise
-        update, the stopping criterion), delta_mean_abs, delta_max_abs, seconds."""
+        update, the stopping criterion), delta_mean_abs, delta_max_abs, seconds. Summary: iterations and
+        final_accuracy_on_protected."""
         config, eps = self.config, self.pga.eps
         images, labels = dataset.tensors()
         generator = torch.Generator().manual_seed(config.seed)
@@ -127,7 +128,8 @@ class ErrorMinimisingNoise(ProtectionMethod):
             iterations.set_postfix(accuracy=f"{accuracy:.4f}")
             if accuracy >= 1 - config.stop_error:
                 break
-        summary = {"iterations": float(len(history)), "accuracy_on_protected": history[-1]["accuracy_on_protected"]}
+        summary = {"iterations": float(len(history)),
+                   "final_accuracy_on_protected": history[-1]["accuracy_on_protected"]}
         return ProtectionResult(release=dataset, delta=delta, history=history, summary=summary, surrogate=model)
 
 

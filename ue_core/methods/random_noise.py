@@ -6,6 +6,8 @@ Shapes: δ is float32 (N, C, H, W). Seeded: the same seed gives the same noise.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ue_core.data.dataset import ImageDataset
@@ -13,18 +15,25 @@ from ue_core.methods.base import ProtectionMethod, ProtectionResult
 from ue_core.pga import PGAConfig, project
 
 
+@dataclass(frozen=True)
+class RandomNoiseConfig:
+    """seed: seeds the noise."""
+
+    seed: int = 0
+
+
 class RandomNoise(ProtectionMethod):
     """±eps per pixel (L∞) or a random direction of L2 norm eps, then projected into [0, 1]."""
 
     name = "random"
 
-    def __init__(self, pga: PGAConfig, seed: int = 0) -> None:
+    def __init__(self, pga: PGAConfig, config: RandomNoiseConfig = RandomNoiseConfig()) -> None:
         super().__init__(pga)
-        self.seed = seed
+        self.config = config
 
     def perturb(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
         images, _ = dataset.tensors()
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.config.seed)
         if self.pga.norm == "linf":
             signs = torch.randint(0, 2, images.shape, generator=generator).float().mul_(2).sub_(1)
             delta = signs * self.pga.eps
