@@ -120,7 +120,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_sweep(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("sweep", help="Ray Tune over eps x mixing ratio x victim x defence")
+    parser = commands.add_parser("sweep", help="Ray Tune over method x eps x mixing ratio x victim x defence")
     parser.add_argument("sweep", help="a shipped sweep name (see `ue presets`) or a sweep YAML file")
     parser.add_argument("--out", required=True, help="results folder or URI (must not exist)")
     parser.add_argument("--source", help="the clean dataset (default: the sweep file's source)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from importlib import resources
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -185,19 +186,21 @@ class SweepGrid:
     """The axes of a sweep; every combination is a trial (see pipelines/sweep.py for the arms it implies).
 
     Attributes:
+        method: protection methods (ProtectConfig.method: BEO and the baselines it is compared with).
         eps: L∞ budgets, each in (0, 1) (numbers or fractions such as "8/255").
         ratio: mixing ratios, each in [0, 1].
         victim: victim models (ue_core.models.MODEL_NAMES).
         defence: defence specs, each "none" or names joined by "+" (ue_core.defences).
     """
 
+    method: tuple[str, ...] = ("beo",)
     eps: tuple[float, ...] = (8 / 255,)
     ratio: tuple[float, ...] = (0.0, 0.5, 1.0)
     victim: tuple[str, ...] = ("resnet18",)
     defence: tuple[str, ...] = ("none",)
 
     def __post_init__(self) -> None:
-        for name in ("eps", "ratio", "victim", "defence"):
+        for name in ("method", "eps", "ratio", "victim", "defence"):
             values = getattr(self, name)
             values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
             if not values or len(set(values)) != len(values):
@@ -213,6 +216,9 @@ class SweepGrid:
                 raise InvalidInputError(f"sweep grid.ratio: mixing ratio must be in [0, 1], got {ratio}")
         for victim in self.victim:
             VictimConfig(model=victim)  # names an unknown model
+        for method in self.method:
+            if method not in METHODS:
+                raise InvalidInputError(f"sweep grid.method: unknown {method!r}; expected one of {', '.join(METHODS)}")
         object.__setattr__(self, "defence", tuple("+".join(parse_defences(d)) or "none" for d in self.defence))
 
 
@@ -223,10 +229,10 @@ class SweepConfig:
     Attributes:
         source: the clean dataset (a flag may replace it).
         protect_preset: the shipped protect preset the releases start from.
-        protect: protect config keys merged over the preset (nested, as in a protect YAML); grid.eps
-            replaces beo.pga.eps.
+        protect: protect config keys merged over the preset (nested, as in a protect YAML); grid.method
+            replaces method and grid.eps replaces beo.pga.eps.
         evaluate: the evaluate config of every trial; the grid replaces ratio, victim.model and defence.names.
-        grid: eps × ratio × victim × defence.
+        grid: method × eps × ratio × victim × defence.
         max_failures: how often a failed trial is retried (Ray Tune's FailureConfig).
     """
 
@@ -240,12 +246,13 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if self.max_failures < 0:
             raise InvalidInputError(f"sweep max_failures: must be >= 0, got {self.max_failures}")
-        for eps in self.grid.eps:
-            self.protect_config(eps)  # the protect config of every release is valid before anything starts
+        for method, eps in product(self.grid.method, self.grid.eps):
+            self.protect_config(method, eps)  # every release's protect config is valid before anything starts
 
-    def protect_config(self, eps: float) -> ProtectConfig:
-        """The protect config of the release at budget ``eps``."""
-        return load_protect_config(self.protect_preset, data=self.protect, overrides={"beo.pga.eps": eps})
+    def protect_config(self, method: str, eps: float) -> ProtectConfig:
+        """The protect config of the release of ``method`` at budget ``eps``."""
+        return load_protect_config(self.protect_preset, data=self.protect,
+                                   overrides={"method": method, "beo.pga.eps": eps})
 
 
 def sweep_names() -> list[str]:

@@ -1,19 +1,22 @@
-"""`ue sweep`: Ray Tune over ε × mixing ratio × victim × defence, one MLflow child run per trial.
+"""`ue sweep`: Ray Tune over method × ε × mixing ratio × victim × defence, one MLflow child run per trial.
 
     ue sweep fashion-mnist --source data --out results/fmnist-sweep        # a shipped sweep, by name
     ue sweep my-sweep.yaml --out s3://bucket/sweeps/cifar10               # or a file
 
-1. Releases: one per distinct protect config (the grid's ε over the sweep's protect config), content-addressed
-   by a hash of (source, config) under --releases (default: releases/ beside --out). A release already there
-   is verified against its manifest and reused; a missing one is produced by `ue protect` on Ray.
+1. Releases: one per distinct protect config (the grid's method × ε over the sweep's protect config: BEO
+   and the baselines it is compared with), content-addressed by a hash of (source, config) under --releases
+   (default: releases/ beside --out). A release already there is verified against its manifest and reused;
+   a missing one is produced by `ue protect` on Ray.
 2. Trials (a Ray Tune grid; each trial is a function that fits a TorchTrainer with TuneReportCallback):
-   for each victim × defence — ratio 0: one "clean-all" victim; 0 < ratio < 1: a "mixed" victim per ε and
-   one "clean-only" victim (the unprotected part alone, the reference the mixed victims are compared with);
-   ratio 1: a "mixed" (= poison-only) victim per ε. Concurrency comes from the cluster's resources; a failed
-   trial is retried (FailureConfig) and, if it still fails, reported as failed in the table.
+   for each victim × defence — ratio 0: one "clean-all" victim; 0 < ratio < 1: a "mixed" victim per release
+   (method × ε) and one "clean-only" victim (the unprotected part alone, the reference the mixed victims are
+   compared with; it depends on the mixing draw only); ratio 1: a "mixed" (= poison-only) victim per release.
+   Concurrency comes from the cluster's resources; a failed trial is retried (FailureConfig) and, if it still
+   fails, reported as failed in the table.
 3. Results, published atomically at --out: results.csv and results.md (one row per trial), accuracy.png
-   (test accuracy versus mixing ratio, one line per ε, with the clean-only reference; a heatmap of ε × ratio;
-   one row of panels per victim × defence). The same files are artifacts of the MLflow parent run.
+   (test accuracy versus mixing ratio, one line per release, with the clean-only reference; a heatmap of
+   release × ratio; one row of panels per victim × defence). The same files are artifacts of the MLflow
+   parent run.
 """
 
 from __future__ import annotations
@@ -46,18 +49,26 @@ from ue_core.release import MANIFEST_NAME, verify_release
 
 @dataclass(frozen=True)
 class Trial:
-    """One victim to train: an arm of the mixing protocol at one grid point (eps is None for clean arms)."""
+    """One victim to train: an arm of the mixing protocol at one grid point (method and eps are None for the
+    clean arms, which no release enters)."""
 
     arm: str
     eps: float | None
     ratio: float
     victim: str
     defence: str
+    method: str | None = None
 
     @property
     def key(self) -> str:
-        eps = "—" if self.eps is None else f"{self.eps * 255:g}/255"
-        return f"{self.arm} eps={eps} ratio={self.ratio:g} {self.victim} {self.defence}"
+        return f"{self.arm} {release_label(self.method, self.eps)} ratio={self.ratio:g} {self.victim} {self.defence}"
+
+
+def release_label(method: str | None, eps: float | None) -> str:
+    """"beo eps=8/255" for a release, "eps=—" for no release."""
+    if method is None or eps is None:
+        return "eps=—"
+    return f"{method} eps={eps * 255:g}/255"
 
 
 def plan_trials(config: SweepConfig) -> list[Trial]:
@@ -68,15 +79,17 @@ def plan_trials(config: SweepConfig) -> list[Trial]:
         if ratio == 0:
             trials.append(Trial("clean-all", None, ratio, victim, defence))
             continue
-        trials.extend(Trial("mixed", eps, ratio, victim, defence) for eps in grid.eps)
+        trials.extend(Trial("mixed", eps, ratio, victim, defence, method)
+                      for method, eps in product(grid.method, grid.eps))
         if ratio < 1:
             trials.append(Trial("clean-only", None, ratio, victim, defence))
     return trials
 
 
-def release_uri(releases: str, source: str, config: SweepConfig, eps: float) -> str:
-    """Where the release of ``source`` at budget ``eps`` lives: a hash of (source, protect config)."""
-    content = json.dumps({"source": source, "config": config.protect_config(eps).method_record()}, sort_keys=True)
+def release_uri(releases: str, source: str, config: SweepConfig, method: str, eps: float) -> str:
+    """Where the release of ``source`` by ``method`` at budget ``eps`` lives: a hash of (source, protect config)."""
+    protect_config = config.protect_config(method, eps)
+    content = json.dumps({"source": source, "config": protect_config.method_record()}, sort_keys=True)
     digest = hashlib.sha256(content.encode()).hexdigest()[:16]
     return f"{releases.rstrip('/')}/{Path(source.rstrip('/')).name}-{digest}"
 
@@ -84,20 +97,21 @@ def release_uri(releases: str, source: str, config: SweepConfig, eps: float) -> 
 def ensure_releases(
     source: str, config: SweepConfig, releases: str, ray_address: str | None, tracking_uri: str | None,
     progress: bool,
-) -> dict[float, str]:
-    """ε → release URI, protecting only the configs that have no verified release yet."""
+) -> dict[str, str]:
+    """release_label(method, eps) → release URI for every release of the grid, protecting only the configs
+    that have no verified release yet."""
     from pipelines.protect import protect
 
     uris = {}
-    for eps in config.grid.eps:
-        uri = release_uri(releases, source, config, eps)
+    for method, eps in product(config.grid.method, config.grid.eps):
+        uri = release_uri(releases, source, config, method, eps)
         fs, path = filesystem(uri)
         if fs.exists(f"{path}/{MANIFEST_NAME}"):
             verify_release(uri)  # a damaged release is an error, never silently replaced
-        else:  # an interrupted protect resumes from its work folder
-            protect(source, uri, config.protect_config(eps), progress=progress, ray_address=ray_address,
+        else:  # an interrupted BEO job resumes from its work folder
+            protect(source, uri, config.protect_config(method, eps), progress=progress, ray_address=ray_address,
                     tracking_uri=tracking_uri, experiment="ue-sweep-releases")
-        uris[eps] = uri
+        uris[release_label(method, eps)] = uri
     return uris
 
 
@@ -123,7 +137,10 @@ def run_trial(tune_config: dict[str, Any], context: dict[str, Any]) -> None:
     sweep = from_dict(SweepConfig, context["sweep"])
     plan = Trial(**tune_config["trial"])
     config = _evaluate_config(sweep, plan)
-    data = load_evaluation_data(context["source"], context["releases"][str(plan.eps or sweep.grid.eps[0])], config)
+    # a clean arm needs a release only for its indices: every release of the sweep has the same ones
+    releases = context["releases"]
+    release = releases[release_label(plan.method, plan.eps)] if plan.method else next(iter(releases.values()))
+    data = load_evaluation_data(context["source"], release, config)
     ((train, protected),) = arms(data, config).values()
     test_images, test_labels = data.test.tensors()
     test_ref = {"ref": ray.put((test_images.numpy(), test_labels.numpy()))}
@@ -148,6 +165,7 @@ class TrialOutcome:
     ratio: float
     victim: str
     defence: str
+    method: str | None
     status: str
     final_test_accuracy: float | None
     best_test_accuracy: float | None
@@ -167,8 +185,9 @@ def run_trials(
     outcome per trial, in the order of ``trials``.
 
     The Tune function itself holds a token 0.01 CPU (Tune refuses an empty request; its TorchTrainer's
-    workers hold the real resources), so ``concurrency`` alone bounds how many victims train at once. A trial that raises is retried ``max_failures`` times; if every attempt
-    fails, its outcome has status "FAILED" and the first line of the error.
+    workers hold the real resources), so ``concurrency`` alone bounds how many victims train at once. A trial
+    that raises is retried ``max_failures`` times; if every attempt fails, its outcome has status "FAILED"
+    and the first line of the error.
     """
     from ray import tune
 
@@ -220,32 +239,37 @@ def results_table(outcomes: list[TrialOutcome]) -> tuple[str, str]:
     writer = csv.DictWriter(buffer, fieldnames=list(TrialOutcome.__dataclass_fields__), lineterminator="\n")
     writer.writeheader()
     writer.writerows(asdict(o) for o in outcomes)
-    lines = ["| arm | ε | ratio | victim | defence | status | final test acc (%) | best test acc (%) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | method | ε | ratio | victim | defence | status | final test acc (%) | best test acc (%) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
         eps = "—" if o.eps is None else f"{o.eps * 255:g}/255"
         final = "—" if o.final_test_accuracy is None else f"{100 * o.final_test_accuracy:.2f}"
         best = "—" if o.best_test_accuracy is None else f"{100 * o.best_test_accuracy:.2f}"
-        lines.append(f"| {o.arm} | {eps} | {o.ratio:g} | {o.victim} | {o.defence} | {o.status} | {final} | {best} |")
+        lines.append(f"| {o.arm} | {o.method or '—'} | {eps} | {o.ratio:g} | {o.victim} | {o.defence} | {o.status} "
+                     f"| {final} | {best} |")
     return buffer.getvalue(), "\n".join(lines) + "\n"
 
 
 def sweep_plot(outcomes: list[TrialOutcome]) -> plt.Figure:
-    """Per victim × defence: accuracy versus ratio (a line per ε, the clean-only reference dashed, clean-all
-    at ratio 0 on every line) and a heatmap of ε × ratio. Failed trials are gaps."""
+    """Per victim × defence: accuracy versus ratio (a line per release, i.e. method × ε, the clean-only
+    reference dashed, clean-all at ratio 0 on every line) and a heatmap of release × ratio. Failed trials are
+    gaps."""
     panels = sorted({(o.victim, o.defence) for o in outcomes})
-    eps_values = sorted({o.eps for o in outcomes if o.eps is not None})
+    releases = sorted({(o.method, o.eps) for o in outcomes if o.method is not None})
     ratios = sorted({o.ratio for o in outcomes})
     figure, axes = plt.subplots(len(panels), 2, figsize=(10, 3.6 * len(panels)), squeeze=False)
     for row, (victim, defence) in enumerate(panels):
-        accuracies = {(o.arm, o.eps, o.ratio): 100 * o.final_test_accuracy for o in outcomes
-                      if (o.victim, o.defence) == (victim, defence) and o.final_test_accuracy is not None}
-        clean_all = accuracies.get(("clean-all", None, 0.0), math.nan)
-        table = np.array([[clean_all if r == 0 else accuracies.get(("mixed", e, r), math.nan) for r in ratios] for e in eps_values])
+        done = [o for o in outcomes if (o.victim, o.defence) == (victim, defence) and o.final_test_accuracy is not None]
+        accuracies = {(o.arm, release_label(o.method, o.eps), o.ratio): 100 * o.final_test_accuracy for o in done}
+        clean_all = accuracies.get(("clean-all", release_label(None, None), 0.0), math.nan)
+        labels = [release_label(method, eps) for method, eps in releases]
+        table = np.array([[clean_all if r == 0 else accuracies.get(("mixed", label, r), math.nan) for r in ratios]
+                          for label in labels])
         lines = axes[row, 0]
-        for eps, values in zip(eps_values, table):
-            lines.plot(ratios, values, marker="o", label=f"mixed, ε = {eps * 255:g}/255")
-        reference = [clean_all if r == 0 else accuracies.get(("clean-only", None, r), math.nan) for r in ratios]
+        for label, values in zip(labels, table):
+            lines.plot(ratios, values, marker="o", label=f"mixed, {label}")
+        reference = [clean_all if r == 0 else accuracies.get(("clean-only", release_label(None, None), r), math.nan)
+                     for r in ratios]
         lines.plot(ratios, reference, marker="s", linestyle="--", color="black", label="clean-only (reference)")
         lines.set_xlabel("mixing ratio r (fraction of training images protected)")
         lines.set_ylabel("clean test accuracy (%)")
@@ -254,9 +278,9 @@ def sweep_plot(outcomes: list[TrialOutcome]) -> plt.Figure:
         heat = axes[row, 1]
         image = heat.imshow(table, aspect="auto", cmap="viridis", origin="lower")
         heat.set_xticks(range(len(ratios)), [f"{r:g}" for r in ratios])
-        heat.set_yticks(range(len(eps_values)), [f"{e * 255:g}/255" for e in eps_values])
+        heat.set_yticks(range(len(labels)), labels)
         heat.set_xlabel("mixing ratio r")
-        heat.set_ylabel("ε")
+        heat.set_ylabel("release")
         for (i, j), value in np.ndenumerate(table):
             if not math.isnan(value):
                 heat.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
@@ -310,7 +334,7 @@ def sweep(
     with Tracker(tracking_uri, experiment, run_name=f"sweep {Path(out).name}") as parent:
         parent.log_params({"source": source, "out": out, "releases": releases, **to_dict(config)})
         context = {
-            "sweep": to_dict(config), "source": source, "releases": {str(e): u for e, u in release_uris.items()},
+            "sweep": to_dict(config), "source": source, "releases": release_uris,
             "tracking_uri": parent.uri, "parent_run": parent.run_id, "storage": work.path("checkpoints"),
         }
         outcomes = run_trials(run_trial, trials, context, trial_concurrency(config), config.max_failures,

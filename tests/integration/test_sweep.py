@@ -9,6 +9,7 @@ from PIL import Image
 
 from pipelines.config import load_sweep_config
 from pipelines.sweep import Trial, ensure_releases, plan_trials, release_uri, run_trials, sweep
+from ue_core.errors import InvalidInputError
 from ue_core.release import read_manifest, verify_release
 
 pytestmark = pytest.mark.slow
@@ -25,6 +26,7 @@ TINY = {
     "protect.beo.surrogate.epochs": 1, "evaluate.test_subset": 300, "evaluate.victim.epochs": 1,
     "grid.eps": ["8/255"], "grid.ratio": [0, 0.5], "grid.defence": ["none"],
 }
+TINY_METHODS = {**TINY, "grid.method": ["beo", "random"]}
 
 
 def test_plan_has_the_arms_each_ratio_needs():
@@ -32,22 +34,41 @@ def test_plan_has_the_arms_each_ratio_needs():
     keys = [t.key for t in plan_trials(config) if t.defence == "none"]
     assert keys == [
         "clean-all eps=— ratio=0 small_cnn none",
-        "mixed eps=4/255 ratio=0.3 small_cnn none", "mixed eps=8/255 ratio=0.3 small_cnn none",
+        "mixed beo eps=4/255 ratio=0.3 small_cnn none", "mixed beo eps=8/255 ratio=0.3 small_cnn none",
         "clean-only eps=— ratio=0.3 small_cnn none",
-        "mixed eps=4/255 ratio=1 small_cnn none", "mixed eps=8/255 ratio=1 small_cnn none",
+        "mixed beo eps=4/255 ratio=1 small_cnn none", "mixed beo eps=8/255 ratio=1 small_cnn none",
     ]
     paper = load_sweep_config("cifar10-paper")
     assert paper.grid.ratio == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.9, 1.0)
     assert paper.grid.defence == ("none", "adversarial") and paper.grid.victim == ("resnet18",)
-    assert paper.protect_config(8 / 255).beo.surrogate.model == "resnet18"
+    assert paper.protect_config("beo", 8 / 255).beo.surrogate.model == "resnet18"
+    assert paper.grid.method == ("beo", "random", "em", "tap")
+    assert paper.protect_config("em", 8 / 255).em.model == "resnet18"  # the authors' generator
+
+
+def test_a_method_axis_adds_a_mixed_victim_per_release_and_no_clean_one():
+    config = load_sweep_config("fashion-mnist-baselines", {"grid.ratio": [0, 0.5]})
+    keys = [t.key for t in plan_trials(config)]
+    assert keys == ["clean-all eps=— ratio=0 small_cnn none",
+                    *(f"mixed {m} eps=8/255 ratio=0.5 small_cnn none" for m in ("beo", "random", "em", "tap")),
+                    "clean-only eps=— ratio=0.5 small_cnn none"]
+    assert config.protect_config("tap", 8 / 255).tap.model == "small_cnn"
+    with pytest.raises(InvalidInputError, match="sweep grid.method: unknown 'ops'"):
+        load_sweep_config("fashion-mnist-baselines", {"grid.method": ["beo", "ops"]})
 
 
 def test_releases_are_addressed_by_source_and_config():
     config = load_sweep_config("fashion-mnist")
-    base = release_uri("r", "data", config, 8 / 255)
-    assert base == release_uri("r", "data", config, 8 / 255)
-    assert len({base, release_uri("r", "data", config, 16 / 255), release_uri("r", "other/data", config, 8 / 255),
-                release_uri("r", "data", load_sweep_config("fashion-mnist", {"protect.beo.rounds": 3}), 8 / 255)}) == 4
+    rounds = load_sweep_config("fashion-mnist", {"protect.beo.rounds": 3})
+    em_steps = load_sweep_config("fashion-mnist", {"protect.em.pgd_steps": 5})
+
+    def uri(sweep_config=config, method="beo", eps=8 / 255, source="data"):
+        return release_uri("r", source, sweep_config, method, eps)
+
+    assert uri() == uri()
+    assert len({uri(), uri(eps=16 / 255), uri(source="other/data"), uri(rounds), uri(method="em")}) == 5
+    # a section the method never reads does not move its release: BEO's ignores em, EM's ignores beo.rounds
+    assert uri(em_steps) == uri() and uri(rounds, "em") == uri(method="em") != uri(em_steps, "em")
 
 
 def test_failed_trials_are_retried_and_reported(tmp_path):
@@ -77,24 +98,28 @@ def test_failed_trials_are_retried_and_reported(tmp_path):
 
 def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
     store = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    config = load_sweep_config("fashion-mnist", TINY)
+    config = load_sweep_config("fashion-mnist", TINY_METHODS)
     out = tmp_path / "sweep"
     summary = sweep(config, str(out), source=str(fashion_mnist_root), tracking_uri=store, progress=False)
 
-    assert [o.status for o in summary.outcomes] == ["DONE"] * 3, summary.markdown
+    assert [o.status for o in summary.outcomes] == ["DONE"] * 4, summary.markdown
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["arm"], r["ratio"]) for r in rows] == [("clean-all", "0.0"), ("mixed", "0.5"), ("clean-only", "0.5")]
+    assert [(r["arm"], r["method"], r["ratio"]) for r in rows] == [
+        ("clean-all", "", "0.0"), ("mixed", "beo", "0.5"), ("mixed", "random", "0.5"), ("clean-only", "", "0.5")]
     with Image.open(out / "accuracy.png") as image:
         assert image.size[0] > 200 and image.convert("L").getextrema()[0] < 128
 
-    (release,) = (tmp_path / "releases").iterdir()
-    manifest = verify_release(release)
-    assert manifest["count"] == 200 and manifest["eps"] == pytest.approx(8 / 255)
-    before = (release / "manifest.json").stat().st_mtime_ns
+    releases = {read_manifest(r)["method"]: r for r in (tmp_path / "releases").iterdir()}
+    assert set(releases) == {"beo", "random"}
+    for release in releases.values():
+        manifest = verify_release(release)
+        assert manifest["count"] == 200 and manifest["eps"] == pytest.approx(8 / 255)
+        assert manifest["config"]["data"]["subset"] == 200
+    before = (releases["beo"] / "manifest.json").stat().st_mtime_ns
     again = ensure_releases(str(fashion_mnist_root), config, str(tmp_path / "releases"), None, store, False)
-    assert again == {8 / 255: str(release)} and (release / "manifest.json").stat().st_mtime_ns == before
-    assert read_manifest(release)["config"]["data"]["subset"] == 200
+    assert again == {"beo eps=8/255": str(releases["beo"]), "random eps=8/255": str(releases["random"])}
+    assert (releases["beo"] / "manifest.json").stat().st_mtime_ns == before
 
     client = mlflow.MlflowClient(store)
     parent = client.get_run(summary.mlflow_run)
@@ -103,10 +128,11 @@ def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     by_key = {c.data.tags["ue.trial"]: c for c in children}
-    assert len(children) == 3 and set(by_key) == {Trial(**{k: o.__dict__[k] for k in Trial.__dataclass_fields__}).key
+    assert len(children) == 4 and set(by_key) == {Trial(**{k: o.__dict__[k] for k in Trial.__dataclass_fields__}).key
                                                   for o in summary.outcomes}
     for outcome, row in zip(summary.outcomes, rows):
-        child = by_key[Trial(outcome.arm, outcome.eps, outcome.ratio, outcome.victim, outcome.defence).key]
+        child = by_key[Trial(outcome.arm, outcome.eps, outcome.ratio, outcome.victim, outcome.defence,
+                             outcome.method).key]
         assert child.info.status == "FINISHED" and child.data.params["arm"] == outcome.arm
         assert child.data.metrics["final_test_accuracy"] == pytest.approx(float(row["final_test_accuracy"]))
         assert 0 <= outcome.final_test_accuracy <= 1

@@ -1,0 +1,74 @@
+"""How visible a perturbation is: PSNR and SSIM of a release against its clean images (METHOD.md §4, "Report").
+
+Both compare uint8 images (N, H, W, C) row by row (rows aligned by the caller) and return the mean over images.
+
+PSNR: 10·log10(255² / MSE) in dB per image; an image left unchanged counts as ``PSNR_CAP`` dB, so that the mean
+stays finite (a release whose every pixel moved by 8 levels, ε = 8/255, is 20·log10(255/8) = 30.07 dB).
+
+SSIM (Wang, Bovik, Sheikh, Simoncelli 2004) with the usual constants: an 11×11 Gaussian window of σ = 1.5,
+K1 = 0.01, K2 = 0.03, dynamic range 255, computed per channel over the "valid" window positions and averaged
+over positions, channels and images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ue_core.errors import InvalidInputError
+
+PSNR_CAP = 100.0
+_WINDOW, _SIGMA, _K1, _K2, _RANGE = 11, 1.5, 0.01, 0.03, 255.0
+
+
+def _check_pair(clean: np.ndarray, release: np.ndarray) -> None:
+    if clean.shape != release.shape or clean.ndim != 4:
+        raise InvalidInputError(
+            f"images must be two (N, H, W, C) arrays of one shape, got {clean.shape} and {release.shape}"
+        )
+    if clean.dtype != np.uint8 or release.dtype != np.uint8:
+        raise InvalidInputError(f"images must be uint8, got {clean.dtype} and {release.dtype}")
+
+
+def psnr(clean: np.ndarray, release: np.ndarray) -> float:
+    """Mean PSNR in dB over images of uint8 (N, H, W, C) arrays; unchanged images count as ``PSNR_CAP``."""
+    _check_pair(clean, release)
+    difference = clean.astype(np.float64) - release.astype(np.float64)
+    mse = (difference**2).reshape(len(clean), -1).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        values = np.where(mse > 0, 10 * np.log10(_RANGE**2 / np.maximum(mse, 1e-300)), PSNR_CAP)
+    return float(np.minimum(values, PSNR_CAP).mean())
+
+
+def _gaussian_window() -> torch.Tensor:
+    """The separable SSIM window, float64 (1, 1, 11, 11), summing to 1."""
+    offsets = torch.arange(_WINDOW, dtype=torch.float64) - (_WINDOW - 1) / 2
+    profile = torch.exp(-(offsets**2) / (2 * _SIGMA**2))
+    profile /= profile.sum()
+    return torch.outer(profile, profile)[None, None]
+
+
+def ssim(clean: np.ndarray, release: np.ndarray, batch_size: int = 256) -> float:
+    """Mean SSIM over images, channels and window positions of uint8 (N, H, W, C) arrays (H, W ≥ 11)."""
+    _check_pair(clean, release)
+    if min(clean.shape[1:3]) < _WINDOW:
+        raise InvalidInputError(f"SSIM needs images of at least {_WINDOW}×{_WINDOW} pixels, got {clean.shape[1:3]}")
+    window = _gaussian_window()
+    c1, c2 = (_K1 * _RANGE) ** 2, (_K2 * _RANGE) ** 2
+    total, count = 0.0, 0
+    for start in range(0, len(clean), batch_size):
+        # (B, H, W, C) → (B·C, 1, H, W): every channel filtered alone
+        a, b = (torch.from_numpy(images[start:start + batch_size]).to(torch.float64).permute(0, 3, 1, 2)
+                .reshape(-1, 1, *images.shape[1:3]) for images in (clean, release))
+        mean_a, mean_b = F.conv2d(a, window), F.conv2d(b, window)
+        var_a = F.conv2d(a * a, window) - mean_a**2
+        var_b = F.conv2d(b * b, window) - mean_b**2
+        covariance = F.conv2d(a * b, window) - mean_a * mean_b
+        index = ((2 * mean_a * mean_b + c1) * (2 * covariance + c2)) / (
+            (mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2)
+        )
+        per_map = index.flatten(1).mean(dim=1)  # one value per (image, channel)
+        total += per_map.sum().item()
+        count += len(per_map)
+    return total / count
