@@ -38,15 +38,18 @@ from ue_core.methods.em import ErrorMinimisingNoise
 from ue_core.methods.random_noise import RandomNoise
 from ue_core.methods.tap import TargetedAdversarialPoisoning
 from ue_core.pga import quantise_release
+from ue_core.quality import psnr, ssim
 from ue_core.release import check_release_target, write_release
 
 ENGINES = ("ray", "reference")
+QUALITY_KEYS = ("psnr_db", "ssim")
 
 
 @dataclass
 class ProtectSummary:
     """What a protect job reports at the end: ``results`` holds the method's headline numbers (BEO: β̂ of
-    the clean data and of the release, keys bayes_error_clean and bayes_error_release)."""
+    the clean data and of the release, keys bayes_error_clean and bayes_error_release) and, for every method,
+    how visible the perturbation is: psnr_db and ssim of the release against the clean images (ue_core.quality)."""
 
     method: str
     release_uri: str
@@ -58,13 +61,14 @@ class ProtectSummary:
 
     def line(self) -> str:
         if self.method == "beo":
-            headline = (f"protected {self.count} images: β̂ {self.results['bayes_error_clean']:.4f} (clean) → "
-                        f"{self.results['bayes_error_release']:.4f} (release)")
+            numbers = (f"β̂ {self.results['bayes_error_clean']:.4f} (clean) → "
+                       f"{self.results['bayes_error_release']:.4f} (release)")
         else:
-            numbers = ", ".join(f"{key.replace('_', ' ')} {value:.4g}" for key, value in self.results.items())
-            headline = f"protected {self.count} images with {self.method}" + (f" ({numbers})" if numbers else "")
-        return (f"{headline} in {self.seconds:.0f} s; release at {self.release_uri}; "
-                f"MLflow run {self.mlflow_run} in {self.tracking_uri}")
+            numbers = ", ".join(f"{key.replace('_', ' ')} {value:.4g}" for key, value in self.results.items()
+                                if key not in QUALITY_KEYS)
+        numbers += f"{', ' if numbers else ''}PSNR {self.results['psnr_db']:.2f} dB, SSIM {self.results['ssim']:.4f}"
+        return (f"protected {self.count} images with {self.method} ({numbers}) in {self.seconds:.0f} s; "
+                f"release at {self.release_uri}; MLflow run {self.mlflow_run} in {self.tracking_uri}")
 
 
 def code_version() -> str:
@@ -142,6 +146,7 @@ def protect(
             release, history, summary = result.release, result.history, result.summary
             for step, record in enumerate(history):
                 tracker.log_metrics(record, step=step)
+        summary = {**summary, "psnr_db": psnr(clean.images, release.images), "ssim": ssim(clean.images, release.images)}
         manifest: dict[str, Any] = {
             "method": config.method,
             "engine": engine,

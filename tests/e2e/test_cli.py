@@ -194,6 +194,7 @@ def test_a_baseline_is_published_like_beo_with_its_own_config(fashion_mnist_root
                 "--set", "tap.steps=3", "--set", "tap.batch_size=50")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("protected 100 images with tap (clean train accuracy ")
+    assert " dB, SSIM 0." in result.stdout
     manifest = verify_release(out)
     assert manifest["method"] == "tap" and manifest["count"] == 100
     assert set(manifest["config"]) == {"data", "method", "beo", "tap", "formats"}
@@ -201,8 +202,13 @@ def test_a_baseline_is_published_like_beo_with_its_own_config(fashion_mnist_root
     assert 0 <= manifest["summary"]["target_rate"] <= 1
     release = read_release(out).sorted_by_index()
     source = read_dataset(str(fashion_mnist_root)).sorted_by_index()
-    changed = np.abs(release.images.astype(int) - source.images[np.searchsorted(source.index, release.index)])
+    originals = source.images[np.searchsorted(source.index, release.index)]
+    changed = np.abs(release.images.astype(int) - originals)
     assert changed.max() <= 8 and changed.max() > 0
+    squared = ((release.images.astype(float) - originals) ** 2).reshape(100, -1).mean(axis=1)
+    expected_psnr = np.mean(np.where(squared > 0, 10 * np.log10(255**2 / np.maximum(squared, 1e-12)), 100.0))
+    assert manifest["summary"]["psnr_db"] == pytest.approx(expected_psnr, rel=1e-9)
+    assert 0 < manifest["summary"]["ssim"] < 1
 
 
 @pytest.mark.parametrize(
