@@ -147,6 +147,9 @@ class EvaluateConfig:
         modes: the arms to train (ue_core.data.mixing.MODES); the triple by default, "poison-only" on request.
         seed: seeds the mixing draw, the victim's initial weights and its training.
         robust_accuracy: also report the final test accuracy under the PGD attack of ``defence.pgd``.
+        bayes_error_subset: β̂ of the clean images and of the release in the clean-all victim's feature space
+            is measured on a class-balanced subset of at most this many indices (None: all; the exact
+            estimator costs 2·N²·D multiply-adds).
         victim: model, recipe, epochs, workers.
         defence: training-time defences (ue_core.defences).
     """
@@ -157,6 +160,7 @@ class EvaluateConfig:
     modes: tuple[str, ...] = ("clean-all", "clean-only", "mixed")
     seed: int = 0
     robust_accuracy: bool = False
+    bayes_error_subset: int | None = 5000
     victim: VictimConfig = field(default_factory=VictimConfig)
     defence: DefenceConfig = field(default_factory=DefenceConfig)
 
@@ -171,6 +175,10 @@ class EvaluateConfig:
             )
         if self.test_subset is not None and self.test_subset < 1:
             raise InvalidInputError(f"test_subset: must be >= 1 (or null for all), got {self.test_subset}")
+        if self.bayes_error_subset is not None and self.bayes_error_subset < 2:
+            raise InvalidInputError(
+                f"bayes_error_subset: must be >= 2 (or null for all), got {self.bayes_error_subset}"
+            )
 
 
 def load_evaluate_config(config_file: str | None = None, overrides: dict[str, Any] | None = None) -> EvaluateConfig:

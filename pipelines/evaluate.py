@@ -8,19 +8,22 @@ The clean training set is the clean source restricted to the release's indices (
 evaluated against the same subset); every release index must be in the source with the same label. At --out
 (published atomically, nothing visible before the end): results.csv and results.md (one row per arm),
 index-set.json (the mixing draw: which indices were protected), accuracy.png, models/ARM.pt (each victim's
-final weights). Ray Train's checkpoints go to --storage (default: a hidden work folder beside --out, removed
-at the end).
+final weights), and with the clean-all arm bayes_error.json: β̂ of the clean images and of the release in
+that victim's feature space, one fixed space for every method. Ray Train's checkpoints go to --storage
+(default: a hidden work folder beside --out, removed at the end).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 from pipelines.config import EvaluateConfig
 from pipelines.storage import WorkDir, absolute, check_readable, check_writable, remove
@@ -31,7 +34,10 @@ from ue_core.data.atomic import check_output_free, staged_directory
 from ue_core.data.dataset import ImageDataset, balanced_subset
 from ue_core.data.fsutil import filesystem, read_bytes
 from ue_core.data.mixing import build_training_set, protected_mask, save_index_set
+from ue_core.defences import purification
 from ue_core.errors import InvalidInputError
+from ue_core.methods.beo import EstimatorConfig, measure_bayes_error
+from ue_core.models import build_model
 from ue_core.release import read_release
 
 _MAX_SHOWN = 5
@@ -93,6 +99,34 @@ def arms(data: EvaluationData, config: EvaluateConfig) -> dict[str, tuple[ImageD
     return built
 
 
+def fixed_space_bayes_error(data: EvaluationData, weights: bytes, config: EvaluateConfig) -> dict[str, float]:
+    """β̂ of the clean training images and of the release in one fixed feature space: the clean-all victim's,
+    a model that never saw a protected image (exact estimator, σ = 0.3 on normalised features; the victim's
+    purifications applied first, as it saw its images). The same space serves every method's release, so
+    the numbers compare BEO with its baselines; on at most ``config.bayes_error_subset`` class-balanced
+    indices, the same for both sets.
+
+    Returns {"bayes_error_clean", "bayes_error_release", "images"}.
+    """
+    clean = data.clean
+    if config.bayes_error_subset is not None and len(clean) > config.bayes_error_subset:
+        clean = balanced_subset(clean, config.bayes_error_subset, seed=config.seed)
+    release = data.release.subset(np.flatnonzero(np.isin(data.release.index, clean.index)))
+    height, _, channels = clean.image_shape
+    model = build_model(config.victim.model, clean.num_classes, in_channels=channels, image_size=height)
+    model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+    purify = purification(config.defence)
+    values: dict[str, float] = {"images": float(len(clean))}
+    for name, dataset in (("clean", clean), ("release", release)):
+        images, labels = dataset.tensors()
+        if purify is not None:
+            images = purify(images)
+        values[f"bayes_error_{name}"] = measure_bayes_error(
+            model, images, labels, clean.num_classes, EstimatorConfig(), seed=config.seed
+        )
+    return values
+
+
 def results_table(rows: list[ArmResult]) -> tuple[str, str]:
     """The results as CSV and as a Markdown table (accuracies in percent)."""
     fields = list(ArmResult.__dataclass_fields__)
@@ -101,7 +135,8 @@ def results_table(rows: list[ArmResult]) -> tuple[str, str]:
     writer.writeheader()
     writer.writerows(asdict(row) for row in rows)
     lines = [
-        "| arm | ratio | train images | protected | final test acc (%) | best test acc (%) | robust acc (%) | seconds |",
+        "| arm | ratio | train images | protected | final test acc (%) | best test acc (%) | robust acc (%) "
+        "| seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -147,6 +182,8 @@ class EvaluateSummary:
     mlflow_run: str
     tracking_uri: str
     markdown: str
+    bayes_error: dict[str, float] | None
+    """See :func:`fixed_space_bayes_error`; None without the clean-all arm."""
 
     def line(self) -> str:
         return f"results at {self.out}; MLflow parent run {self.mlflow_run} in {self.tracking_uri}"
@@ -203,6 +240,12 @@ def evaluate_release(
                 ))
                 weights[mode] = read_bytes(*filesystem(f"{result.checkpoint}/model.pt"))
         csv_text, markdown = results_table(rows)
+        bayes_error = None
+        if "clean-all" in weights:
+            bayes_error = fixed_space_bayes_error(data, weights["clean-all"], config)
+            markdown += (f"\nβ̂ in the clean-all victim's feature space ({bayes_error['images']:.0f} images): clean "
+                         f"{bayes_error['bayes_error_clean']:.4f}, release {bayes_error['bayes_error_release']:.4f}\n")
+            parent.log_metrics({f"fixed_space_{k}": v for k, v in bayes_error.items() if k != "images"})
         drawn = np.sort(data.clean.index[protected_mask(data.clean.index, config.ratio, config.seed)])
         figure = accuracy_plot(rows, f"{config.victim.model}, ratio {config.ratio:g}, defence "
                                      f"{'+'.join(config.defence.names) or 'none'}")
@@ -210,6 +253,9 @@ def evaluate_release(
             publish_results(out_fs, staging, parent, csv_text, markdown, figure)
             save_index_set(out_fs.unstrip_protocol(f"{staging}/index-set.json"), drawn, mode="mixed",
                            ratio=config.ratio, seed=config.seed)
+            if bayes_error is not None:
+                with out_fs.open(f"{staging}/bayes_error.json", "w") as f:
+                    json.dump({"feature_space": f"clean-all victim ({config.victim.model})", **bayes_error}, f)
             out_fs.makedirs(f"{staging}/models", exist_ok=True)
             for mode, content in weights.items():
                 with out_fs.open(f"{staging}/models/{mode}.pt", "wb") as f:
@@ -219,5 +265,5 @@ def evaluate_release(
                          "protected_indices": drawn.tolist()}, "index-set.json")
     if storage is None:
         remove(work.uri)
-    return EvaluateSummary(out, rows, parent.run_id, parent.uri, markdown)
+    return EvaluateSummary(out, rows, parent.run_id, parent.uri, markdown, bayes_error)
 

@@ -6,6 +6,7 @@ the results table.
 """
 
 import csv
+import json
 
 import mlflow
 import numpy as np
@@ -17,12 +18,13 @@ from PIL import Image
 from pipelines.config import load_evaluate_config, load_protect_config
 from pipelines.evaluate import evaluate_release
 from pipelines.protect import protect
+from ue_core.bayes_error import estimate, normalise_features
 from ue_core.data import read_dataset
 from ue_core.data.dataset import balanced_subset
 from ue_core.data.mixing import load_index_set, protected_mask
 from ue_core.models import build_model
 from ue_core.release import read_release
-from ue_core.training import PGDConfig, evaluate, robust_accuracy
+from ue_core.training import PGDConfig, compute_features, evaluate, robust_accuracy
 
 pytestmark = pytest.mark.slow
 
@@ -92,9 +94,25 @@ def test_triple_with_results_table_index_set_models_and_mlflow_runs(fashion_mnis
     assert pixels.shape[0] > 100 and pixels.std() > 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]  # no work folder left behind
 
+    # β̂ in the clean-all victim's feature space, recomputed here from its saved weights and the estimator
+    fixed = json.loads((out / "bayes_error.json").read_text())
+    assert fixed["feature_space"] == "clean-all victim (small_cnn)" and fixed["images"] == 600
+    victim = build_model("small_cnn", 10, in_channels=1, image_size=28)
+    victim.load_state_dict(torch.load(out / rows["clean-all"].model, weights_only=True))
+    source = read_dataset(str(fashion_mnist_root)).sorted_by_index()
+    clean = source.subset(np.flatnonzero(np.isin(source.index, released.index)))
+    for name, dataset in (("clean", clean), ("release", released)):
+        images, labels = dataset.tensors()
+        features, _ = normalise_features(compute_features(victim, images))
+        expected = estimate(features, labels, 10, sigma=0.3, with_gradient=False).value
+        assert fixed[f"bayes_error_{name}"] == pytest.approx(float(expected), abs=1e-6)
+        assert summary.bayes_error[f"bayes_error_{name}"] == fixed[f"bayes_error_{name}"]
+    assert "β̂ in the clean-all victim's feature space (600 images)" in (out / "results.md").read_text()
+
     client = mlflow.MlflowClient(store)
     parent = client.get_run(summary.mlflow_run)
     assert parent.data.params["ratio"] == "0.4" and parent.data.params["victim.model"] == "small_cnn"
+    assert parent.data.metrics["fixed_space_bayes_error_release"] == pytest.approx(fixed["bayes_error_release"])
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.csv", "accuracy.png", "index-set.json"}
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
