@@ -126,8 +126,8 @@ def protect(
     check_readable(source)
     with Tracker(tracking_uri, experiment, run_name=f"protect {Path(out).name}") as tracker:
         tracker.log_params({"engine": engine, "source": source, "out": out, **config.method_record()})
-        on_ray = engine == "ray"
-        if on_ray and config.method == "beo":
+        sharded = engine == "ray" and config.method == "beo"  # BEO's rounds on Ray, resumable from ``work``
+        if sharded:
             from pipelines.ray_engine import protect_on_ray
 
             work = WorkDir(work_dir) if work_dir else WorkDir.beside(out)
@@ -136,7 +136,7 @@ def protect(
             )
         else:
             test = load_test_set(source, config)
-            if on_ray:
+            if engine == "ray":
                 from pipelines.ray_engine import protect_in_one_task
 
                 clean, result = protect_in_one_task(source, config, ray_address, progress)
@@ -146,7 +146,8 @@ def protect(
             release, history, summary = result.release, result.history, result.summary
             for step, record in enumerate(history):
                 tracker.log_metrics(record, step=step)
-        summary = {**summary, "psnr_db": psnr(clean.images, release.images), "ssim": ssim(clean.images, release.images)}
+        summary = {**summary, "psnr_db": psnr(clean.images, release.images),
+                   "ssim": ssim(clean.images, release.images)}
         manifest: dict[str, Any] = {
             "method": config.method,
             "engine": engine,
@@ -167,13 +168,15 @@ def protect(
             tracker.log_figure(bayes_error_plot(history), "bayes_error.png")
         tracker.log_figure(image_grid(clean.images, release.images, clean.labels, clean.class_names), "images.png")
         tracker.log_json(written, "manifest.json")
-        if on_ray and config.method == "beo":
+        if sharded:
             remove(work.uri)
     return ProtectSummary(config.method, out, len(clean), summary, time.perf_counter() - started, tracker.run_id,
                           tracker.uri)
 
 
-def build_method(config: ProtectConfig, test_set: ImageDataset | None = None, device: str = "cpu") -> ProtectionMethod:
+def build_method(
+    config: ProtectConfig, test_set: ImageDataset | None = None, device: str = "cpu"
+) -> ProtectionMethod:
     """The ue_core method that ``config.method`` names, with the shared budget ``config.beo.pga``.
 
     ``test_set`` serves BEO's per-round surrogate test accuracy; ``device`` is where EM's and TAP's models run.

@@ -59,8 +59,8 @@ def ssim(clean: np.ndarray, release: np.ndarray, batch_size: int = 256) -> float
     total, count = 0.0, 0
     for start in range(0, len(clean), batch_size):
         # (B, H, W, C) → (B·C, 1, H, W): every channel filtered alone
-        a, b = (torch.from_numpy(images[start:start + batch_size]).to(torch.float64).permute(0, 3, 1, 2)
-                .reshape(-1, 1, *images.shape[1:3]) for images in (clean, release))
+        a, b = (torch.tensor(images[start:start + batch_size], dtype=torch.float64).permute(0, 3, 1, 2)
+                .reshape(-1, 1, *images.shape[1:3]) for images in (clean, release))  # a copy: inputs may be read-only
         mean_a, mean_b = F.conv2d(a, window), F.conv2d(b, window)
         var_a = F.conv2d(a * a, window) - mean_a**2
         var_b = F.conv2d(b * b, window) - mean_b**2
