@@ -38,7 +38,7 @@ from ue_core.defences import purification
 from ue_core.errors import InvalidInputError
 from ue_core.methods.beo import EstimatorConfig, measure_bayes_error
 from ue_core.models import build_model
-from ue_core.release import read_release
+from ue_core.release import read_manifest, read_release
 
 _MAX_SHOWN = 5
 
@@ -224,7 +224,9 @@ def evaluate_release(
     rows: list[ArmResult] = []
     weights: dict[str, bytes] = {}
     with Tracker(tracking_uri, experiment, run_name=f"evaluate {Path(release).name}") as parent:
-        parent.log_params({"source": source, "release": release, "out": out, **to_dict(config)})
+        method = read_manifest(release).get("method", "unknown")
+        parent.log_params({"source": source, "release": release, "release_method": method, "out": out,
+                           **to_dict(config)})
         for mode, (train, protected) in training_sets.items():
             with Tracker(tracking_uri, experiment, run_name=f"{mode} r={config.ratio:g}") as child:
                 child.log_params({"mode": mode, "train_images": len(train), "protected_images": len(protected),
@@ -247,7 +249,7 @@ def evaluate_release(
                          f"{bayes_error['bayes_error_clean']:.4f}, release {bayes_error['bayes_error_release']:.4f}\n")
             parent.log_metrics({f"fixed_space_{k}": v for k, v in bayes_error.items() if k != "images"})
         drawn = np.sort(data.clean.index[protected_mask(data.clean.index, config.ratio, config.seed)])
-        figure = accuracy_plot(rows, f"{config.victim.model}, ratio {config.ratio:g}, defence "
+        figure = accuracy_plot(rows, f"{method} release, {config.victim.model}, ratio {config.ratio:g}, defence "
                                      f"{'+'.join(config.defence.names) or 'none'}")
         with staged_directory(out, overwrite) as (out_fs, staging):
             publish_results(out_fs, staging, parent, csv_text, markdown, figure)

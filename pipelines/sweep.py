@@ -13,7 +13,8 @@
    compared with; it depends on the mixing draw only); ratio 1: a "mixed" (= poison-only) victim per release.
    Concurrency comes from the cluster's resources; a failed trial is retried (FailureConfig) and, if it still
    fails, reported as failed in the table.
-3. Results, published atomically at --out: results.csv and results.md (one row per trial), accuracy.png
+3. Results, published atomically at --out: results.csv and results.md (one row per trial; results.md also
+   lists the releases with their PSNR and SSIM), accuracy.png
    (test accuracy versus mixing ratio, one line per release, with the clean-only reference; a heatmap of
    release × ratio; one row of panels per victim × defence). The same files are artifacts of the MLflow
    parent run.
@@ -44,7 +45,7 @@ from ue_core.data.atomic import check_output_free, staged_directory
 from ue_core.data.fsutil import filesystem
 from ue_core.defences import DefenceConfig
 from ue_core.errors import InvalidInputError
-from ue_core.release import MANIFEST_NAME, verify_release
+from ue_core.release import MANIFEST_NAME, read_manifest, verify_release
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,19 @@ def results_table(outcomes: list[TrialOutcome]) -> tuple[str, str]:
     return buffer.getvalue(), "\n".join(lines) + "\n"
 
 
+def releases_table(release_uris: dict[str, str]) -> str:
+    """A Markdown table of the sweep's releases from their manifests: how visible each perturbation is
+    (PSNR, SSIM against the clean images) and where it lives."""
+    lines = ["| release | PSNR (dB) | SSIM | uri |", "|---|---|---|---|"]
+    for label, uri in release_uris.items():
+        summary = read_manifest(uri)["summary"]
+        # a release published before PSNR and SSIM were recorded shows —
+        psnr_db = f"{summary['psnr_db']:.2f}" if "psnr_db" in summary else "—"
+        ssim = f"{summary['ssim']:.4f}" if "ssim" in summary else "—"
+        lines.append(f"| {label} | {psnr_db} | {ssim} | {uri} |")
+    return "\n".join(lines) + "\n"
+
+
 def sweep_plot(outcomes: list[TrialOutcome]) -> plt.Figure:
     """Per victim × defence: accuracy versus ratio (a line per release, i.e. method × ε, the clean-only
     reference dashed, clean-all at ratio 0 on every line) and a heatmap of release × ratio. Failed trials are
@@ -340,6 +354,7 @@ def sweep(
         outcomes = run_trials(run_trial, trials, context, trial_concurrency(config), config.max_failures,
                               work.path("tune"), name=f"sweep-{parent.run_id}")
         csv_text, markdown = results_table(outcomes)
+        markdown += "\n" + releases_table(release_uris)
         figure = sweep_plot(outcomes)
         with staged_directory(out, overwrite) as (out_fs, staging):
             publish_results(out_fs, staging, parent, csv_text, markdown, figure)

@@ -116,6 +116,10 @@ def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
         manifest = verify_release(release)
         assert manifest["count"] == 200 and manifest["eps"] == pytest.approx(8 / 255)
         assert manifest["config"]["data"]["subset"] == 200
+    for method, release in releases.items():
+        quality = read_manifest(release)["summary"]
+        row = f"| {method} eps=8/255 | {quality['psnr_db']:.2f} | {quality['ssim']:.4f} | {release} |"
+        assert row in summary.markdown and row in (out / "results.md").read_text()
     before = (releases["beo"] / "manifest.json").stat().st_mtime_ns
     again = ensure_releases(str(fashion_mnist_root), config, str(tmp_path / "releases"), None, store, False)
     assert again == {"beo eps=8/255": str(releases["beo"]), "random eps=8/255": str(releases["random"])}
