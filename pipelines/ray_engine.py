@@ -166,7 +166,9 @@ def protect_on_ray(
 
 
 @ray.remote
-def _protect_task(source: str, config: dict[str, Any], threads: int, on_gpu: bool) -> tuple[ImageDataset, Any]:
+def _protect_task(
+    source: str, config: dict[str, Any], threads: int, on_gpu: bool
+) -> tuple[ImageDataset, ProtectionResult]:
     from pipelines.protect import build_method
     from ue_core.config import from_dict
 

@@ -100,19 +100,26 @@ def assert_releases_agree(ours_uri: Path, theirs_uri: Path) -> None:
         assert a["bayes_error"] == pytest.approx(b["bayes_error"], abs=0.02)
 
 
+def protect_with_both_engines(job, config, out: Path):
+    """(reference summary, Ray summary) of ``config`` on the job's source, published at out/reference and
+    out/ray; the Ray engine on a local Ray started for it."""
+    reference = protect(job["source"], str(out / "reference"), config, engine="reference",
+                        progress=False, tracking_uri=job["tracking"], experiment="tests")
+    ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        ours = protect(job["source"], str(out / "ray"), config, engine="ray",
+                       progress=False, tracking_uri=job["tracking"], experiment="tests")
+    finally:
+        ray.shutdown()
+    return reference, ours
+
+
 def test_adam_rule_on_ray_matches_the_reference(job, tmp_path):
     """Under ``update: adam`` the state also carries Adam's per-sample moments from round to round (the sign
     rule's state leaves them out); the release still matches the reference's, with the tolerance above."""
     config = load_protect_config(config_file=job["config_file"],
                                  overrides={"beo.pga.update": "adam", "beo.pga.lr": "2/255"})
-    reference = protect(job["source"], str(tmp_path / "reference"), config, engine="reference",
-                        progress=False, tracking_uri=job["tracking"], experiment="tests")
-    ray.init(include_dashboard=False, log_to_driver=False)
-    try:
-        ours = protect(job["source"], str(tmp_path / "ray"), config, engine="ray",
-                       progress=False, tracking_uri=job["tracking"], experiment="tests")
-    finally:
-        ray.shutdown()
+    reference, ours = protect_with_both_engines(job, config, tmp_path)
     assert_releases_agree(tmp_path / "ray", tmp_path / "reference")
     assert ours.results["bayes_error_release"] == pytest.approx(reference.results["bayes_error_release"], abs=0.02)
     assert np.mean(read_release(tmp_path / "ray").images != job["clean"].sorted_by_index().images) > 0.1
@@ -187,14 +194,7 @@ def test_a_baseline_runs_as_one_ray_task_and_matches_the_reference(job, tmp_path
     per-iteration metrics, not BEO's."""
     config = load_protect_config(config_file=job["config_file"], overrides={
         "method": "em", "em.model": "small_cnn", "em.max_iterations": 2, "em.batch_size": 50, "em.lr": 0.05})
-    reference = protect(job["source"], str(tmp_path / "reference"), config, engine="reference",
-                        progress=False, tracking_uri=job["tracking"], experiment="tests")
-    ray.init(include_dashboard=False, log_to_driver=False)
-    try:
-        ours = protect(job["source"], str(tmp_path / "ray"), config, engine="ray",
-                       progress=False, tracking_uri=job["tracking"], experiment="tests")
-    finally:
-        ray.shutdown()
+    reference, ours = protect_with_both_engines(job, config, tmp_path)
     assert verify_release(tmp_path / "ray")["method"] == "em"
     mine = read_release(tmp_path / "ray").sorted_by_index()
     theirs = read_release(tmp_path / "reference").sorted_by_index()
