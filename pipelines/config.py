@@ -21,11 +21,11 @@ from ue_core.config import from_dict, parse_fraction, set_dotted, to_dict
 from ue_core.data.mixing import MODES
 from ue_core.defences import DefenceConfig, parse_defences
 from ue_core.errors import InvalidInputError
-from ue_core.methods.base import require_linf
-from ue_core.methods.beo import BEOConfig
-from ue_core.methods.em import EMConfig
-from ue_core.methods.random_noise import RandomNoiseConfig
-from ue_core.methods.tap import TAPConfig
+from ue_core.methods.base import ProtectionMethod, require_linf
+from ue_core.methods.beo import BEO, BEOConfig
+from ue_core.methods.em import EMConfig, ErrorMinimisingNoise
+from ue_core.methods.random_noise import RandomNoise, RandomNoiseConfig
+from ue_core.methods.tap import TAPConfig, TargetedAdversarialPoisoning
 from ue_core.models import MODEL_NAMES
 from ue_core.release import RELEASE_FORMATS
 from ue_core.training import Recipe, recipe
@@ -49,7 +49,10 @@ class DataConfig:
     seed: int = 0
 
 
-METHODS = ("beo", "random", "em", "tap")
+METHOD_CLASSES: dict[str, type[ProtectionMethod]] = {
+    "beo": BEO, "random": RandomNoise, "em": ErrorMinimisingNoise, "tap": TargetedAdversarialPoisoning,
+}
+METHODS = tuple(METHOD_CLASSES)
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ class ProtectConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InvalidInputError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
-        if self.method in ("em", "tap"):  # their PGD takes signed steps: refused here, before a job starts
+        if METHOD_CLASSES[self.method].linf_only:  # the method's own check, here before a job starts
             require_linf(self.beo.pga, self.method)
         object.__setattr__(self, "formats", tuple(self.formats))
         unknown = sorted(set(self.formats) - set(RELEASE_FORMATS))

@@ -42,8 +42,12 @@ class ProtectionMethod(ABC):
     """Base class: subclasses implement :meth:`perturb`; :meth:`protect` releases and verifies."""
 
     name: str = "method"
+    linf_only: bool = False
+    """True for methods defined for the L∞ ball only (their steps are signed): other norms are refused."""
 
     def __init__(self, pga: PGAConfig) -> None:
+        if self.linf_only:
+            require_linf(pga, self.name)
         self.pga = pga
 
     @abstractmethod
@@ -60,6 +64,6 @@ class ProtectionMethod(ABC):
 
 
 def require_linf(pga: PGAConfig, method: str) -> None:
-    """Methods defined for the L∞ ball only (their PGD takes signed steps) refuse any other norm."""
+    """The check behind ``ProtectionMethod.linf_only``: any norm but L∞ is a one-line error naming ``method``."""
     if pga.norm != "linf":
         raise InvalidInputError(f"{method}: only the L∞ budget (norm: linf) is defined, got norm {pga.norm!r}")

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError
-from ue_core.methods.base import ProtectionMethod, ProtectionResult, require_linf
+from ue_core.methods.base import ProtectionMethod, ProtectionResult
 from ue_core.models import MODEL_NAMES, build_model
 from ue_core.pga import PGAConfig
 from ue_core.training import PGDConfig, evaluate, make_optimizer, pgd_attack, recipe
@@ -74,12 +74,12 @@ class ErrorMinimisingNoise(ProtectionMethod):
     """Sample-wise error-minimising noise (min-min). See the module docstring."""
 
     name = "em"
+    linf_only = True
 
     def __init__(self, pga: PGAConfig, config: EMConfig, device: str = "cpu") -> None:
         """``pga`` gives the budget (eps, L∞); ``config`` the generator's training and PGD; the model runs on
         ``device`` (images and δ stay on the CPU, batches move)."""
         super().__init__(pga)
-        require_linf(pga, self.name)
         self.config = config
         self.device = device
 

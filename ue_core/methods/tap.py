@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError
-from ue_core.methods.base import ProtectionMethod, ProtectionResult, require_linf
+from ue_core.methods.base import ProtectionMethod, ProtectionResult
 from ue_core.models import MODEL_NAMES, build_model
 from ue_core.pga import PGAConfig
 from ue_core.training import PGDConfig, Recipe, evaluate, fit, pgd_attack, recipe
@@ -72,12 +72,12 @@ class TargetedAdversarialPoisoning(ProtectionMethod):
     """Class-targeted adversarial examples of a clean-trained model. See the module docstring."""
 
     name = "tap"
+    linf_only = True
 
     def __init__(self, pga: PGAConfig, config: TAPConfig, device: str = "cpu") -> None:
         """``pga`` gives the budget (eps, L∞); ``config`` the crafting model and the PGD; the model runs on
         ``device`` (images and δ stay on the CPU, batches move)."""
         super().__init__(pga)
-        require_linf(pga, self.name)
         self.config = config
         self.device = device
 
