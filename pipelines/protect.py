@@ -28,16 +28,14 @@ import torch
 from pipelines.config import ProtectConfig
 from pipelines.storage import WorkDir, check_readable, check_writable, remove
 from pipelines.tracking import Tracker, bayes_error_plot, image_grid
-from ue_core.checks import check_release
 from ue_core.data import read_dataset
 from ue_core.data.dataset import ImageDataset, balanced_subset
 from ue_core.errors import DatasetFormatError, InvalidInputError
-from ue_core.methods.base import ProtectionMethod
+from ue_core.methods.base import ProtectionMethod, release_of
 from ue_core.methods.beo import BEO, measure_bayes_error
 from ue_core.methods.em import ErrorMinimisingNoise
 from ue_core.methods.random_noise import RandomNoise
 from ue_core.methods.tap import TargetedAdversarialPoisoning
-from ue_core.pga import quantise_release
 from ue_core.quality import psnr, ssim
 from ue_core.release import check_release_target, write_release
 
@@ -131,7 +129,7 @@ def protect(
             from pipelines.ray_engine import protect_on_ray
 
             work = WorkDir(work_dir) if work_dir else WorkDir.beside(out)
-            clean, release, history, summary, test = protect_on_ray(
+            clean, release, history, summary, test, snapshots = protect_on_ray(
                 source, config, work, ray_address, progress, tracker
             )
         else:
@@ -143,11 +141,10 @@ def protect(
             else:
                 clean = load_training_set(source, config)
                 result = build_method(config, test).protect(clean, progress=progress)
-            release, history, summary = result.release, result.history, result.summary
+            release, history, summary, snapshots = result.release, result.history, result.summary, result.snapshots
             for step, record in enumerate(history):
                 tracker.log_metrics(record, step=step)
-        summary = {**summary, "psnr_db": psnr(clean.images, release.images),
-                   "ssim": ssim(clean.images, release.images)}
+        summary = {**summary, **quality(clean, release)}
         manifest: dict[str, Any] = {
             "method": config.method,
             "engine": engine,
@@ -162,7 +159,13 @@ def protect(
             "summary": summary,
             "history": history,
         }
-        written = write_release(release, out, manifest, formats=config.formats, test=test, overwrite=overwrite)
+        snapshot_manifests = {
+            rounds: (data, {**manifest, "rounds": rounds, "summary": quality(clean, data),
+                            "history": [record for record in history if record["round"] < rounds]})
+            for rounds, data in snapshots.items()
+        }
+        written = write_release(release, out, manifest, formats=config.formats, test=test, overwrite=overwrite,
+                                snapshots=snapshot_manifests)
         tracker.log_metrics(summary)
         if config.method == "beo":
             tracker.log_figure(bayes_error_plot(history), "bayes_error.png")
@@ -172,6 +175,11 @@ def protect(
             remove(work.uri)
     return ProtectSummary(config.method, out, len(clean), summary, time.perf_counter() - started, tracker.run_id,
                           tracker.uri)
+
+
+def quality(clean: ImageDataset, release: ImageDataset) -> dict[str, float]:
+    """How visible the perturbation is: PSNR (dB) and SSIM of the release against the clean images."""
+    return {"psnr_db": psnr(clean.images, release.images), "ssim": ssim(clean.images, release.images)}
 
 
 def build_method(
@@ -195,8 +203,7 @@ def finalise(
     clean: ImageDataset, delta: torch.Tensor, surrogate: torch.nn.Module, config: ProtectConfig
 ) -> tuple[ImageDataset, dict[str, float]]:
     """δ (rows aligned with ``clean``) → the checked uint8 release and β̂ of clean and release data."""
-    release = clean.with_images(quantise_release(clean.images, delta, config.beo.pga, clean.index))
-    check_release(clean, release, config.beo.pga)
+    release = release_of(clean, delta, config.beo.pga)
     summary = {}
     for name, data in (("clean", clean), ("release", release)):
         images, labels = data.tensors()

@@ -44,7 +44,7 @@ from ue_core.data.dataset import ImageDataset
 from ue_core.data.fsutil import filesystem
 from ue_core.data.shards import read_shards, write_shards
 from ue_core.errors import InvalidInputError
-from ue_core.methods.base import ProtectionResult
+from ue_core.methods.base import ProtectionResult, release_of
 from ue_core.pga import PGAConfig
 
 ROWS_PER_INGEST_SHARD = 5_000
@@ -119,8 +119,11 @@ def initial_state_dataset(work: WorkDir, info: DatasetInfo, pga: PGAConfig) -> r
 
 def protect_on_ray(
     source: str, config: ProtectConfig, work: WorkDir, address: str | None, progress: bool, tracker: Tracker
-) -> tuple[ImageDataset, ImageDataset, list[dict[str, float]], dict[str, float], ImageDataset | None]:
-    """Run or resume the job; returns (clean, release, history, summary, test set)."""
+) -> tuple[
+    ImageDataset, ImageDataset, list[dict[str, float]], dict[str, float], ImageDataset | None, dict[int, ImageDataset]
+]:
+    """Run or resume the job; returns (clean, release, history, summary, test set, the releases after the
+    rounds of ``beo.release_rounds``)."""
     connect(address, progress)
     info = prepare_work_dir(source, config, work)
     test = load_test_set(source, config)
@@ -162,7 +165,11 @@ def protect_on_ray(
             f"the state of round {config.beo.rounds - 1} does not hold exactly the ingested indices"
         )
     release, summary = finalise(clean, torch.from_numpy(final["delta"]), load_model(surrogate), config)
-    return clean, release, history, summary, test
+    snapshots = {}
+    for rounds in config.beo.release_rounds:  # every round's state stays in the work folder until the end
+        delta = collect(read_state(f"{work.round_dir(rounds - 1)}/state"), ["index", "delta"])["delta"]
+        snapshots[rounds] = release_of(clean, torch.from_numpy(delta), config.beo.pga)
+    return clean, release, history, summary, test, snapshots
 
 
 @ray.remote

@@ -38,7 +38,7 @@ from ue_core import bayes_error
 from ue_core.config import from_dict, to_dict
 from ue_core.data.fsutil import filesystem
 from ue_core.errors import InvalidInputError, UEError
-from ue_core.methods.beo import BEOConfig, estimator_generator, train_surrogate
+from ue_core.methods.beo import BEOConfig, estimate_step, estimator_generator, train_surrogate
 from ue_core.models import Classifier, build_model
 from ue_core.pga import PGAConfig, PixelState, ascent_step
 from ue_core.training import compute_features, evaluate, feature_accuracy, feature_vjp
@@ -263,17 +263,21 @@ class AscentPass:
 def _stats_block(
     bank: np.ndarray,
     labels: np.ndarray,
+    targets: np.ndarray | None,
     num_classes: int,
     sigma: float,
     start: int,
     stop: int,
     memory_budget: int,
     threads: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, ...]:
     torch.set_num_threads(threads)
     z, y = torch.from_numpy(bank), torch.from_numpy(labels)
-    stats = bayes_error.block_stats(z[start:stop], z, y, num_classes, sigma, torch.arange(start, stop), memory_budget)
-    return stats.row_sum.numpy(), stats.predicted_mass.numpy(), stats.predicted.numpy()
+    row_targets = None if targets is None else torch.from_numpy(targets[start:stop])
+    stats = bayes_error.block_stats(
+        z[start:stop], z, y, num_classes, sigma, torch.arange(start, stop), memory_budget, row_targets
+    )
+    return stats.to_arrays()
 
 
 @ray.remote
@@ -282,6 +286,7 @@ def _gradient_block(
     labels: np.ndarray,
     stats: tuple[np.ndarray, ...],
     sigma: float,
+    objective: str,
     start: int,
     stop: int,
     memory_budget: int,
@@ -289,10 +294,10 @@ def _gradient_block(
 ) -> np.ndarray:
     torch.set_num_threads(threads)
     z, y = torch.from_numpy(bank), torch.from_numpy(labels)
-    every = bayes_error.KernelStats(*(torch.from_numpy(s) for s in stats))
+    every = bayes_error.KernelStats.from_arrays(stats)
     rows = torch.arange(start, stop)
     return bayes_error.block_gradient(
-        z[rows], y[rows], every.take(rows), z, y, every, sigma, len(z), rows, memory_budget
+        z[rows], y[rows], every.take(rows), z, y, every, sigma, len(z), rows, memory_budget, objective
     ).numpy()
 
 
@@ -302,6 +307,7 @@ def _cheap_estimate(
     labels: np.ndarray,
     num_classes: int,
     estimator: dict[str, Any],
+    sigma: float,
     generator_seed: tuple[int, int, int],
     threads: int,
 ) -> tuple[float, np.ndarray]:
@@ -309,16 +315,9 @@ def _cheap_estimate(
 
     torch.set_num_threads(threads)
     config = from_dict(EstimatorConfig, estimator)
-    result = bayes_error.estimate(
-        torch.from_numpy(bank),
-        torch.from_numpy(labels),
-        num_classes,
-        sigma=config.sigma,
-        estimator=config.kind,
-        batch_size=config.batch_size,
-        reference_size=config.reference_size,
-        generator=estimator_generator(config, *generator_seed),
-        memory_budget=config.memory_budget_mb * 2**20,
+    result = estimate_step(
+        torch.from_numpy(bank), torch.from_numpy(labels), num_classes, config, sigma,
+        estimator_generator(config, *generator_seed), with_gradient=True,
     )
     return float(result.value), result.gradient.numpy()
 
@@ -331,35 +330,43 @@ def feature_gradient(
     round_index: int,
     step: int,
     resources: Resources,
-) -> tuple[float, np.ndarray]:
-    """β̂ and ∂β̂/∂z (N, D) for normalised features z sorted by index.
+) -> tuple[float, float, np.ndarray]:
+    """β̂, the step's bandwidth σ and the objective's gradient (N, D) for normalised features z sorted by index.
 
     The exact estimator runs as two passes of tasks over row blocks (stats, then gradient); the cheap
     "batch" and "reference" estimators are O(N·b) and run as one task.
     """
     estimator = config.estimator
+    generator_seed = (config.seed, round_index, step)
+    sigma = estimator.step_sigma(torch.from_numpy(features), generator_seed)
     bank, bank_labels = ray.put(features), ray.put(labels)
     threads = resources.task_threads
     if estimator.kind != "exact":
         task = _cheap_estimate.options(num_cpus=resources.task_cpus)
-        generator_seed = (config.seed, round_index, step)
-        return unwrap(task.remote(bank, bank_labels, num_classes, to_dict(estimator), generator_seed, threads))
+        value, gradient = unwrap(
+            task.remote(bank, bank_labels, num_classes, to_dict(estimator), sigma, generator_seed, threads)
+        )
+        return value, sigma, gradient
+    targets = None
+    if estimator.objective == "target":
+        targets = bayes_error.target_classes(torch.from_numpy(labels), num_classes, estimator.target_shift).numpy()
     budget = estimator.memory_budget_mb * 2**20
     blocks = np.array_split(np.arange(len(features)), max(1, min(len(features), resources.blocks)))
     bounds = [(int(b[0]), int(b[-1]) + 1) for b in blocks if len(b)]
     options = {"num_cpus": resources.task_cpus, "scheduling_strategy": "SPREAD"}
     stats_task = _stats_block.options(**options)
     parts = unwrap(
-        [stats_task.remote(bank, bank_labels, num_classes, estimator.sigma, a, b, budget, threads) for a, b in bounds]
+        [stats_task.remote(bank, bank_labels, targets, num_classes, sigma, a, b, budget, threads) for a, b in bounds]
     )
-    stats = tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
-    value = float(np.mean(1.0 - stats[1] / stats[0]))
-    stats_ref = ray.put(stats)
+    stats = bayes_error.KernelStats.concat([bayes_error.KernelStats.from_arrays(p) for p in parts])
+    bayes_error.check_support(stats, sigma)
+    stats_ref = ray.put(stats.to_arrays())
     gradient_task = _gradient_block.options(**options)
     rows = unwrap(
-        [gradient_task.remote(bank, bank_labels, stats_ref, estimator.sigma, a, b, budget, threads) for a, b in bounds]
+        [gradient_task.remote(bank, bank_labels, stats_ref, sigma, estimator.objective, a, b, budget, threads)
+         for a, b in bounds]
     )
-    return value, np.concatenate(rows)
+    return float(stats.errors.mean()), sigma, np.concatenate(rows)
 
 
 # -------------------------------------------------------------------------------------------- surrogate
@@ -617,7 +624,7 @@ def run_round(
         timings["seconds_features"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         z, scale = bayes_error.normalise_features(torch.from_numpy(features["features"]))
-        value, gradient = feature_gradient(
+        value, sigma, gradient = feature_gradient(
             z.numpy(), features["label"], info.num_classes, config, round_index, step, resources
         )
         timings["seconds_estimator"] = time.perf_counter() - t0
@@ -641,6 +648,7 @@ def run_round(
                 **round_metrics,
                 "step": step,
                 "bayes_error": value,
+                "sigma": sigma,
                 "delta_max_abs": float(sizes["delta_abs_max"].max()),
                 "delta_mean_abs": float(sizes["delta_abs_mean"].mean()),
                 **timings,

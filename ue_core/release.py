@@ -5,6 +5,8 @@ Layout of a release at URI (a local folder or any fsspec URI):
     URI/parquet/part-00000.parquet …   the primary format (ue_core.data.shards)
     URI/png/images/*.png, labels.csv   optional: what other unlearnable-example benchmarks read
     URI/cifar/cifar-10-batches-py/ …   optional: the CIFAR python batches (32×32×3 only)
+    URI/rounds/round-00010/ …          optional: the release after round 10 of the same run, itself a whole
+                                       release (formats and manifest.json) that `ue evaluate` reads as any
     URI/manifest.json                  config, counts, ε, history, and the sha256 of every file above
 
 No manifest, no release: everything is written under a hidden staging folder, the manifest goes in last,
@@ -37,11 +39,14 @@ def write_release(
     formats: tuple[str, ...] = ("parquet",),
     test: ImageDataset | None = None,
     overwrite: bool = False,
+    snapshots: dict[int, tuple[ImageDataset, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Write ``release`` at ``uri`` in ``formats`` with ``manifest`` (plus counts and checksums) last.
 
     ``test`` is the clean test split, written beside the train batches in the CIFAR format (torchvision's
-    loaders expect both). Returns the manifest as written.
+    loaders expect both). ``snapshots`` maps a round k to the release after that round and its manifest:
+    each is written as a whole release at ``URI/rounds/round-0000k`` (:func:`snapshot_path`), inside the
+    same atomic publish, and the main manifest lists its files too. Returns the main manifest as written.
     """
     unknown = sorted(set(formats) - set(RELEASE_FORMATS))
     if unknown or "parquet" not in formats:
@@ -49,28 +54,43 @@ def write_release(
             f"release formats must include parquet and be among {', '.join(RELEASE_FORMATS)}, got {', '.join(formats)}"
         )
     uri = os.fspath(uri)
+    snapshots = snapshots or {}
     with staged_directory(uri, overwrite) as (fs, staging):
-        root = fs.unstrip_protocol(staging)
-        write_shards(release, join(root, "parquet"))
-        if "png" in formats:
-            write_png_folder(release, join(root, "png"))
-        if "cifar" in formats:
-            variant = "cifar100" if release.num_classes == 100 else "cifar10"
-            write_cifar_batches(release, join(root, "cifar"), test=test, variant=variant)
-        files = {
-            path[len(staging) + 1 :]: hashlib.sha256(read_bytes(fs, path)).hexdigest()
-            for path in sorted(fs.find(staging))
-        }
-        written = {
-            **manifest,
-            "formats": list(formats),
-            "count": len(release),
-            "num_classes": release.num_classes,
-            "image_shape": list(release.image_shape),
-            "files": files,
-        }
-        with fs.open(join(staging, MANIFEST_NAME), "w") as f:
-            json.dump(written, f, indent=2, sort_keys=True)
+        for rounds, (snapshot, snapshot_manifest) in sorted(snapshots.items()):
+            _write_files(snapshot, fs, join(staging, snapshot_path(rounds)), snapshot_manifest, formats, test)
+        written = {**manifest, "snapshots": {str(k): snapshot_path(k) for k in sorted(snapshots)}}
+        written = _write_files(release, fs, staging, written, formats, test)
+    return written
+
+
+def snapshot_path(rounds: int) -> str:
+    """Where, inside a release, the release after round ``rounds`` of the same run lives."""
+    return f"rounds/round-{rounds:05d}"
+
+
+def _write_files(
+    release: ImageDataset, fs: Any, folder: str, manifest: dict[str, Any], formats: tuple[str, ...],
+    test: ImageDataset | None,
+) -> dict[str, Any]:
+    """The release's files under ``folder`` of ``fs``, then its manifest (the sha256 of every file below)."""
+    root = fs.unstrip_protocol(folder)
+    write_shards(release, join(root, "parquet"))
+    if "png" in formats:
+        write_png_folder(release, join(root, "png"))
+    if "cifar" in formats:
+        variant = "cifar100" if release.num_classes == 100 else "cifar10"
+        write_cifar_batches(release, join(root, "cifar"), test=test, variant=variant)
+    files = {path[len(folder) + 1 :]: hashlib.sha256(read_bytes(fs, path)).hexdigest() for path in sorted(fs.find(folder))}
+    written = {
+        **manifest,
+        "formats": list(formats),
+        "count": len(release),
+        "num_classes": release.num_classes,
+        "image_shape": list(release.image_shape),
+        "files": files,
+    }
+    with fs.open(join(folder, MANIFEST_NAME), "w") as f:
+        json.dump(written, f, indent=2, sort_keys=True)
     return written
 
 

@@ -101,3 +101,20 @@ def test_bad_configs_are_rejected():
         EstimatorConfig(kind="magic")
     with pytest.raises(InvalidInputError, match="rounds"):
         BEOConfig(rounds=0)
+
+
+def test_a_release_after_round_k_equals_the_release_of_the_run_stopped_at_k(fashion_subset, beo_result):
+    longer = BEO(tiny_config(rounds=4, release_rounds=(1, 3))).protect(fashion_subset)
+    assert sorted(longer.snapshots) == [1, 3]
+    np.testing.assert_array_equal(longer.snapshots[3].images, beo_result.release.images)  # beo_result: 3 rounds
+    one_round = BEO(tiny_config(rounds=1)).protect(fashion_subset)
+    np.testing.assert_array_equal(longer.snapshots[1].images, one_round.release.images)
+    check_release(fashion_subset, longer.snapshots[1], PGAConfig(eps=16 / 255))
+    assert not np.array_equal(longer.release.images, beo_result.release.images)  # round 4 moved δ again
+
+
+def test_release_rounds_must_fall_inside_the_run():
+    with pytest.raises(InvalidInputError, match="release_rounds"):
+        tiny_config(rounds=3, release_rounds=(3,))
+    with pytest.raises(InvalidInputError, match="release_rounds"):
+        tiny_config(rounds=3, release_rounds=(0,))

@@ -125,6 +125,28 @@ def test_adam_rule_on_ray_matches_the_reference(job, tmp_path):
     assert np.mean(read_release(tmp_path / "ray").images != job["clean"].sorted_by_index().images) > 0.1
 
 
+def test_stronger_options_and_early_releases_on_ray_match_the_reference(job, tmp_path):
+    """The "target" objective, the nearest-neighbour bandwidth and a release after round 1 of 2: the Ray
+    engine runs every option the reference runs and publishes the same releases (tolerance as above), the
+    early one as a whole release inside the final one."""
+    config = load_protect_config(config_file=job["config_file"], overrides={
+        "beo.estimator.objective": "target", "beo.estimator.bandwidth": "nearest-neighbour",
+        "beo.release_rounds": [1]})
+    reference, ours = protect_with_both_engines(job, config, tmp_path)
+    assert_releases_agree(tmp_path / "ray", tmp_path / "reference")
+    for engine in ("ray", "reference"):
+        manifest = verify_release(tmp_path / engine)
+        assert manifest["snapshots"] == {"1": "rounds/round-00001"}
+        early = verify_release(tmp_path / engine / "rounds" / "round-00001")
+        assert early["rounds"] == 1 and [h["round"] for h in early["history"]] == [0]
+        assert all(h["sigma"] != 0.3 for h in manifest["history"])  # the bandwidth followed the features
+    assert_releases_agree(tmp_path / "ray" / "rounds" / "round-00001", tmp_path / "reference" / "rounds" / "round-00001")
+    early, final = read_release(tmp_path / "ray" / "rounds" / "round-00001"), read_release(tmp_path / "ray")
+    clean = job["clean"].sorted_by_index().images.astype(int)
+    assert np.abs(early.sorted_by_index().images.astype(int) - clean).max() == 2  # one sign step of 2/255
+    assert np.abs(final.sorted_by_index().images.astype(int) - clean).max() == 4
+
+
 def test_the_mlflow_run_holds_params_metrics_and_figures(job, ray_release):
     _, summary = ray_release
     mlflow.set_tracking_uri(job["tracking"])

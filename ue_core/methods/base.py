@@ -29,6 +29,10 @@ class ProtectionResult:
         history: one dict of metrics per optimisation step (empty for one-shot methods).
         summary: headline numbers (e.g. β̂ of the clean data and of the release).
         surrogate: the final surrogate model, for methods that train one.
+        snapshot_deltas: δ after round k, for the rounds a method was asked to release early (BEO's
+            ``release_rounds``); :meth:`ProtectionMethod.protect` turns each into a checked release in
+            ``snapshots``.
+        snapshots: round k → the checked uint8 release after round k.
     """
 
     release: ImageDataset
@@ -36,6 +40,8 @@ class ProtectionResult:
     history: list[dict[str, float]] = field(default_factory=list)
     summary: dict[str, float] = field(default_factory=dict)
     surrogate: torch.nn.Module | None = None
+    snapshot_deltas: dict[int, torch.Tensor] = field(default_factory=dict)
+    snapshots: dict[int, ImageDataset] = field(default_factory=dict)
 
 
 class ProtectionMethod(ABC):
@@ -55,12 +61,18 @@ class ProtectionMethod(ABC):
         """Compute δ for every image; the returned result's ``release`` is filled in by :meth:`protect`."""
 
     def protect(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
-        """δ → quantised uint8 release → invariants checked → result."""
+        """δ → quantised uint8 release → invariants checked → result (and the same for every snapshot)."""
         result = self.perturb(dataset, progress)
-        images = quantise_release(dataset.images, result.delta, self.pga, dataset.index)
-        result.release = dataset.with_images(images)
-        check_release(dataset, result.release, self.pga)
+        result.release = release_of(dataset, result.delta, self.pga)
+        result.snapshots = {k: release_of(dataset, delta, self.pga) for k, delta in result.snapshot_deltas.items()}
         return result
+
+
+def release_of(clean: ImageDataset, delta: torch.Tensor, pga: PGAConfig) -> ImageDataset:
+    """The checked uint8 release of ``clean`` perturbed by δ (N, C, H, W, rows aligned with ``clean``)."""
+    release = clean.with_images(quantise_release(clean.images, delta, pga, clean.index))
+    check_release(clean, release, pga)
+    return release
 
 
 def require_linf(pga: PGAConfig, method: str) -> None:

@@ -1,0 +1,110 @@
+"""The estimator's options beyond the paper: the "target" objective, the support check, the nearest-neighbour
+bandwidth; each against an independent computation (autograd in float64, finite differences, brute force)."""
+
+import pytest
+import torch
+
+from ue_core import bayes_error as be
+from ue_core.errors import InvalidInputError
+from ue_core.methods.beo import EstimatorConfig
+
+from dense_reference import clustered_features, dense_bayes_error
+
+
+def dense_target_posterior(z: torch.Tensor, y: torch.Tensor, num_classes: int, sigma: float, shift: int):
+    """Mean kernel posterior of the class (y + shift) mod C, written from its definition."""
+    diff = z.unsqueeze(1) - z.unsqueeze(0)
+    kernel = torch.exp(-(diff**2).sum(-1) / (2 * sigma**2)) * (1 - torch.eye(len(z), dtype=z.dtype))
+    posterior = kernel @ torch.nn.functional.one_hot(y, num_classes).to(z.dtype) / (kernel.sum(1, keepdim=True) + 1e-8)
+    targets = (y + shift) % num_classes
+    return posterior.gather(1, targets.unsqueeze(1)).mean()
+
+
+@pytest.mark.parametrize("shift", [1, 2])
+def test_target_gradient_equals_autograd_float64(shift):
+    z, y = clustered_features(60, 8, 4, seed=11, spread=0.35)
+    z_auto = z.clone().requires_grad_(True)
+    dense_target_posterior(z_auto, y, 4, 0.3, shift).backward()
+    result = be.estimate(z, y, 4, sigma=0.3, objective="target", target_shift=shift)
+    assert z_auto.grad.norm() > 1e-3
+    assert ((result.gradient - z_auto.grad).norm() / z_auto.grad.norm()) < 1e-10
+    # the reported value and errors stay β̂'s
+    assert result.value.item() == pytest.approx(dense_bayes_error(z, y, 4, 0.3).item(), rel=1e-12)
+
+
+def test_target_gradient_matches_finite_differences():
+    z, y = clustered_features(30, 5, 3, seed=12, spread=0.35)
+    gradient = be.estimate(z, y, 3, sigma=0.3, objective="target").gradient
+    direction = torch.randn(z.shape, generator=torch.Generator().manual_seed(13), dtype=z.dtype)
+    h = 1e-6
+    numeric = (dense_target_posterior(z + h * direction, y, 3, 0.3, 1)
+               - dense_target_posterior(z - h * direction, y, 3, 0.3, 1)) / (2 * h)
+    analytic = (gradient * direction).sum()
+    assert analytic.abs() > 1e-4
+    assert numeric.item() == pytest.approx(analytic.item(), rel=1e-6)
+
+
+def test_target_objective_in_row_blocks_and_with_a_reference_bank():
+    z, y = clustered_features(50, 6, 4, seed=14, spread=0.35)
+    full = be.estimate(z, y, 4, sigma=0.3, objective="target")
+    positions, targets = torch.arange(len(z)), be.target_classes(y, 4)
+    blocks = [torch.arange(0, 17), torch.arange(17, 50)]
+    stats = be.KernelStats.concat(
+        [be.block_stats(z[b], z, y, 4, 0.3, positions[b], row_targets=targets[b]) for b in blocks]
+    )
+    gradient = torch.cat([be.block_gradient(z[b], y[b], stats.take(b), z, y, stats, 0.3, len(z), positions[b],
+                                            objective="target") for b in blocks])
+    torch.testing.assert_close(gradient, full.gradient, rtol=1e-12, atol=1e-15)
+    # the reference estimator holds the partners fixed: its gradient is that of the rows' posteriors alone
+    generator = torch.Generator().manual_seed(0)
+    reference = be.estimate(z, y, 4, sigma=0.3, estimator="reference", reference_size=20, generator=generator,
+                            objective="target")
+    chosen = torch.randperm(len(z), generator=torch.Generator().manual_seed(0))[:20]
+    rows = z.clone().requires_grad_(True)
+    bank, bank_y = z[chosen], y[chosen]
+    kernel = torch.exp(-torch.cdist(rows, bank).square() / (2 * 0.3**2))
+    kernel = kernel * (be.reference_positions(chosen, len(z)).unsqueeze(1) != torch.arange(20)).to(z.dtype)
+    posterior = kernel @ torch.nn.functional.one_hot(bank_y, 4).to(z.dtype) / (kernel.sum(1, keepdim=True) + 1e-8)
+    posterior.gather(1, be.target_classes(y, 4).unsqueeze(1)).mean().backward()
+    torch.testing.assert_close(reference.gradient, rows.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_target_classes_and_bad_settings():
+    assert be.target_classes(torch.tensor([0, 1, 9]), 10, shift=1).tolist() == [1, 2, 0]
+    with pytest.raises(InvalidInputError, match="target shift"):
+        be.target_classes(torch.tensor([0]), 10, shift=10)
+    with pytest.raises(InvalidInputError, match="objective"):
+        be.estimate(*clustered_features(10, 2, 2, seed=0), 2, objective="nope")
+    with pytest.raises(InvalidInputError, match="objective"):
+        EstimatorConfig(objective="nope")
+    with pytest.raises(InvalidInputError, match="bandwidth"):
+        EstimatorConfig(bandwidth="median")
+
+
+def test_a_bandwidth_below_every_distance_is_refused_not_reported():
+    # the features of the issue: nearest neighbours ~0.4 apart; σ = 0.03 underflows every weight
+    z, y = clustered_features(200, 16, 10, seed=15, dtype=torch.float32, spread=0.1)
+    nearest = torch.cdist(z, z).fill_diagonal_(torch.inf).min(1).values
+    assert nearest.min() > 0.2
+    with pytest.raises(InvalidInputError, match="sigma 0.03 is too small"):
+        be.estimate(z, y, 10, sigma=0.03)
+    be.estimate(z, y, 10, sigma=0.3)  # a bandwidth on the scale of the distances works
+
+
+def test_nearest_neighbour_sigma_against_brute_force():
+    z, y = clustered_features(300, 7, 3, seed=16)
+    nearest = torch.cdist(z, z).fill_diagonal_(torch.inf).min(1).values
+    assert be.nearest_neighbour_sigma(z, 0.75, queries=300) == pytest.approx(0.75 * nearest.median().item())
+    # a subset of queries: the median of those rows' nearest-neighbour distances, same draw
+    chosen = torch.randperm(300, generator=torch.Generator().manual_seed(4))[:50]
+    value = be.nearest_neighbour_sigma(z, 2.0, queries=50, generator=torch.Generator().manual_seed(4))
+    assert value == pytest.approx(2.0 * nearest[chosen].median().item())
+
+
+def test_step_sigma_follows_the_config():
+    z, _ = clustered_features(100, 5, 3, seed=17)
+    assert EstimatorConfig(sigma=0.7).step_sigma(z, (0, 3, 0)) == 0.7
+    adaptive = EstimatorConfig(bandwidth="nearest-neighbour", bandwidth_scale=1.5)
+    assert adaptive.step_sigma(z, (0, 3, 0)) == adaptive.step_sigma(z, (0, 3, 0))  # a function of the seed
+    nearest = torch.cdist(z, z).fill_diagonal_(torch.inf).min(1).values
+    assert adaptive.step_sigma(z, (0, 3, 0)) == pytest.approx(1.5 * nearest.median().item())
