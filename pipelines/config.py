@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ue_core.config import from_dict, parse_fraction, set_dotted, to_dict
+from ue_core.config import flatten, from_dict, parse_fraction, set_dotted, to_dict
 from ue_core.data.mixing import MODES
 from ue_core.defences import DefenceConfig, parse_defences
 from ue_core.errors import InvalidInputError
@@ -26,7 +26,7 @@ from ue_core.methods.beo import BEO, BEOConfig
 from ue_core.methods.em import EMConfig, ErrorMinimisingNoise
 from ue_core.methods.random_noise import RandomNoise, RandomNoiseConfig
 from ue_core.methods.tap import TAPConfig, TargetedAdversarialPoisoning
-from ue_core.models import MODEL_NAMES
+from ue_core.models import MODEL_NAMES, Classifier, build_model
 from ue_core.release import RELEASE_FORMATS
 from ue_core.training import Recipe, recipe
 
@@ -102,6 +102,8 @@ class VictimConfig:
 
     Attributes:
         model: one of ue_core.models.MODEL_NAMES (paper default: resnet18).
+        width: base width of "small_cnn" (None: its default, 32, the surrogate's default; 64 makes a victim
+            that is not the surrogate); an error for the other models.
         recipe: "standard" (SGD 0.1, cosine, crop + flip) or "plain" (no augmentation).
         epochs: training epochs (paper scale: 30 to 200).
         lr: peak learning rate (None: the recipe's).
@@ -111,6 +113,7 @@ class VictimConfig:
     """
 
     model: str = "resnet18"
+    width: int | None = None
     recipe: str = "standard"
     epochs: int = 30
     lr: float | None = None
@@ -122,7 +125,15 @@ class VictimConfig:
             raise InvalidInputError(f"unknown victim {self.model!r}; expected one of {', '.join(MODEL_NAMES)}")
         if self.workers is not None and self.workers < 1:
             raise InvalidInputError(f"victim workers: must be >= 1, got {self.workers}")
+        if self.width is not None and (self.model != "small_cnn" or self.width < 1):
+            raise InvalidInputError(f"victim width: only small_cnn has one, >= 1; got {self.width} for {self.model}")
         self.to_recipe()  # validates recipe name, epochs, lr and batch size
+
+    def build(self, num_classes: int, image_shape: tuple[int, int, int], seed: int | None = None) -> Classifier:
+        """A fresh victim for images of ``image_shape`` (H, W, C)."""
+        height, _, channels = image_shape
+        return build_model(self.model, num_classes, in_channels=channels, image_size=height, width=self.width,
+                           seed=seed)
 
     def to_recipe(self, workers: int = 1) -> Recipe:
         """The training recipe, with the per-worker batch size for ``workers`` DDP processes."""
@@ -192,6 +203,11 @@ def load_evaluate_config(config_file: str | None = None, overrides: dict[str, An
     return from_dict(EvaluateConfig, data)
 
 
+RESERVED_PROTECT_AXES = {"method": "grid.method", "beo.pga.eps": "grid.eps"}
+RESERVED_EVALUATE_AXES = {"ratio": "grid.ratio", "victim.model": "grid.victim", "defence.names": "grid.defence",
+                          "modes": "the arms the ratios imply"}
+
+
 @dataclass(frozen=True)
 class SweepGrid:
     """The axes of a sweep; every combination is a trial (see pipelines/sweep.py for the arms it implies).
@@ -202,6 +218,10 @@ class SweepGrid:
         ratio: mixing ratios, each in [0, 1].
         victim: victim models (ue_core.models.MODEL_NAMES).
         defence: defence specs, each "none" or names joined by "+" (ue_core.defences).
+        protect: any other protect-config key (dotted, e.g. ``beo.rounds``, ``beo.estimator.sigma``) → its
+            values: each combination is a release per method × ε (a key the method never reads adds none).
+        evaluate: any other evaluate-config key (dotted, e.g. ``victim.recipe``, ``seed``) → its values: each
+            combination repeats every arm.
     """
 
     method: tuple[str, ...] = ("beo",)
@@ -209,14 +229,12 @@ class SweepGrid:
     ratio: tuple[float, ...] = (0.0, 0.5, 1.0)
     victim: tuple[str, ...] = ("resnet18",)
     defence: tuple[str, ...] = ("none",)
+    protect: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("method", "eps", "ratio", "victim", "defence"):
-            values = getattr(self, name)
-            values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
-            if not values or len(set(values)) != len(values):
-                raise InvalidInputError(f"sweep grid.{name}: expected a non-empty list of distinct values")
-            object.__setattr__(self, name, values)
+            object.__setattr__(self, name, _axis_values(f"sweep grid.{name}", getattr(self, name)))
         object.__setattr__(self, "eps", tuple(parse_fraction(e) for e in self.eps))
         object.__setattr__(self, "ratio", tuple(parse_fraction(r) for r in self.ratio))
         for eps in self.eps:
@@ -231,6 +249,53 @@ class SweepGrid:
             if method not in METHODS:
                 raise InvalidInputError(f"sweep grid.method: unknown {method!r}; expected one of {', '.join(METHODS)}")
         object.__setattr__(self, "defence", tuple("+".join(parse_defences(d)) or "none" for d in self.defence))
+        for section, reserved in (("protect", RESERVED_PROTECT_AXES), ("evaluate", RESERVED_EVALUATE_AXES)):
+            axes = getattr(self, section)
+            if not isinstance(axes, dict):
+                raise InvalidInputError(f"sweep grid.{section}: expected a mapping of dotted keys to lists of values")
+            for key in flatten(axes):
+                if key in reserved:
+                    raise InvalidInputError(f"sweep grid.{section}: {key} is an axis of its own; use {reserved[key]}")
+            axes = flatten(axes)  # a --set grid.protect.beo.rounds=[…] arrives nested
+            object.__setattr__(self, section, {k: _axis_values(f"sweep grid.{section}.{k}", v) for k, v in axes.items()})
+
+    def protect_points(self) -> list[dict[str, Any]]:
+        """Every combination of the ``protect`` axes, as {dotted key: value} ([{}] without such axes)."""
+        return _points(self.protect)
+
+    def evaluate_points(self) -> list[dict[str, Any]]:
+        """Every combination of the ``evaluate`` axes, as {dotted key: value} ([{}] without such axes)."""
+        return _points(self.evaluate)
+
+
+def _axis_values(name: str, values: Any) -> tuple[Any, ...]:
+    values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+    if not values or len({repr(v) for v in values}) != len(values):
+        raise InvalidInputError(f"{name}: expected a non-empty list of distinct values")
+    return values
+
+
+def _points(axes: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
+    return [dict(zip(axes, values)) for values in product(*axes.values())]
+
+
+def settings_label(settings: dict[str, Any]) -> str:
+    """{"beo.rounds": 50, "beo.estimator.sigma": 1.0} → "beo.rounds=50 beo.estimator.sigma=1.0" ("" for none)."""
+    return " ".join(f"{key}={value}" for key, value in settings.items())
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    """One release of a sweep: a method at a budget with the values of the grid's protect axes that it reads."""
+
+    method: str
+    eps: float
+    settings: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        """"beo eps=16/255 beo.rounds=50": what the tables, plots and trial names call this release."""
+        return " ".join(filter(None, [f"{self.method} eps={self.eps * 255:g}/255", settings_label(self.settings)]))
 
 
 @dataclass(frozen=True)
@@ -241,9 +306,10 @@ class SweepConfig:
         source: the clean dataset (a flag may replace it).
         protect_preset: the shipped protect preset the releases start from.
         protect: protect config keys merged over the preset (nested, as in a protect YAML); grid.method
-            replaces method and grid.eps replaces beo.pga.eps.
-        evaluate: the evaluate config of every trial; the grid replaces ratio, victim.model and defence.names.
-        grid: method × eps × ratio × victim × defence.
+            replaces method, grid.eps replaces beo.pga.eps, and grid.protect the keys it names.
+        evaluate: the evaluate config of every trial; the grid replaces ratio, victim.model, defence.names
+            and the keys grid.evaluate names.
+        grid: method × eps × protect axes (the releases) × ratio × victim × defence × evaluate axes.
         max_failures: how often a failed trial is retried (Ray Tune's FailureConfig).
     """
 
@@ -257,13 +323,51 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if self.max_failures < 0:
             raise InvalidInputError(f"sweep max_failures: must be >= 0, got {self.max_failures}")
-        for method, eps in product(self.grid.method, self.grid.eps):
-            self.protect_config(method, eps)  # every release's protect config is valid before anything starts
+        self.releases()  # every release's protect config is valid before anything starts
+        for settings in self.grid.evaluate_points():
+            self.evaluate_config(settings)  # and every trial's evaluate config
 
-    def protect_config(self, method: str, eps: float) -> ProtectConfig:
-        """The protect config of the release of ``method`` at budget ``eps``."""
-        return load_protect_config(self.protect_preset, data=self.protect,
-                                   overrides={"method": method, "beo.pga.eps": eps})
+    def protect_config(self, method: str, eps: float, settings: dict[str, Any] | None = None) -> ProtectConfig:
+        """The protect config of the release of ``method`` at budget ``eps`` with protect-axis ``settings``."""
+        try:
+            return load_protect_config(self.protect_preset, data=self.protect,
+                                       overrides={"method": method, "beo.pga.eps": eps, **(settings or {})})
+        except InvalidInputError as error:
+            where = f" ({settings_label(settings)})" if settings else ""
+            raise InvalidInputError(f"sweep grid.protect{where}: {error}") from None
+
+    def evaluate_config(self, settings: dict[str, Any] | None = None) -> EvaluateConfig:
+        """The sweep's evaluate config with evaluate-axis ``settings``."""
+        data = to_dict(self.evaluate)
+        for key, value in (settings or {}).items():
+            set_dotted(data, key, value)
+        try:
+            return from_dict(EvaluateConfig, data, "evaluate")
+        except InvalidInputError as error:
+            raise InvalidInputError(f"sweep grid.evaluate ({settings_label(settings or {})}): {error}") from None
+
+    def releases(self) -> list[ReleaseSpec]:
+        """Every distinct release of the grid, in a stable order. A protect axis the method never reads
+        (``beo.rounds`` for EM) neither appears in its settings nor makes another release."""
+        specs, seen = [], set()
+        for method, eps, settings in product(self.grid.method, self.grid.eps, self.grid.protect_points()):
+            record = self.protect_config(method, eps, settings).method_record()
+            read = {key: value for key, value in settings.items() if _reads(record, key)}
+            spec = ReleaseSpec(method, eps, read)
+            if spec.label not in seen:
+                seen.add(spec.label)
+                specs.append(spec)
+        return specs
+
+
+def _reads(record: dict[str, Any], dotted_key: str) -> bool:
+    """Whether the method record (ProtectConfig.method_record) holds ``dotted_key``."""
+    node: Any = record
+    for part in dotted_key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def sweep_names() -> list[str]:

@@ -37,7 +37,6 @@ from ue_core.data.mixing import build_training_set, protected_mask, save_index_s
 from ue_core.defences import purification
 from ue_core.errors import InvalidInputError
 from ue_core.methods.beo import EstimatorConfig, measure_bayes_error
-from ue_core.models import build_model
 from ue_core.release import read_manifest, read_release
 
 _MAX_SHOWN = 5
@@ -112,8 +111,7 @@ def fixed_space_bayes_error(data: EvaluationData, weights: bytes, config: Evalua
     if config.bayes_error_subset is not None and len(clean) > config.bayes_error_subset:
         clean = balanced_subset(clean, config.bayes_error_subset, seed=config.seed)
     release = data.release.subset(np.flatnonzero(np.isin(data.release.index, clean.index)))
-    height, _, channels = clean.image_shape
-    model = build_model(config.victim.model, clean.num_classes, in_channels=channels, image_size=height)
+    model = config.victim.build(clean.num_classes, clean.image_shape)
     model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
     purify = purification(config.defence)
     values: dict[str, float] = {"images": float(len(clean))}

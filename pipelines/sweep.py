@@ -36,7 +36,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pipelines.config import SweepConfig
+from pipelines.config import ProtectConfig, ReleaseSpec, SweepConfig, settings_label
 from pipelines.evaluate import publish_results
 from pipelines.storage import WorkDir, absolute, check_readable, check_writable, remove
 from pipelines.tracking import RemoteRun, Tracker
@@ -45,13 +45,14 @@ from ue_core.data.atomic import check_output_free, staged_directory
 from ue_core.data.fsutil import filesystem
 from ue_core.defences import DefenceConfig
 from ue_core.errors import InvalidInputError
-from ue_core.release import MANIFEST_NAME, read_manifest, verify_release
+from ue_core.release import MANIFEST_NAME, read_manifest, snapshot_path, verify_release
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One victim to train: an arm of the mixing protocol at one grid point (method and eps are None for the
-    clean arms, which no release enters)."""
+    """One victim to train: an arm of the mixing protocol at one grid point. ``method``, ``eps`` and
+    ``settings`` (the release's protect-axis values, :func:`settings_label`) name the release of a mixed arm
+    and are empty for the clean arms, which no release enters; ``evaluation`` holds the evaluate-axis values."""
 
     arm: str
     eps: float | None
@@ -59,37 +60,50 @@ class Trial:
     victim: str
     defence: str
     method: str | None = None
+    settings: str = ""
+    evaluation: str = ""
+
+    @property
+    def release(self) -> str:
+        """The label of the release this trial trains on ("eps=—" for a clean arm)."""
+        return release_label(self.method, self.eps, self.settings)
 
     @property
     def key(self) -> str:
-        return f"{self.arm} {release_label(self.method, self.eps)} ratio={self.ratio:g} {self.victim} {self.defence}"
+        parts = [self.arm, self.release, f"ratio={self.ratio:g}", self.victim, self.defence, self.evaluation]
+        return " ".join(filter(None, parts))
 
 
-def release_label(method: str | None, eps: float | None) -> str:
-    """"beo eps=8/255" for a release, "eps=—" for no release."""
+def release_label(method: str | None, eps: float | None, settings: str = "") -> str:
+    """"beo eps=8/255" (plus the release's protect-axis settings) for a release, "eps=—" for no release."""
     if method is None or eps is None:
         return "eps=—"
-    return f"{method} eps={eps * 255:g}/255"
+    return ReleaseSpec(method, eps, {}).label + (f" {settings}" if settings else "")
 
 
 def plan_trials(config: SweepConfig) -> list[Trial]:
     """Every trial of the sweep, in a stable order (see the module docstring)."""
     grid = config.grid
     trials = []
-    for victim, defence, ratio in product(grid.victim, grid.defence, sorted(grid.ratio)):
+    for evaluation, victim, defence, ratio in product(
+        [settings_label(p) for p in grid.evaluate_points()], grid.victim, grid.defence, sorted(grid.ratio)
+    ):
         if ratio == 0:
-            trials.append(Trial("clean-all", None, ratio, victim, defence))
+            trials.append(Trial("clean-all", None, ratio, victim, defence, evaluation=evaluation))
             continue
-        trials.extend(Trial("mixed", eps, ratio, victim, defence, method)
-                      for method, eps in product(grid.method, grid.eps))
+        trials.extend(Trial("mixed", spec.eps, ratio, victim, defence, spec.method, settings_label(spec.settings),
+                            evaluation) for spec in config.releases())
         if ratio < 1:
-            trials.append(Trial("clean-only", None, ratio, victim, defence))
+            trials.append(Trial("clean-only", None, ratio, victim, defence, evaluation=evaluation))
     return trials
 
 
-def release_uri(releases: str, source: str, config: SweepConfig, method: str, eps: float) -> str:
-    """Where the release of ``source`` by ``method`` at budget ``eps`` lives: a hash of (source, protect config)."""
-    protect_config = config.protect_config(method, eps)
+def release_uri(releases: str, source: str, config: SweepConfig, spec: ReleaseSpec) -> str:
+    """Where the release ``spec`` of ``source`` lives: a hash of (source, its protect config)."""
+    return _addressed(releases, source, config.protect_config(spec.method, spec.eps, spec.settings))
+
+
+def _addressed(releases: str, source: str, protect_config: ProtectConfig) -> str:
     content = json.dumps({"source": source, "config": protect_config.method_record()}, sort_keys=True)
     digest = hashlib.sha256(content.encode()).hexdigest()[:16]
     return f"{releases.rstrip('/')}/{Path(source.rstrip('/')).name}-{digest}"
@@ -99,29 +113,58 @@ def ensure_releases(
     source: str, config: SweepConfig, releases: str, ray_address: str | None, tracking_uri: str | None,
     progress: bool,
 ) -> dict[str, str]:
-    """release_label(method, eps) → release URI for every release of the grid, protecting only the configs
-    that have no verified release yet."""
+    """Release label → release URI for every release of the grid, protecting only what has no verified
+    release yet.
+
+    BEO releases that differ only in ``beo.rounds`` come from one run: the longest, with the shorter ones
+    released early (``beo.release_rounds``, each equal to the run stopped there), found inside it at
+    ``rounds/round-0000k``."""
     from pipelines.protect import protect
 
     uris = {}
-    for method, eps in product(config.grid.method, config.grid.eps):
-        uri = release_uri(releases, source, config, method, eps)
+    for run, labels in _runs(config).items():
+        protect_config = run
+        uri = _addressed(releases, source, protect_config)
         fs, path = filesystem(uri)
         if fs.exists(f"{path}/{MANIFEST_NAME}"):
             verify_release(uri)  # a damaged release is an error, never silently replaced
         else:  # an interrupted BEO job resumes from its work folder
-            protect(source, uri, config.protect_config(method, eps), progress=progress, ray_address=ray_address,
+            protect(source, uri, protect_config, progress=progress, ray_address=ray_address,
                     tracking_uri=tracking_uri, experiment="ue-sweep-releases")
-        uris[release_label(method, eps)] = uri
+        for label, rounds in labels.items():
+            uris[label] = uri if rounds is None else f"{uri}/{snapshot_path(rounds)}"
     return uris
+
+
+def _runs(config: SweepConfig) -> dict[ProtectConfig, dict[str, int | None]]:
+    """The protect jobs behind the grid's releases: job config → {release label: the round it is released
+    after inside that job's release, None for the job's own release}."""
+    runs: dict[ProtectConfig, dict[str, int | None]] = {}
+    groups: dict[str, list[tuple[ReleaseSpec, ProtectConfig]]] = {}
+    for spec in config.releases():
+        protect_config = config.protect_config(spec.method, spec.eps, spec.settings)
+        if spec.method != "beo" or "beo.rounds" not in spec.settings or protect_config.beo.release_rounds:
+            runs.setdefault(protect_config, {})[spec.label] = None
+            continue
+        others = {k: v for k, v in spec.settings.items() if k != "beo.rounds"}
+        groups.setdefault(release_label(spec.method, spec.eps, settings_label(others)), []).append(
+            (spec, protect_config))
+    for members in groups.values():
+        longest = max(c.beo.rounds for _, c in members)
+        earlier = tuple(sorted({c.beo.rounds for _, c in members} - {longest}))
+        run = replace(members[0][1], beo=replace(members[0][1].beo, rounds=longest, release_rounds=earlier))
+        runs[run] = {spec.label: None if c.beo.rounds == longest else c.beo.rounds for spec, c in members}
+    return runs
 
 
 # ------------------------------------------------------------------------------------------------ trials
 
 
 def _evaluate_config(config: SweepConfig, trial: Trial):
-    """The evaluate config of one trial: the sweep's, with the trial's arm, ratio, victim and defence."""
-    evaluate = config.evaluate
+    """The evaluate config of one trial: the sweep's, with the trial's evaluate-axis values, arm, ratio,
+    victim and defence."""
+    settings = {label: p for p in config.grid.evaluate_points() if (label := settings_label(p)) == trial.evaluation}
+    evaluate = config.evaluate_config(settings[trial.evaluation])
     defence = replace(evaluate.defence, names=DefenceConfig(names=trial.defence).names)
     return replace(evaluate, ratio=trial.ratio, modes=(trial.arm,), victim=replace(evaluate.victim, model=trial.victim),
                    defence=defence)
@@ -140,7 +183,7 @@ def run_trial(tune_config: dict[str, Any], context: dict[str, Any]) -> None:
     config = _evaluate_config(sweep, plan)
     # a clean arm needs a release only for its indices: every release of the sweep has the same ones
     releases = context["releases"]
-    release = releases[release_label(plan.method, plan.eps)] if plan.method else next(iter(releases.values()))
+    release = releases[plan.release] if plan.method else next(iter(releases.values()))
     data = load_evaluation_data(context["source"], release, config)
     ((train, protected),) = arms(data, config).values()
     test_images, test_labels = data.test.tensors()
@@ -167,6 +210,8 @@ class TrialOutcome:
     victim: str
     defence: str
     method: str | None
+    settings: str
+    evaluation: str
     status: str
     final_test_accuracy: float | None
     best_test_accuracy: float | None
@@ -240,14 +285,14 @@ def results_table(outcomes: list[TrialOutcome]) -> tuple[str, str]:
     writer = csv.DictWriter(buffer, fieldnames=list(TrialOutcome.__dataclass_fields__), lineterminator="\n")
     writer.writeheader()
     writer.writerows(asdict(o) for o in outcomes)
-    lines = ["| arm | method | ε | ratio | victim | defence | status | final test acc (%) | best test acc (%) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | method | ε | settings | ratio | victim | defence | evaluation | status | final test acc (%) "
+             "| best test acc (%) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
         eps = "—" if o.eps is None else f"{o.eps * 255:g}/255"
         final = "—" if o.final_test_accuracy is None else f"{100 * o.final_test_accuracy:.2f}"
         best = "—" if o.best_test_accuracy is None else f"{100 * o.best_test_accuracy:.2f}"
-        lines.append(f"| {o.arm} | {o.method or '—'} | {eps} | {o.ratio:g} | {o.victim} | {o.defence} | {o.status} "
-                     f"| {final} | {best} |")
+        lines.append(f"| {o.arm} | {o.method or '—'} | {eps} | {o.settings or '—'} | {o.ratio:g} | {o.victim} "
+                     f"| {o.defence} | {o.evaluation or '—'} | {o.status} | {final} | {best} |")
     return buffer.getvalue(), "\n".join(lines) + "\n"
 
 
@@ -268,15 +313,16 @@ def sweep_plot(outcomes: list[TrialOutcome]) -> plt.Figure:
     """Per victim × defence: accuracy versus ratio (a line per release, i.e. method × ε, the clean-only
     reference dashed, clean-all at ratio 0 on every line) and a heatmap of release × ratio. Failed trials are
     gaps."""
-    panels = sorted({(o.victim, o.defence) for o in outcomes})
-    releases = sorted({(o.method, o.eps) for o in outcomes if o.method is not None})
+    panels = sorted({(o.victim, o.defence, o.evaluation) for o in outcomes})
+    labels = list(dict.fromkeys(release_label(o.method, o.eps, o.settings) for o in outcomes if o.method is not None))
     ratios = sorted({o.ratio for o in outcomes})
     figure, axes = plt.subplots(len(panels), 2, figsize=(10, 3.6 * len(panels)), squeeze=False)
-    for row, (victim, defence) in enumerate(panels):
-        done = [o for o in outcomes if (o.victim, o.defence) == (victim, defence) and o.final_test_accuracy is not None]
-        accuracies = {(o.arm, release_label(o.method, o.eps), o.ratio): 100 * o.final_test_accuracy for o in done}
+    for row, (victim, defence, evaluation) in enumerate(panels):
+        done = [o for o in outcomes if (o.victim, o.defence, o.evaluation) == (victim, defence, evaluation)
+                and o.final_test_accuracy is not None]
+        accuracies = {(o.arm, release_label(o.method, o.eps, o.settings), o.ratio): 100 * o.final_test_accuracy
+                      for o in done}
         clean_all = accuracies.get(("clean-all", release_label(None, None), 0.0), math.nan)
-        labels = [release_label(method, eps) for method, eps in releases]
         table = np.array([[clean_all if r == 0 else accuracies.get(("mixed", label, r), math.nan) for r in ratios]
                           for label in labels])
         lines = axes[row, 0]
@@ -287,7 +333,7 @@ def sweep_plot(outcomes: list[TrialOutcome]) -> plt.Figure:
         lines.plot(ratios, reference, marker="s", linestyle="--", color="black", label="clean-only (reference)")
         lines.set_xlabel("mixing ratio r (fraction of training images protected)")
         lines.set_ylabel("clean test accuracy (%)")
-        lines.set_title(f"{victim}, defence {defence}", fontsize=9)
+        lines.set_title(" ".join(filter(None, [f"{victim}, defence {defence}", evaluation])), fontsize=9)
         lines.legend(fontsize=7)
         heat = axes[row, 1]
         image = heat.imshow(table, aspect="auto", cmap="viridis", origin="lower")

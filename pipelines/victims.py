@@ -30,7 +30,6 @@ from pipelines.tracking import RemoteRun
 from ue_core.config import from_dict, to_dict
 from ue_core.data.dataset import ImageDataset
 from ue_core.defences import adversarial_training, purification, train_transform
-from ue_core.models import build_model
 from ue_core.training import bare_model, evaluate, fit, robust_accuracy
 
 RANK_SEED_STRIDE = 1_000_003
@@ -103,7 +102,7 @@ def _victim_loop(loop: dict[str, Any]) -> None:
     shape, num_classes = tuple(loop["image_shape"]), loop["num_classes"]
     x, y = _shard_tensors(ray.train.get_dataset_shard("train"), shape)
     device = ray.train.torch.get_device()
-    model = build_model(config.victim.model, num_classes, in_channels=shape[2], image_size=shape[0], seed=config.seed)
+    model = config.victim.build(num_classes, shape, seed=config.seed)
     model = ray.train.torch.prepare_model(model)
     test_x, test_y = (torch.from_numpy(a) for a in ray.get(loop["test"]["ref"]))
     purify = purification(config.defence)

@@ -61,7 +61,8 @@ def test_pgd_starts_from_the_given_point_projected_into_the_ball(fashion_subset,
 
 
 def em_config(**overrides) -> EMConfig:
-    settings = dict(model="small_cnn", lr=0.05, batch_size=50, train_steps=6, pgd_steps=10, max_iterations=12)
+    # 10 train steps (the authors'): with 6 the run was chaotic across CPUs (reached 0.99 on one, 0.89 on another)
+    settings = dict(model="small_cnn", lr=0.05, batch_size=50, train_steps=10, pgd_steps=10, max_iterations=12)
     return EMConfig(**(settings | overrides))
 
 
@@ -84,7 +85,7 @@ def test_em_noise_makes_the_data_easy_for_its_model(fashion_subset, em_result):
     model = em_result.surrogate
     on_release = _loss(model, *em_result.release.tensors())
     on_clean = _loss(model, *fashion_subset.tensors())
-    assert on_release < 0.25 * on_clean, (on_release, on_clean)  # measured here: 0.019 vs 0.27
+    assert on_release < 0.25 * on_clean, (on_release, on_clean)
 
 
 def test_em_stops_at_the_first_iteration_that_meets_the_error(fashion_subset):

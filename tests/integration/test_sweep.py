@@ -7,8 +7,8 @@ import pytest
 import ray
 from PIL import Image
 
-from pipelines.config import load_sweep_config
-from pipelines.sweep import Trial, ensure_releases, plan_trials, release_uri, run_trials, sweep
+from pipelines.config import ReleaseSpec, load_sweep_config
+from pipelines.sweep import Trial, _runs, ensure_releases, plan_trials, release_uri, run_trials, sweep
 from ue_core.errors import InvalidInputError
 from ue_core.release import read_manifest, verify_release
 
@@ -63,12 +63,51 @@ def test_releases_are_addressed_by_source_and_config():
     em_steps = load_sweep_config("fashion-mnist", {"protect.em.pgd_steps": 5})
 
     def uri(sweep_config=config, method="beo", eps=8 / 255, source="data"):
-        return release_uri("r", source, sweep_config, method, eps)
+        return release_uri("r", source, sweep_config, ReleaseSpec(method, eps, {}))
 
     assert uri() == uri()
     assert len({uri(), uri(eps=16 / 255), uri(source="other/data"), uri(rounds), uri(method="em")}) == 5
     # a section the method never reads does not move its release: BEO's ignores em, EM's ignores beo.rounds
     assert uri(em_steps) == uri() and uri(rounds, "em") == uri(method="em") != uri(em_steps, "em")
+
+
+def test_any_config_key_is_a_grid_axis():
+    config = load_sweep_config("fashion-mnist-baselines", {
+        "grid.method": ["beo", "random"], "grid.ratio": [0, 0.5],
+        "grid.protect": {"beo.rounds": [2, 4], "beo.estimator.sigma": [0.3, 1.0]},
+        "grid.evaluate": {"seed": [0, 1], "victim.recipe": ["plain"]},
+    })
+    labels = [spec.label for spec in config.releases()]
+    assert labels == ["beo eps=8/255 beo.rounds=2 beo.estimator.sigma=0.3",
+                      "beo eps=8/255 beo.rounds=2 beo.estimator.sigma=1.0",
+                      "beo eps=8/255 beo.rounds=4 beo.estimator.sigma=0.3",
+                      "beo eps=8/255 beo.rounds=4 beo.estimator.sigma=1.0",
+                      "random eps=8/255"]  # random reads neither key: one release, not four
+    assert config.protect_config("beo", 8 / 255, {"beo.rounds": 4}).beo.rounds == 4
+    trials = plan_trials(config)
+    assert len(trials) == 2 * (1 + 5 + 1)  # per evaluation: clean-all, a mixed victim per release, clean-only
+    assert trials[0].key == "clean-all eps=— ratio=0 small_cnn none seed=0 victim.recipe=plain"
+    assert trials[2].key == "mixed beo eps=8/255 beo.rounds=2 beo.estimator.sigma=1.0 ratio=0.5 small_cnn none " \
+                            "seed=0 victim.recipe=plain"
+    assert trials[-1].evaluation == "seed=1 victim.recipe=plain"
+    # releases that differ only in beo.rounds are one run: the longest, the others released early inside it
+    runs = _runs(config)
+    assert sorted((c.method, c.beo.rounds, c.beo.release_rounds, c.beo.estimator.sigma) for c in runs) == [
+        ("beo", 4, (2,), 0.3), ("beo", 4, (2,), 1.0), ("random", 8, (), 0.3)]  # the preset's rounds
+    assert sorted(r for labels in runs.values() for r in labels.values() if r) == [2, 2]
+
+
+@pytest.mark.parametrize("axes, message", [
+    ({"grid.protect": {"beo.roundz": [1, 2]}}, "sweep grid.protect .beo.roundz=1.: unknown key config.beo.roundz"),
+    ({"grid.protect": {"beo.estimator.sigma": [0.3, -1]}}, "estimator sigma must be > 0"),
+    ({"grid.evaluate": {"victim.recipee": ["plain"]}}, "unknown key evaluate.victim.recipee"),
+    ({"grid.protect": {"beo.pga.eps": ["8/255"]}}, "beo.pga.eps is an axis of its own; use grid.eps"),
+    ({"grid.evaluate": {"ratio": [0.5]}}, "ratio is an axis of its own; use grid.ratio"),
+    ({"grid.protect": {"beo.rounds": [2, 2]}}, "grid.protect.beo.rounds: expected a non-empty list of distinct"),
+])
+def test_a_bad_axis_is_one_line_before_any_trial(axes, message):
+    with pytest.raises(InvalidInputError, match=message):
+        load_sweep_config("fashion-mnist", axes)
 
 
 def test_failed_trials_are_retried_and_reported(tmp_path):
@@ -136,7 +175,23 @@ def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
                                                   for o in summary.outcomes}
     for outcome, row in zip(summary.outcomes, rows):
         child = by_key[Trial(outcome.arm, outcome.eps, outcome.ratio, outcome.victim, outcome.defence,
-                             outcome.method).key]
+                             outcome.method, outcome.settings, outcome.evaluation).key]
         assert child.info.status == "FINISHED" and child.data.params["arm"] == outcome.arm
         assert child.data.metrics["final_test_accuracy"] == pytest.approx(float(row["final_test_accuracy"]))
         assert 0 <= outcome.final_test_accuracy <= 1
+
+
+def test_a_rounds_axis_is_one_protect_run(fashion_mnist_root, tmp_path):
+    """grid.protect beo.rounds [1, 2]: one protect job of 2 rounds publishes both releases (the 1-round one
+    inside it), and a mixed victim trains on each."""
+    store = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    config = load_sweep_config("fashion-mnist", {**TINY, "grid.ratio": [0.5], "grid.protect": {"beo.rounds": [1, 2]}})
+    summary = sweep(config, str(tmp_path / "sweep"), source=str(fashion_mnist_root), tracking_uri=store,
+                    progress=False)
+    assert [(o.arm, o.settings, o.status) for o in summary.outcomes] == [
+        ("mixed", "beo.rounds=1", "DONE"), ("mixed", "beo.rounds=2", "DONE"), ("clean-only", "", "DONE")]
+    (release,) = (tmp_path / "releases").iterdir()  # one job
+    manifest = verify_release(release)
+    assert manifest["config"]["beo"]["rounds"] == 2 and manifest["snapshots"] == {"1": "rounds/round-00001"}
+    assert verify_release(release / "rounds" / "round-00001")["rounds"] == 1
+    assert "beo eps=8/255 beo.rounds=1" in summary.markdown and str(release / "rounds" / "round-00001") in summary.markdown

@@ -222,11 +222,12 @@ def measure_bayes_error(
     batch_size: int = 256,
     seed: int = 0,
 ) -> float:
-    """β̂ of ``images`` (N, C, H, W) in ``model``'s normalised penultimate feature space, at the fixed
-    ``config.sigma`` whatever the bandwidth rule, so that the β̂ of two image sets compare."""
+    """β̂ of ``images`` (N, C, H, W) in ``model``'s normalised penultimate feature space, with the bandwidth
+    ``config`` gives these features (under "nearest-neighbour": from their own distances)."""
     features, _ = bayes_error.normalise_features(compute_features(model, images, batch_size=batch_size))
     generator = estimator_generator(config, seed)
-    return float(estimate_step(features, labels, num_classes, config, config.sigma, generator, False).value)
+    sigma = config.step_sigma(features, (seed, 0, 0))
+    return float(estimate_step(features, labels, num_classes, config, sigma, generator, False).value)
 
 
 def estimator_generator(config: EstimatorConfig, seed: int, round_index: int = 0, step: int = 0) -> torch.Generator:
