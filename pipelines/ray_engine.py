@@ -23,6 +23,7 @@ from pipelines.config import ProtectConfig
 from pipelines.protect import finalise, load_test_set, load_training_set
 from pipelines.rounds import (
     DatasetInfo,
+    EfficacyProbe,
     Resources,
     SurrogateTrainer,
     collect,
@@ -146,10 +147,11 @@ def protect_on_ray(
     bar = tqdm(total=config.beo.rounds, initial=len(done), desc="BEO rounds", unit="round", disable=not progress)
     if len(done) < config.beo.rounds:
         # one Ray Train run trains every remaining round's surrogate (see SurrogateTrainer)
+        probe = EfficacyProbe(config.beo, info, test_ref, resources)
         with SurrogateTrainer(config.beo, info, test_ref, work, resources) as trainer:
             for round_index in range(len(done), config.beo.rounds):
                 surrogate, records, state = run_round(
-                    state, surrogate, config.beo, info, round_index, trainer, work, resources
+                    state, surrogate, config.beo, info, round_index, trainer, work, resources, probe
                 )
                 history.extend(records)
                 for record in records:

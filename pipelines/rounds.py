@@ -515,6 +515,53 @@ class SurrogateTrainer:
         self.close(timeout=60.0 if exc_type is None else 0.0)  # on an error, do not wait for a training
 
 
+# ------------------------------------------------------------------------------------------ efficacy probe
+
+
+@ray.remote
+def _probe_task(
+    blocks: list[Any], test: dict[str, Any], info: DatasetInfo, beo: dict[str, Any], with_reference: bool, threads: int
+) -> dict[str, float]:
+    """ue_core.efficacy's mixed probe (and, once a job, its clean-only reference) on a round's state blocks."""
+    from ue_core.data.dataset import ImageDataset
+    from ue_core.efficacy import clean_only_probe, mixed_probe
+    from ue_core.methods.base import release_of
+
+    torch.set_num_threads(threads)
+    config = from_dict(BEOConfig, beo)
+    rows = _state_rows(ray.get(blocks), ("index", "label", "image", "delta"))
+    clean = ImageDataset(rows["image"], rows["label"], info.num_classes, index=rows["index"])
+    test_images, test_labels = ray.get(test["ref"])  # float (T, C, H, W) in [0, 1], int64 (T,)
+    test_set = ImageDataset(
+        np.rint(test_images.transpose(0, 2, 3, 1) * 255).astype(np.uint8), test_labels, info.num_classes
+    )
+    release = release_of(clean, torch.from_numpy(rows["delta"]), config.pga)
+    result = {"probe_mixed_accuracy": mixed_probe(clean, release, test_set, config.probe)}
+    if with_reference:
+        result["probe_clean_only_accuracy"] = clean_only_probe(clean, test_set, config.probe)
+    return result
+
+
+class EfficacyProbe:
+    """Runs the mixed efficacy probe (ue_core.efficacy) of the rounds it is due at as one Ray task on the
+    round's state, where the state is (the driver never holds the images); the clean-only reference is
+    trained once per job."""
+
+    def __init__(self, config: BEOConfig, info: DatasetInfo, test: dict[str, Any] | None, resources: Resources):
+        self.config, self.info, self.test, self.resources = config, info, test, resources
+        self.reference: float | None = None
+
+    def __call__(self, state: MaterializedDataset, rounds_done: int) -> dict[str, float]:
+        """The probe's accuracies after ``rounds_done`` rounds ({} when it is not due or there is no test set)."""
+        if self.test is None or not self.config.probe.due(rounds_done, self.config.rounds):
+            return {}
+        task = _probe_task.options(num_cpus=self.resources.task_cpus)
+        result = unwrap(task.remote(state.to_arrow_refs(), self.test, self.info, to_dict(self.config),
+                                    self.reference is None, self.resources.task_threads))
+        self.reference = result.pop("probe_clean_only_accuracy", self.reference)
+        return {**result, "probe_clean_only_accuracy": self.reference}
+
+
 # ----------------------------------------------------------------------------------------------- rounds
 
 
@@ -575,6 +622,7 @@ def run_round(
     trainer: SurrogateTrainer,
     work: WorkDir,
     resources: Resources,
+    probe: EfficacyProbe | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, float]], MaterializedDataset]:
     """One round; writes round ``round_index`` and returns (surrogate, records, the new state).
 
@@ -657,6 +705,8 @@ def run_round(
         state = state.select_columns(columns)
     t0 = time.perf_counter()
     state = canonical_layout(state, columns, resources)
+    if probe is not None:  # before round.json: a resumed job keeps the probe's figures
+        records[-1] |= probe(state, round_index + 1)
     round_dir = work.round_dir(round_index)
     write_state(state, f"{round_dir}/state")
     save_model(surrogate, f"{round_dir}/surrogate.pt")

@@ -133,7 +133,8 @@ class RemoteRun:
 
 
 def bayes_error_plot(history: list[dict[str, float]]) -> plt.Figure:
-    """β̂ per ascent step, with the surrogate's accuracies on a second axis when present."""
+    """β̂ per ascent step, with the surrogate's accuracies and the mixed efficacy probe (markers, beside its
+    clean-only reference) on a second axis when present."""
     figure, axis = plt.subplots(figsize=(6, 3.5))
     steps = np.arange(len(history))
     axis.plot(steps, [h["bayes_error"] for h in history], marker="o", color="tab:red", label="β̂ (protected)")
@@ -141,12 +142,18 @@ def bayes_error_plot(history: list[dict[str, float]]) -> plt.Figure:
     axis.set_ylabel("Bayes-error estimate β̂")
     handles = axis.get_lines()
     accuracies = [k for k in ("surrogate_train_accuracy", "surrogate_test_accuracy") if any(k in h for h in history)]
-    if accuracies:
+    probed = any("probe_mixed_accuracy" in h for h in history)
+    if accuracies or probed:
         twin = axis.twinx()
         for key, colour in zip(accuracies, ("tab:blue", "tab:green")):
             twin.plot(steps, [h.get(key, np.nan) for h in history], linestyle="--", color=colour,
                       label=key.replace("_", " "))
-        twin.set_ylabel("surrogate accuracy")
+        if probed:  # the efficacy probe: markers at the probed rounds, its clean-only reference as a line
+            twin.plot(steps, [h.get("probe_mixed_accuracy", np.nan) for h in history], marker="s", linestyle="none",
+                      color="tab:purple", label="probe victim, mixed")
+            reference = next(h["probe_clean_only_accuracy"] for h in history if "probe_clean_only_accuracy" in h)
+            twin.axhline(reference, linestyle=":", color="tab:purple", label="probe victim, clean-only")
+        twin.set_ylabel("accuracy")
         handles += twin.get_lines()
     axis.legend(handles=handles, loc="best", fontsize=8)
     figure.tight_layout()

@@ -126,14 +126,19 @@ def test_adam_rule_on_ray_matches_the_reference(job, tmp_path):
 
 
 def test_stronger_options_and_early_releases_on_ray_match_the_reference(job, tmp_path):
-    """The "target" objective, the nearest-neighbour bandwidth and a release after round 1 of 2: the Ray
-    engine runs every option the reference runs and publishes the same releases (tolerance as above), the
-    early one as a whole release inside the final one."""
+    """The "target" objective, the nearest-neighbour bandwidth, a release after round 1 of 2 and the mixed
+    efficacy probe after round 2: the Ray engine runs every option the reference runs and publishes the same
+    releases (tolerance as above), the early one as a whole release inside the final one."""
     config = load_protect_config(config_file=job["config_file"], overrides={
         "beo.estimator.objective": "target", "beo.estimator.bandwidth": "nearest-neighbour",
-        "beo.release_rounds": [1]})
+        "beo.release_rounds": [1], "data.test_subset": 100,
+        "beo.probe": {"every": 2, "epochs": 1, "width": 16}})
     reference, ours = protect_with_both_engines(job, config, tmp_path)
     assert_releases_agree(tmp_path / "ray", tmp_path / "reference")
+    probes = [read_manifest(tmp_path / engine)["history"][-1] for engine in ("ray", "reference")]
+    assert probes[0]["probe_clean_only_accuracy"] == pytest.approx(probes[1]["probe_clean_only_accuracy"], abs=0.02)
+    assert probes[0]["probe_mixed_accuracy"] == pytest.approx(probes[1]["probe_mixed_accuracy"], abs=0.05)
+    assert all("probe_mixed_accuracy" not in h for h in read_manifest(tmp_path / "ray")["history"][:-1])
     for engine in ("ray", "reference"):
         manifest = verify_release(tmp_path / engine)
         assert manifest["snapshots"] == {"1": "rounds/round-00001"}

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from ue_core import bayes_error
 from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError
-from ue_core.methods.base import ProtectionMethod, ProtectionResult
+from ue_core.efficacy import ProbeConfig, clean_only_probe, mixed_probe
+from ue_core.methods.base import ProtectionMethod, ProtectionResult, release_of
 from ue_core.models import MODEL_NAMES, Classifier, build_model
 from ue_core.pga import PGAConfig, PixelState, ascent_step
 from ue_core.training import compute_features, evaluate, feature_accuracy, feature_vjp, fit, recipe
@@ -147,6 +148,7 @@ class BEOConfig:
         pga: budget and update rule; surrogate, estimator: see their classes.
         batch_size: images per forward/backward pass when computing features and pixel gradients.
         seed: seeds the surrogate's initialisation and data order and the estimator's sampling.
+        probe: the mixed efficacy probe every few rounds (ue_core.efficacy; off by default, needs a test set).
         release_rounds: also release the protected images after each of these rounds (1 ≤ k < rounds), so
             that one long run shows how efficacy grows with the horizon; the release after ``rounds`` is
             the job's own. A release taken after round k equals the final release of the same run with
@@ -160,6 +162,7 @@ class BEOConfig:
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     batch_size: int = 256
     seed: int = 0
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     release_rounds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
@@ -272,16 +275,19 @@ class BEO(ProtectionMethod):
     name = "beo"
 
     def __init__(self, config: BEOConfig, test_set: ImageDataset | None = None) -> None:
-        """``test_set``, when given, is used only to report the surrogate's test accuracy per round."""
+        """``test_set``, when given, is used only to report the surrogate's test accuracy per round and, with
+        ``config.probe``, the mixed efficacy probe."""
         super().__init__(config.pga)
         self.config = config
         self.test_set = test_set
+        self._clean_only_probe: float | None = None
 
     def perturb(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
         """Run the rounds; the history has one record per step: round, step, bayes_error (β̂ before the
         step's update), delta_mean_abs and delta_max_abs (after it), surrogate_train_accuracy (the round's
         surrogate on the round's protected images x + δ, scored from step 0's features),
-        surrogate_test_accuracy (with a test set), seconds_surrogate and seconds_ascent."""
+        surrogate_test_accuracy (with a test set), seconds_surrogate and seconds_ascent; the last record of a
+        probed round also has probe_mixed_accuracy and probe_clean_only_accuracy (ue_core.efficacy)."""
         config = self.config
         images, labels = dataset.tensors()
         state = PixelState.zeros(tuple(images.shape))
@@ -323,11 +329,21 @@ class BEO(ProtectionMethod):
                     "delta_max_abs": float(state.delta.abs().max()),
                     "seconds_ascent": time.perf_counter() - step_started,
                 })
+            if self.test_set is not None and config.probe.due(round_index + 1, config.rounds):
+                history[-1].update(self.probe(dataset, release_of(dataset, state.delta, self.pga)))
             rounds.set_postfix(bayes_error=f"{history[-1]['bayes_error']:.4f}")
             if round_index + 1 in config.release_rounds:
                 snapshots[round_index + 1] = state.delta.clone()
         return ProtectionResult(release=dataset, delta=state.delta, history=history, surrogate=surrogate,
                                 snapshot_deltas=snapshots)
+
+    def probe(self, clean: ImageDataset, release: ImageDataset) -> dict[str, float]:
+        """The mixed probe's accuracy on this release and the clean-only reference (trained once), in [0, 1]."""
+        probe = self.config.probe
+        if self._clean_only_probe is None:
+            self._clean_only_probe = clean_only_probe(clean, self.test_set, probe)
+        return {"probe_mixed_accuracy": mixed_probe(clean, release, self.test_set, probe),
+                "probe_clean_only_accuracy": self._clean_only_probe}
 
     def _test_accuracy(self, surrogate: Classifier) -> dict[str, float]:
         if self.test_set is None:
