@@ -285,8 +285,9 @@ def results_table(outcomes: list[TrialOutcome]) -> tuple[str, str]:
     writer = csv.DictWriter(buffer, fieldnames=list(TrialOutcome.__dataclass_fields__), lineterminator="\n")
     writer.writeheader()
     writer.writerows(asdict(o) for o in outcomes)
-    lines = ["| arm | method | ε | settings | ratio | victim | defence | evaluation | status | final test acc (%) "
-             "| best test acc (%) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    header = ("| arm | method | ε | settings | ratio | victim | defence | evaluation | status | final test acc (%) "
+              "| best test acc (%) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
         eps = "—" if o.eps is None else f"{o.eps * 255:g}/255"
         final = "—" if o.final_test_accuracy is None else f"{100 * o.final_test_accuracy:.2f}"

@@ -4,11 +4,10 @@ import math
 
 import pytest
 import torch
+from dense_reference import clustered_features, dense_bayes_error
 
 from ue_core import bayes_error as be
 from ue_core.errors import InvalidInputError
-
-from dense_reference import clustered_features, dense_bayes_error
 
 
 def test_value_matches_definition():

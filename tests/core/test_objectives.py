@@ -3,12 +3,11 @@ bandwidth; each against an independent computation (autograd in float64, finite 
 
 import pytest
 import torch
+from dense_reference import clustered_features, dense_bayes_error
 
 from ue_core import bayes_error as be
 from ue_core.errors import InvalidInputError
 from ue_core.methods.beo import EstimatorConfig
-
-from dense_reference import clustered_features, dense_bayes_error
 
 
 def dense_target_posterior(z: torch.Tensor, y: torch.Tensor, num_classes: int, sigma: float, shift: int):
@@ -92,7 +91,7 @@ def test_a_bandwidth_below_every_distance_is_refused_not_reported():
 
 
 def test_nearest_neighbour_sigma_against_brute_force():
-    z, y = clustered_features(300, 7, 3, seed=16)
+    z, _ = clustered_features(300, 7, 3, seed=16)
     nearest = torch.cdist(z, z).fill_diagonal_(torch.inf).min(1).values
     assert be.nearest_neighbour_sigma(z, 0.75, queries=300) == pytest.approx(0.75 * nearest.median().item())
     # a subset of queries: the median of those rows' nearest-neighbour distances, same draw

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from ue_core import bayes_error
 from ue_core.data.dataset import ImageDataset
-from ue_core.errors import InvalidInputError
 from ue_core.efficacy import ProbeConfig, clean_only_probe, mixed_probe
+from ue_core.errors import InvalidInputError
 from ue_core.methods.base import ProtectionMethod, ProtectionResult, release_of
 from ue_core.models import MODEL_NAMES, Classifier, build_model
 from ue_core.pga import PGAConfig, PixelState, ascent_step
@@ -170,7 +170,7 @@ class BEOConfig:
             raise InvalidInputError(
                 f"rounds and steps_per_round must be >= 1, got {self.rounds}, {self.steps_per_round}"
             )
-        object.__setattr__(self, "release_rounds", tuple(sorted(set(int(k) for k in self.release_rounds))))
+        object.__setattr__(self, "release_rounds", tuple(sorted({int(k) for k in self.release_rounds})))
         outside = [k for k in self.release_rounds if not 1 <= k < self.rounds]
         if outside:
             raise InvalidInputError(
