@@ -18,7 +18,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from ue_core.methods.em import ErrorMinimisingNoise
 from ue_core.methods.random_noise import RandomNoise
 from ue_core.methods.tap import TargetedAdversarialPoisoning
 from ue_core.quality import psnr, ssim
-from ue_core.release import check_release_target, write_release
+from ue_core.release import check_release_target, snapshot_path, write_release
 
 ENGINES = ("ray", "reference")
 QUALITY_KEYS = ("psnr_db", "ssim")
@@ -47,7 +47,8 @@ QUALITY_KEYS = ("psnr_db", "ssim")
 class ProtectSummary:
     """What a protect job reports at the end: ``results`` holds the method's headline numbers (BEO: β̂ of
     the clean data and of the release, keys bayes_error_clean and bayes_error_release) and, for every method,
-    how visible the perturbation is: psnr_db and ssim of the release against the clean images (ue_core.quality)."""
+    how visible the perturbation is: psnr_db and ssim of the release against the clean images (ue_core.quality).
+    ``early_releases`` maps each round of ``beo.release_rounds`` to the release published after it."""
 
     method: str
     release_uri: str
@@ -56,6 +57,7 @@ class ProtectSummary:
     seconds: float
     mlflow_run: str
     tracking_uri: str
+    early_releases: dict[int, str] = field(default_factory=dict)
 
     def line(self) -> str:
         if self.method == "beo":
@@ -65,8 +67,12 @@ class ProtectSummary:
             numbers = ", ".join(f"{key.replace('_', ' ')} {value:.4g}" for key, value in self.results.items()
                                 if key not in QUALITY_KEYS)
         numbers += f"{', ' if numbers else ''}PSNR {self.results['psnr_db']:.2f} dB, SSIM {self.results['ssim']:.4f}"
+        early = ""
+        if self.early_releases:
+            early = (f" (and after rounds {', '.join(map(str, self.early_releases))} at "
+                     f"{', '.join(self.early_releases.values())})")
         return (f"protected {self.count} images with {self.method} ({numbers}) in {self.seconds:.0f} s; "
-                f"release at {self.release_uri}; MLflow run {self.mlflow_run} in {self.tracking_uri}")
+                f"release at {self.release_uri}{early}; MLflow run {self.mlflow_run} in {self.tracking_uri}")
 
 
 def code_version() -> str:
@@ -173,8 +179,9 @@ def protect(
         tracker.log_json(written, "manifest.json")
         if sharded:
             remove(work.uri)
+    early = {rounds: f"{out.rstrip('/')}/{snapshot_path(rounds)}" for rounds in sorted(snapshots)}
     return ProtectSummary(config.method, out, len(clean), summary, time.perf_counter() - started, tracker.run_id,
-                          tracker.uri)
+                          tracker.uri, early)
 
 
 def quality(clean: ImageDataset, release: ImageDataset) -> dict[str, float]:

@@ -133,7 +133,9 @@ def test_stronger_options_and_early_releases_on_ray_match_the_reference(job, tmp
         "beo.estimator.objective": "target", "beo.estimator.bandwidth": "nearest-neighbour",
         "beo.release_rounds": [1], "data.test_subset": 100,
         "beo.probe": {"every": 2, "epochs": 1, "width": 16}})
-    protect_with_both_engines(job, config, tmp_path)
+    _, ours = protect_with_both_engines(job, config, tmp_path)
+    assert ours.early_releases == {1: f"{tmp_path / 'ray'}/rounds/round-00001"}
+    assert f"and after rounds 1 at {tmp_path / 'ray'}/rounds/round-00001" in ours.line()
     assert_releases_agree(tmp_path / "ray", tmp_path / "reference")
     probes = [read_manifest(tmp_path / engine)["history"][-1] for engine in ("ray", "reference")]
     assert probes[0]["probe_clean_only_accuracy"] == pytest.approx(probes[1]["probe_clean_only_accuracy"], abs=0.02)
