@@ -38,7 +38,13 @@ from ue_core import bayes_error
 from ue_core.config import from_dict, to_dict
 from ue_core.data.fsutil import filesystem
 from ue_core.errors import InvalidInputError, UEError
-from ue_core.methods.beo import BEOConfig, estimate_step, estimator_generator, train_surrogate
+from ue_core.methods.beo import (
+    BEOConfig,
+    estimate_step,
+    estimator_generator,
+    normalise_with_anchors,
+    train_surrogate,
+)
 from ue_core.models import Classifier, build_model
 from ue_core.pga import PGAConfig, PixelState, ascent_step
 from ue_core.training import compute_features, evaluate, feature_accuracy, feature_vjp
@@ -200,17 +206,22 @@ def collect(dataset: ray.data.Dataset, columns: list[str]) -> dict[str, np.ndarr
 
 
 class FeaturePass:
-    """Ray Data actor: penultimate features φ(x + δ) of each batch; output columns index, label, features."""
+    """Ray Data actor: penultimate features φ(x + δ) of each batch; output columns index, label, features, and
+    with ``anchors`` also φ(x), the clean copies' features (``estimator.anchors: clean``)."""
 
-    def __init__(self, surrogate: dict[str, Any], batch_size: int, threads: int = 1) -> None:
+    def __init__(self, surrogate: dict[str, Any], batch_size: int, threads: int = 1, anchors: bool = False) -> None:
         torch.set_num_threads(threads)
         self.model = load_model(ray.get(surrogate["ref"]))
         self.batch_size = batch_size
+        self.anchors = anchors
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x, delta = images_and_delta(batch)
         features = compute_features(self.model, x + delta, batch_size=self.batch_size)
-        return {"index": batch["index"], "label": batch["label"], "features": features.numpy()}
+        result = {"index": batch["index"], "label": batch["label"], "features": features.numpy()}
+        if self.anchors:
+            result["anchors"] = compute_features(self.model, x, batch_size=self.batch_size).numpy()
+        return result
 
 
 class AscentPass:
@@ -302,9 +313,10 @@ def _gradient_block(
 
 
 @ray.remote
-def _cheap_estimate(
+def _one_task_estimate(
     bank: np.ndarray,
     labels: np.ndarray,
+    anchors: np.ndarray | None,
     num_classes: int,
     estimator: dict[str, Any],
     sigma: float,
@@ -317,7 +329,7 @@ def _cheap_estimate(
     config = from_dict(EstimatorConfig, estimator)
     result = estimate_step(
         torch.from_numpy(bank), torch.from_numpy(labels), num_classes, config, sigma,
-        estimator_generator(config, *generator_seed), with_gradient=True,
+        estimator_generator(config, *generator_seed), True, None if anchors is None else torch.from_numpy(anchors),
     )
     return float(result.value), result.gradient.numpy()
 
@@ -330,22 +342,25 @@ def feature_gradient(
     round_index: int,
     step: int,
     resources: Resources,
+    anchors: np.ndarray | None = None,
 ) -> tuple[float, float, np.ndarray]:
-    """β̂, the step's bandwidth σ and the objective's gradient (N, D) for normalised features z sorted by index.
+    """β̂, the step's bandwidth σ and the objective's gradient (N, D) for normalised features z sorted by index
+    (and, under ``estimator.anchors: clean``, the clean copies' normalised features in the same order).
 
     The exact estimator runs as two passes of tasks over row blocks (stats, then gradient); the cheap
-    "batch" and "reference" estimators are O(N·b) and run as one task.
+    "batch" and "reference" estimators are O(N·b), and the anchored one O((2N)²) so far, and run as one task.
     """
     estimator = config.estimator
     generator_seed = (config.seed, round_index, step)
-    sigma = estimator.step_sigma(torch.from_numpy(features), generator_seed)
+    everything = features if anchors is None else np.concatenate([features, anchors])
+    sigma = estimator.step_sigma(torch.from_numpy(everything), generator_seed)
     bank, bank_labels = ray.put(features), ray.put(labels)
     threads = resources.task_threads
-    if estimator.kind != "exact":
-        task = _cheap_estimate.options(num_cpus=resources.task_cpus)
-        value, gradient = unwrap(
-            task.remote(bank, bank_labels, num_classes, to_dict(estimator), sigma, generator_seed, threads)
-        )
+    if estimator.kind != "exact" or anchors is not None:
+        task = _one_task_estimate.options(num_cpus=resources.task_cpus)
+        value, gradient = unwrap(task.remote(
+            bank, bank_labels, anchors, num_classes, to_dict(estimator), sigma, generator_seed, threads
+        ))
         return value, sigma, gradient
     targets = None
     if estimator.objective == "target":
@@ -656,14 +671,15 @@ def run_round(
     for step in range(config.steps_per_round):
         timings = {}
         t0 = time.perf_counter()
+        anchored = config.estimator.anchors == "clean"
         features = collect(
             state.map_batches(
                 FeaturePass,
                 fn_constructor_kwargs={"surrogate": surrogate_ref, "batch_size": config.batch_size,
-                                       "threads": threads},
+                                       "threads": threads, "anchors": anchored},
                 **actor_options,
             ),
-            ["index", "label", "features"],
+            ["index", "label", "features", *(["anchors"] if anchored else [])],
         )
         if step == 0:  # the round's protected images, scored from their features, as the reference does
             round_metrics["surrogate_train_accuracy"] = feature_accuracy(
@@ -671,9 +687,12 @@ def run_round(
             )
         timings["seconds_features"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        z, scale = bayes_error.normalise_features(torch.from_numpy(features["features"]))
+        z, anchors, scale = normalise_with_anchors(
+            torch.from_numpy(features["features"]), torch.from_numpy(features["anchors"]) if anchored else None
+        )
         value, sigma, gradient = feature_gradient(
-            z.numpy(), features["label"], info.num_classes, config, round_index, step, resources
+            z.numpy(), features["label"], info.num_classes, config, round_index, step, resources,
+            None if anchors is None else anchors.numpy(),
         )
         timings["seconds_estimator"] = time.perf_counter() - t0
         t0 = time.perf_counter()

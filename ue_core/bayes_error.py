@@ -195,9 +195,11 @@ class _BankKernel:
         left = torch.cat([rows, rows.square().sum(1, keepdim=True), rows.new_ones(len(rows), 1)], 1)
         torch.mm(left.mul_(self.scale), self.right.T, out=kernel)
         kernel.clamp_(max=0.0).exp_()
-        if self_positions is not None:
-            inside = (self_positions >= 0).nonzero().squeeze(1)
-            kernel[inside, self_positions[inside]] = 0.0
+        if self_positions is not None:  # (b,) or (b, k): every listed position of a row is masked
+            positions = self_positions.reshape(len(rows), -1)
+            for column in positions.T:
+                inside = (column >= 0).nonzero().squeeze(1)
+                kernel[inside, column[inside]] = 0.0
         return kernel
 
     def chunks(self, rows: torch.Tensor, self_positions: torch.Tensor | None):
@@ -213,8 +215,8 @@ def kernel_block(
 ) -> torch.Tensor:
     """RBF kernel of ``rows`` (B, D) against ``bank`` (N, D), shape (B, N).
 
-    ``self_positions`` (B,) gives the position of each row in the bank (-1 if it is not in it); those
-    entries are zeroed (leave-one-out).
+    ``self_positions`` (B,) gives the position of each row in the bank (-1 if it is not in it), or (B, k)
+    several positions per row; those entries are zeroed (leave-one-out).
     """
     _check_inputs(rows, bank, sigma)
     return _BankKernel(bank, sigma, memory_budget=2**62).rows(rows, self_positions).clone()
@@ -249,7 +251,8 @@ def block_stats(
         bank_labels: int64 labels of the bank, (N,).
         num_classes: C.
         sigma: kernel bandwidth on the normalised features.
-        self_positions: (B,) position of each row in the bank, -1 when absent (leave-one-out mask).
+        self_positions: (B,) position of each row in the bank, -1 when absent (leave-one-out mask); or (B, k)
+            positions a row is never a partner of (e.g. itself and its clean copy, :func:`anchored_estimate`).
         memory_budget: bytes of temporaries allowed.
         row_targets: int64 (B,), the "target" objective's class of each row (:func:`target_classes`); None
             for the "bayes_error" objective (the class read is the argmax).
@@ -307,7 +310,7 @@ def block_gradient(
         bank, bank_labels, bank_stats: every partner's features (N, D), labels (N,) and stats (N,).
         sigma: kernel bandwidth.
         total: the number of samples β̂ averages over (N for the exact estimator).
-        self_positions: (B,) position of each row in the bank, -1 when absent.
+        self_positions: (B,) or (B, k) positions masked for each row, -1 when absent (as in block_stats).
         memory_budget: bytes of temporaries allowed.
         objective: "bayes_error" or "target" (the stats must have been computed for it).
     """
@@ -431,6 +434,52 @@ def estimate(
             )
     check_support(KernelStats.concat(parts), sigma)
     return Estimate(errors.mean(), errors, gradient)
+
+
+def anchored_estimate(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    anchors: torch.Tensor,
+    anchor_labels: torch.Tensor,
+    num_classes: int,
+    sigma: float = 0.3,
+    twins: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    objective: Objective = "bayes_error",
+    target_shift: int = 1,
+) -> Estimate:
+    """The exact estimator of a mixture: the protected features z (N, D) beside fixed clean anchors a (M, D).
+
+    Every sample of [z; a] is a kernel partner of every other. With ``twins`` the anchors are the clean
+    copies of the same N images (M = N, a_i of image i): sample i and its copy N + i are never each other's
+    partners, since a victim sees an index either clean or protected. The objective is that of all N + M
+    samples, so moving z_i near the clean images of another class also counts through their posteriors;
+    the gradient (N, D) is with respect to z only (the anchors are fixed). ``value`` and ``errors`` (N + M,)
+    are β̂ of the mixture. Without anchors (M = 0) this is :func:`estimate`'s exact estimator.
+
+    Args:
+        features, labels: z (N, D) and int64 (N,).
+        anchors, anchor_labels: a (M, D) and int64 (M,).
+        twins: whether anchors[i] is the clean copy of the image behind features[i].
+        objective, target_shift: as in :func:`estimate`.
+    """
+    _check_objective(objective)
+    count = len(features)
+    if anchors.ndim != 2 or anchors.shape[1] != features.shape[1] or anchor_labels.shape != (len(anchors),):
+        raise InvalidInputError(f"anchors must be (M, {features.shape[1]}) with (M,) labels, got "
+                                f"{tuple(anchors.shape)} and {tuple(anchor_labels.shape)}")
+    if twins and len(anchors) != count:
+        raise InvalidInputError(f"twin anchors must be one per protected sample ({count}), got {len(anchors)}")
+    bank, bank_labels = torch.cat([features, anchors]), torch.cat([labels, anchor_labels])
+    own = torch.arange(len(bank))
+    positions = torch.stack([own, (own + count) % len(bank)], 1) if twins else own
+    targets = target_classes(bank_labels, num_classes, target_shift) if objective == "target" else None
+    stats = block_stats(bank, bank, bank_labels, num_classes, sigma, positions, memory_budget, targets)
+    check_support(stats, sigma)
+    rows = torch.arange(count)
+    gradient = block_gradient(features, labels, stats.take(rows), bank, bank_labels, stats, sigma, len(bank),
+                              positions[:count], memory_budget, objective)
+    return Estimate(stats.errors.mean(), stats.errors, gradient)
 
 
 def _reference_estimate(

@@ -118,3 +118,14 @@ def test_release_rounds_must_fall_inside_the_run():
         tiny_config(rounds=3, release_rounds=(3,))
     with pytest.raises(InvalidInputError, match="release_rounds"):
         tiny_config(rounds=3, release_rounds=(0,))
+
+
+def test_clean_anchors_make_the_mixture_the_objective(fashion_subset):
+    """With the clean copies as fixed partners the run still publishes a valid release, and its β̂ is that of
+    the 2N-sample mixture: the protected images' own β̂ is not what it reports."""
+    config = tiny_config(rounds=2, estimator=EstimatorConfig(anchors="clean", objective="target"))
+    result = BEO(config).protect(fashion_subset)
+    check_release(fashion_subset, result.release, PGAConfig(eps=16 / 255))
+    assert all(0 < h["bayes_error"] < 1 for h in result.history)
+    with pytest.raises(InvalidInputError, match="anchors: clean needs kind: exact"):
+        EstimatorConfig(anchors="clean", kind="batch")

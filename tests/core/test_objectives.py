@@ -107,3 +107,59 @@ def test_step_sigma_follows_the_config():
     assert adaptive.step_sigma(z, (0, 3, 0)) == adaptive.step_sigma(z, (0, 3, 0))  # a function of the seed
     nearest = torch.cdist(z, z).fill_diagonal_(torch.inf).min(1).values
     assert adaptive.step_sigma(z, (0, 3, 0)) == pytest.approx(1.5 * nearest.median().item())
+
+
+def dense_mixture_objective(z, y, anchors, anchor_labels, num_classes, sigma, objective, twins):
+    """β̂ (argmax held fixed) or the mean target posterior of the mixture [z; anchors], from the definition."""
+    bank, labels = torch.cat([z, anchors]), torch.cat([y, anchor_labels])
+    kernel = torch.exp(-(bank.unsqueeze(1) - bank.unsqueeze(0)).square().sum(-1) / (2 * sigma**2))
+    mask = 1 - torch.eye(len(bank), dtype=z.dtype)
+    if twins:
+        n = len(z)
+        mask[torch.arange(n), torch.arange(n) + n] = 0
+        mask[torch.arange(n) + n, torch.arange(n)] = 0
+    kernel = kernel * mask
+    posterior = kernel @ torch.nn.functional.one_hot(labels, num_classes).to(z.dtype) / (kernel.sum(1, keepdim=True) + 1e-8)
+    if objective == "target":
+        return posterior.gather(1, be.target_classes(labels, num_classes).unsqueeze(1)).mean()
+    return (1 - posterior.gather(1, posterior.detach().argmax(1, keepdim=True))).mean()
+
+
+@pytest.mark.parametrize("objective", ["bayes_error", "target"])
+@pytest.mark.parametrize("twins", [True, False])
+def test_anchored_gradient_equals_autograd_float64(objective, twins):
+    z, y = clustered_features(40, 6, 3, seed=21, spread=0.35)
+    anchors = z + 0.05 * torch.randn(z.shape, generator=torch.Generator().manual_seed(22), dtype=z.dtype)
+    z_auto = z.clone().requires_grad_(True)
+    dense_mixture_objective(z_auto, y, anchors, y, 3, 0.3, objective, twins).backward()
+    result = be.anchored_estimate(z, y, anchors, y, 3, sigma=0.3, twins=twins, objective=objective)
+    assert z_auto.grad.norm() > 1e-3
+    assert ((result.gradient - z_auto.grad).norm() / z_auto.grad.norm()) < 1e-10
+    value = dense_mixture_objective(z, y, anchors, y, 3, 0.3, "bayes_error", twins)
+    assert result.value.item() == pytest.approx(value.item(), rel=1e-12) and len(result.errors) == 80
+
+
+def test_anchored_gradient_matches_finite_differences():
+    z, y = clustered_features(25, 4, 3, seed=23, spread=0.35)
+    anchors, anchor_labels = clustered_features(30, 4, 3, seed=24, spread=0.35)
+    gradient = be.anchored_estimate(z, y, anchors, anchor_labels, 3, sigma=0.3).gradient
+    direction = torch.randn(z.shape, generator=torch.Generator().manual_seed(25), dtype=z.dtype)
+    h = 1e-6
+
+    def value(shift):
+        return be.anchored_estimate(z + shift * direction, y, anchors, anchor_labels, 3, sigma=0.3).value
+
+    numeric, analytic = (value(h) - value(-h)) / (2 * h), (gradient * direction).sum()
+    assert analytic.abs() > 1e-4
+    assert numeric.item() == pytest.approx(analytic.item(), rel=1e-6)
+
+
+def test_without_anchors_the_mixture_estimate_is_the_plain_one():
+    z, y = clustered_features(50, 6, 4, seed=26, spread=0.35)
+    for objective in ("bayes_error", "target"):
+        plain = be.estimate(z, y, 4, sigma=0.3, objective=objective)
+        mixture = be.anchored_estimate(z, y, z[:0], y[:0], 4, sigma=0.3, objective=objective)
+        torch.testing.assert_close(mixture.gradient, plain.gradient, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(mixture.errors, plain.errors, rtol=0, atol=1e-14)
+    with pytest.raises(InvalidInputError, match="twin anchors"):
+        be.anchored_estimate(z, y, z[:3], y[:3], 4, twins=True)

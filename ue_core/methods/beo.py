@@ -87,6 +87,10 @@ class EstimatorConfig:
         objective: "bayes_error" (the method: ascend β̂) or "target" (ours: ascend the kernel posterior of
             the class (y + target_shift) mod C, one fixed wrong class per sample; β̂ is still reported).
         target_shift: the "target" objective's class offset, in [1, C - 1].
+        anchors: "none", or "clean" (ours, mixture-aware): the clean copies of the images, in the round's
+            surrogate's feature space, are fixed kernel partners beside the protected ones, so the objective is
+            that of the mixture a victim may see (bayes_error.anchored_estimate); exact estimator only; it
+            costs a second feature pass and a (2N)² kernel, computed in one task by the Ray engine.
         batch_size: mini-batch size of the "batch" estimator.
         reference_size: partners of the "reference" estimator (a subset fixed for the whole run).
         memory_budget_mb: temporaries allowed per kernel block.
@@ -98,6 +102,7 @@ class EstimatorConfig:
     bandwidth_scale: float = 0.75
     objective: bayes_error.Objective = "bayes_error"
     target_shift: int = 1
+    anchors: str = "none"
     batch_size: int = 1024
     reference_size: int = 2048
     memory_budget_mb: int = 512
@@ -121,6 +126,10 @@ class EstimatorConfig:
             )
         if self.target_shift < 1:
             raise InvalidInputError(f"estimator target_shift must be >= 1, got {self.target_shift}")
+        if self.anchors not in ANCHORS:
+            raise InvalidInputError(f"unknown estimator anchors {self.anchors!r}; expected one of {', '.join(ANCHORS)}")
+        if self.anchors != "none" and self.kind != "exact":
+            raise InvalidInputError(f"estimator anchors: {self.anchors} needs kind: exact, got {self.kind}")
 
     def step_sigma(self, features: torch.Tensor, generator_seed: tuple[int, int, int]) -> float:
         """The bandwidth of one ascent step on normalised features (N, D); ``generator_seed`` is
@@ -132,6 +141,7 @@ class EstimatorConfig:
 
 
 BANDWIDTHS: tuple[str, ...] = ("fixed", "nearest-neighbour")
+ANCHORS: tuple[str, ...] = ("none", "clean")
 
 
 def hash_seed(seed: int, round_index: int, step: int) -> int:
@@ -242,6 +252,18 @@ def estimator_generator(config: EstimatorConfig, seed: int, round_index: int = 0
     return torch.Generator().manual_seed(hash_seed(seed, round_index, step))
 
 
+def normalise_with_anchors(
+    raw: torch.Tensor, raw_anchors: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """Raw features φ(x + δ) (N, D) and, under ``anchors: clean``, φ(x) (N, D) → (z, anchors, s): both scaled
+    by one s = max |φ| over everything the kernel sees."""
+    if raw_anchors is None:
+        features, scale = bayes_error.normalise_features(raw)
+        return features, None, scale
+    both, scale = bayes_error.normalise_features(torch.cat([raw, raw_anchors]))
+    return both[: len(raw)], both[len(raw) :], scale
+
+
 def estimate_step(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -250,9 +272,16 @@ def estimate_step(
     sigma: float,
     generator: torch.Generator,
     with_gradient: bool,
+    anchors: torch.Tensor | None = None,
 ) -> bayes_error.Estimate:
     """β̂ and the objective's gradient (N, D) of one step on normalised features z (N, D), labels (N,),
-    with bandwidth ``sigma`` (:meth:`EstimatorConfig.step_sigma`)."""
+    with bandwidth ``sigma`` (:meth:`EstimatorConfig.step_sigma`) and, under ``anchors: clean``, the clean
+    copies' normalised features (N, D) as fixed partners (β̂ is then that of the 2N-sample mixture)."""
+    if anchors is not None:
+        return bayes_error.anchored_estimate(
+            features, labels, anchors, labels, num_classes, sigma=sigma, twins=True,
+            memory_budget=config.memory_budget_mb * 2**20, objective=config.objective, target_shift=config.target_shift,
+        )
     return bayes_error.estimate(
         features,
         labels,
@@ -312,11 +341,16 @@ class BEO(ProtectionMethod):
                 raw = compute_features(surrogate, protected, batch_size=config.batch_size)
                 if step == 0:  # the round's protected images, scored from their features: no second pass
                     round_metrics["surrogate_train_accuracy"] = feature_accuracy(surrogate, raw, labels)
-                features, scale = bayes_error.normalise_features(raw)
-                sigma = config.estimator.step_sigma(features, (config.seed, round_index, step))
+                raw_anchors = None
+                if config.estimator.anchors == "clean":
+                    raw_anchors = compute_features(surrogate, images, batch_size=config.batch_size)
+                features, anchors, scale = normalise_with_anchors(raw, raw_anchors)
+                sigma = config.estimator.step_sigma(
+                    features if anchors is None else torch.cat([features, anchors]), (config.seed, round_index, step)
+                )
                 result = estimate_step(
                     features, labels, dataset.num_classes, config.estimator, sigma,
-                    estimator_generator(config.estimator, config.seed, round_index, step), with_gradient=True,
+                    estimator_generator(config.estimator, config.seed, round_index, step), True, anchors,
                 )
                 gradient = pixel_gradient(surrogate, protected, result.gradient, scale, config.batch_size)
                 state = ascent_step(state, gradient, images, config.pga)
