@@ -70,6 +70,14 @@ def fixed_space(clean: ImageDataset, epochs: int, cache: Path) -> torch.nn.Modul
     return model.eval()
 
 
+def target_rate(model: torch.nn.Module, release: ImageDataset) -> float:
+    """Fraction of the release's images that ``model`` puts in the class (y + 1) mod C."""
+    images, labels = release.tensors()
+    with torch.no_grad():
+        predicted = torch.cat([model(batch).argmax(1) for batch in images.split(256)])
+    return float((predicted == (labels + 1) % release.num_classes).float().mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="the run's name in the results file")
@@ -119,6 +127,10 @@ def main() -> None:
             "bayes_error_fixed_clean": round(bayes_clean, 4),
             "bayes_error_fixed_release": round(measure_bayes_error(
                 space, release.tensors()[0], labels, clean.num_classes, estimator), 4),
+            # how much wrong-class evidence the release carries for a clean model: its accuracy on the
+            # release (on the clean images it is 100% or near) and how often it predicts (y + 1) mod C
+            "fixed_model_accuracy_on_release": round(100 * evaluate(space, *release.tensors()), 2),
+            "fixed_model_target_rate": round(100 * target_rate(space, release), 2),
         }
         if args.method == "beo":
             last = history[rounds]

@@ -122,14 +122,13 @@ def ensure_releases(
     from pipelines.protect import protect
 
     uris = {}
-    for run, labels in _runs(config).items():
-        protect_config = run
-        uri = _addressed(releases, source, protect_config)
+    for job, labels in _runs(config).items():
+        uri = _addressed(releases, source, job)
         fs, path = filesystem(uri)
         if fs.exists(f"{path}/{MANIFEST_NAME}"):
             verify_release(uri)  # a damaged release is an error, never silently replaced
         else:  # an interrupted BEO job resumes from its work folder
-            protect(source, uri, protect_config, progress=progress, ray_address=ray_address,
+            protect(source, uri, job, progress=progress, ray_address=ray_address,
                     tracking_uri=tracking_uri, experiment="ue-sweep-releases")
         for label, rounds in labels.items():
             uris[label] = uri if rounds is None else f"{uri}/{snapshot_path(rounds)}"
@@ -152,8 +151,8 @@ def _runs(config: SweepConfig) -> dict[ProtectConfig, dict[str, int | None]]:
     for members in groups.values():
         longest = max(c.beo.rounds for _, c in members)
         earlier = tuple(sorted({c.beo.rounds for _, c in members} - {longest}))
-        run = replace(members[0][1], beo=replace(members[0][1].beo, rounds=longest, release_rounds=earlier))
-        runs[run] = {spec.label: None if c.beo.rounds == longest else c.beo.rounds for spec, c in members}
+        job = replace(members[0][1], beo=replace(members[0][1].beo, rounds=longest, release_rounds=earlier))
+        runs[job] = {spec.label: None if c.beo.rounds == longest else c.beo.rounds for spec, c in members}
     return runs
 
 
