@@ -117,10 +117,11 @@ def main() -> None:
     estimator = EstimatorConfig(sigma=FIXED_SPACE_SIGMA)
     clean_images, labels = clean.tensors()
     bayes_clean = measure_bayes_error(space, clean_images, labels, clean.num_classes, estimator)
-    history = {int(r["round"]) + 1: r for r in result.history}
+    history = {int(r["round"]) + 1: r for r in result.history} if args.method == "beo" else {}
     for rounds, release in sorted(releases.items()):
         record = {
-            "name": args.name, "method": args.method, "eps": round(config.beo.pga.eps * 255, 3), "rounds": rounds,
+            "name": args.name, "method": args.method, "eps": round(config.beo.pga.eps * 255, 3),
+            "rounds": rounds if args.method == "beo" else None,
             "overrides": {k: v for k, v in overrides.items() if k not in ("method", "beo.pga.eps")},
             "seconds_protect": round(seconds, 1), "size": args.size,
             "psnr_db": round(psnr(clean.images, release.images), 2), "ssim": round(ssim(clean.images, release.images), 4),

@@ -352,8 +352,7 @@ def feature_gradient(
     """
     estimator = config.estimator
     generator_seed = (config.seed, round_index, step)
-    everything = features if anchors is None else np.concatenate([features, anchors])
-    sigma = estimator.step_sigma(torch.from_numpy(everything), generator_seed)
+    sigma = estimator.step_sigma(torch.from_numpy(features), generator_seed)  # as the reference: z alone
     bank, bank_labels = ray.put(features), ray.put(labels)
     threads = resources.task_threads
     if estimator.kind != "exact" or anchors is not None:

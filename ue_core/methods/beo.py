@@ -345,9 +345,9 @@ class BEO(ProtectionMethod):
                 if config.estimator.anchors == "clean":
                     raw_anchors = compute_features(surrogate, images, batch_size=config.batch_size)
                 features, anchors, scale = normalise_with_anchors(raw, raw_anchors)
-                sigma = config.estimator.step_sigma(
-                    features if anchors is None else torch.cat([features, anchors]), (config.seed, round_index, step)
-                )
+                # from the protected features alone: with anchors, an image's nearest one is its own clean copy
+                # (at distance 0 in the first round), which is never its partner
+                sigma = config.estimator.step_sigma(features, (config.seed, round_index, step))
                 result = estimate_step(
                     features, labels, dataset.num_classes, config.estimator, sigma,
                     estimator_generator(config.estimator, config.seed, round_index, step), True, anchors,
