@@ -129,10 +129,13 @@ def nearest_neighbour_sigma(
     if total < 2:
         raise InvalidInputError(f"a nearest-neighbour bandwidth needs at least 2 samples, got {total}")
     chosen = torch.randperm(total, generator=generator)[: min(queries, total)]
-    squared = torch.cdist(features[chosen].double(), features.double()).square_()
-    squared[torch.arange(len(chosen)), chosen] = torch.inf
-    nearest = squared.min(dim=1).values.sqrt()
-    return float(scale * nearest.median())
+    bank = features.double()
+    nearest = []
+    for part in chosen.split(256):  # 256 × N distances at a time
+        distances = torch.cdist(bank[part], bank)
+        distances[torch.arange(len(part)), part] = torch.inf
+        nearest.append(distances.min(dim=1).values)
+    return float(scale * torch.cat(nearest).median())
 
 
 @dataclass(frozen=True)
@@ -271,16 +274,13 @@ def block_stats(
     predicted = torch.empty(len(rows), dtype=torch.long)
     for start, stop, kernel in _BankKernel(bank, sigma, memory_budget).chunks(rows, self_positions):
         masses = kernel @ one_hot_and_ones  # class masses and, in the last column, the row sum
-        torch.max(masses[:, :num_classes], 1, out=(predicted_mass[start:stop], predicted[start:stop]))
+        torch.max(masses[:, :num_classes], 1, out=(top_mass[start:stop], predicted[start:stop]))
         row_sum[start:stop] = masses[:, num_classes]
-        if row_targets is not None:
-            targets = row_targets[start:stop]
-            top_mass_chunk = predicted_mass[start:stop].clone()
-            predicted_mass[start:stop] = masses[torch.arange(stop - start), targets]
-            predicted[start:stop] = targets
-            top_mass[start:stop] = top_mass_chunk
+        if row_targets is not None:  # the objective reads the target's mass, β̂ still the top one
+            predicted[start:stop] = row_targets[start:stop]
+            predicted_mass[start:stop] = masses[torch.arange(stop - start), row_targets[start:stop]]
     if row_targets is None:
-        top_mass = predicted_mass.clone()
+        predicted_mass = top_mass
     return KernelStats(row_sum.add_(EPS_Z), predicted_mass, predicted, top_mass)
 
 
