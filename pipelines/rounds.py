@@ -3,10 +3,14 @@
 Per round (METHOD.md §2–3), each step a ue_core function run where the data is:
 
     surrogate   Ray Train (TorchTrainer, one worker) runs ue_core.methods.beo.train_surrogate
-    features    Ray Data actors: φ(x + δ) per batch → the feature bank, normalised, put in the object store
+    features    Ray Data actors: φ(x + δ) (and φ(x) under ``estimator.anchors: clean``) per batch → the
+                feature bank, normalised, put in the object store
     stats       Ray tasks over row blocks: ue_core.bayes_error.block_stats against the whole bank
     gradient    Ray tasks over row blocks: ue_core.bayes_error.block_gradient with everyone's stats
-    ascent      Ray Data actors: J_φᵀ (∂β̂/∂z / s) per batch, then ue_core.pga.ascent_step
+                (the "batch" and "reference" estimators and the anchored one: ue_core.methods.beo.estimate_step
+                in one task)
+    ascent      Ray Data actors: J_φᵀ (∂objective/∂z / s) per batch, then ue_core.pga.ascent_step
+    probe       when due (``beo.probe``), one Ray task on the round's state: ue_core.efficacy's mixed probe
 
 The state (δ, steps and, under Adam, the per-sample moments, keyed by index) lives in Parquet shards in the
 work directory; each finished round is written there with round.json last, so a killed job resumes from its last round.
