@@ -9,8 +9,9 @@ each (victim recipe, seed) this trains victims on the mixed arm (ratio r) and on
 (poison-only), beside the clean-all and clean-only references of the same seed (cached in the results
 file's folder), and reports test accuracies on a fixed class-balanced clean test subset, β̂ of the clean
 images and of the release in one fixed clean feature space (a clean-trained small CNN of the seed 0),
-PSNR/SSIM and the generation seconds. The victim is a small CNN of width 64 (the surrogate's default
-width is 32), so victims are never the surrogate.
+PSNR/SSIM and the generation seconds. The victim is a small CNN of width 64 by default (the surrogate's
+default width is 32), so victims are never the surrogate; `--victim mobilenetv2` (or any zoo name, with
+`small_cnn:W` for a width) trains another architecture.
 """
 
 from __future__ import annotations
@@ -32,27 +33,33 @@ from ue_core.models import build_model
 from ue_core.quality import psnr, ssim
 from ue_core.training import evaluate, fit, recipe
 
-VICTIM_WIDTH = 64
+DEFAULT_VICTIM = "small_cnn:64"
 FIXED_SPACE_SIGMA = 0.3
 
 
-def train_victim(train: ImageDataset, test: ImageDataset, recipe_name: str, epochs: int, seed: int):
-    """A small CNN of width 64 trained on ``train``; returns (model, clean test accuracy in %)."""
+def train_victim(train: ImageDataset, test: ImageDataset, recipe_name: str, epochs: int, seed: int,
+                 victim: str = DEFAULT_VICTIM):
+    """A ``victim`` ("name" or "small_cnn:W") trained on ``train``; returns (model, clean test accuracy in %)."""
     x, y = train.tensors()
-    model = build_model("small_cnn", train.num_classes, x.shape[1], x.shape[-1], width=VICTIM_WIDTH, seed=seed)
+    name, _, width = victim.partition(":")
+    model = build_model(name, train.num_classes, x.shape[1], x.shape[-1], width=int(width) if width else None,
+                        seed=seed)
     fit(model, x, y, recipe(recipe_name, epochs=epochs), seed=seed)
     return model, 100.0 * evaluate(model, *test.tensors())
 
 
-def clean_references(clean, test, recipe_name, epochs, seed, ratio, cache: Path) -> dict[str, float]:
-    """Clean-all and clean-only accuracies of one (recipe, seed), computed once per cache file."""
+def clean_references(clean, test, recipe_name, epochs, seed, ratio, cache: Path,
+                     victim: str = DEFAULT_VICTIM) -> dict[str, float]:
+    """Clean-all and clean-only accuracies of one (victim, recipe, seed), computed once per cache file."""
     key = f"{len(clean)}-{len(test)}-{recipe_name}-{epochs}-{seed}-{ratio}"
+    if victim != DEFAULT_VICTIM:
+        key += f"-{victim}"
     cached = json.loads(cache.read_text()) if cache.exists() else {}
     if key not in cached:
         accuracies = {}
         for arm in ("clean-all", "clean-only"):
             train, _ = build_training_set(clean, clean, arm, ratio, seed)
-            accuracies[arm] = train_victim(train, test, recipe_name, epochs, seed)[1]
+            accuracies[arm] = train_victim(train, test, recipe_name, epochs, seed, victim)[1]
         cached[key] = accuracies
         cache.write_text(json.dumps(cached, indent=1))
     return cached[key]
@@ -62,10 +69,10 @@ def fixed_space(clean: ImageDataset, epochs: int, cache: Path) -> torch.nn.Modul
     """The clean-trained model (plain recipe, seed 0) whose feature space every β̂ here is measured in."""
     if cache.exists():
         x, _ = clean.tensors()
-        model = build_model("small_cnn", clean.num_classes, x.shape[1], x.shape[-1], width=VICTIM_WIDTH, seed=0)
+        model = build_model("small_cnn", clean.num_classes, x.shape[1], x.shape[-1], width=64, seed=0)
         model.load_state_dict(torch.load(cache, weights_only=True))
         return model.eval()
-    model, _ = train_victim(clean, clean, "plain", epochs, 0)
+    model, _ = train_victim(clean, clean, "plain", epochs, 0)  # the default victim
     torch.save(model.state_dict(), cache)
     return model.eval()
 
@@ -93,6 +100,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="victim epochs")
     parser.add_argument("--recipes", nargs="+", default=["plain"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--victim", default=DEFAULT_VICTIM, help="victim model: a zoo name, or small_cnn:WIDTH")
     parser.add_argument("--out", default="bench/results/efficacy.jsonl")
     args = parser.parse_args()
 
@@ -123,7 +131,7 @@ def main() -> None:
             "name": args.name, "method": args.method, "eps": round(config.beo.pga.eps * 255, 3),
             "rounds": rounds if args.method == "beo" else None,
             "overrides": {k: v for k, v in overrides.items() if k not in ("method", "beo.pga.eps")},
-            "seconds_protect": round(seconds, 1), "size": args.size,
+            "seconds_protect": round(seconds, 1), "size": args.size, "victim": args.victim,
             "psnr_db": round(psnr(clean.images, release.images), 2), "ssim": round(ssim(clean.images, release.images), 4),
             "bayes_error_fixed_clean": round(bayes_clean, 4),
             "bayes_error_fixed_release": round(measure_bayes_error(
@@ -140,11 +148,11 @@ def main() -> None:
         for recipe_name in args.recipes:
             for seed in args.seeds:
                 references = clean_references(clean, test, recipe_name, args.epochs, seed, args.ratio,
-                                              out.parent / "clean-references.json")
+                                              out.parent / "clean-references.json", args.victim)
                 arms = dict(references)
                 for arm in ("mixed", "poison-only"):
                     train, _ = build_training_set(clean, release, arm, args.ratio, seed)
-                    arms[arm] = train_victim(train, test, recipe_name, args.epochs, seed)[1]
+                    arms[arm] = train_victim(train, test, recipe_name, args.epochs, seed, args.victim)[1]
                 record[f"{recipe_name}/seed{seed}"] = {k: round(v, 2) for k, v in arms.items()}
                 print(json.dumps({"rounds": rounds, recipe_name: arms, "seed": seed}), flush=True)
         with out.open("a") as f:

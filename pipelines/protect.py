@@ -37,7 +37,7 @@ from ue_core.methods.em import ErrorMinimisingNoise
 from ue_core.methods.random_noise import RandomNoise
 from ue_core.methods.tap import TargetedAdversarialPoisoning
 from ue_core.quality import psnr, ssim
-from ue_core.release import check_release_target, snapshot_path, write_release
+from ue_core.release import check_release_target, snapshot_uri, write_release
 
 ENGINES = ("ray", "reference")
 QUALITY_KEYS = ("psnr_db", "ssim")
@@ -179,7 +179,7 @@ def protect(
         tracker.log_json(written, "manifest.json")
         if sharded:
             remove(work.uri)
-    early = {rounds: f"{out.rstrip('/')}/{snapshot_path(rounds)}" for rounds in sorted(snapshots)}
+    early = {rounds: snapshot_uri(out, rounds) for rounds in sorted(snapshots)}
     return ProtectSummary(config.method, out, len(clean), summary, time.perf_counter() - started, tracker.run_id,
                           tracker.uri, early)
 

@@ -45,7 +45,7 @@ from ue_core.data.atomic import check_output_free, staged_directory
 from ue_core.data.fsutil import filesystem
 from ue_core.defences import DefenceConfig
 from ue_core.errors import InvalidInputError
-from ue_core.release import MANIFEST_NAME, read_manifest, snapshot_path, verify_release
+from ue_core.release import MANIFEST_NAME, read_manifest, snapshot_uri, verify_release
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def ensure_releases(
             protect(source, uri, job, progress=progress, ray_address=ray_address,
                     tracking_uri=tracking_uri, experiment="ue-sweep-releases")
         for label, rounds in labels.items():
-            uris[label] = uri if rounds is None else f"{uri}/{snapshot_path(rounds)}"
+            uris[label] = uri if rounds is None else snapshot_uri(uri, rounds)
     return uris
 
 

@@ -74,8 +74,9 @@ class KernelStats:
 
     @staticmethod
     def from_arrays(arrays) -> KernelStats:
-        """Inverse of :meth:`to_arrays` (the arrays may be concatenations of several blocks')."""
-        return KernelStats(*(torch.as_tensor(a) for a in arrays))
+        """Inverse of :meth:`to_arrays` (the arrays may be concatenations of several blocks'); copies, since
+        arrays read back from a shared object store are read-only."""
+        return KernelStats(*(torch.tensor(a) for a in arrays))
 
     @staticmethod
     def concat(parts: list[KernelStats]) -> KernelStats:

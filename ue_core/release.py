@@ -68,6 +68,11 @@ def snapshot_path(rounds: int) -> str:
     return f"rounds/round-{rounds:05d}"
 
 
+def snapshot_uri(release_uri: str, rounds: int) -> str:
+    """Where the release after ``rounds`` rounds lives inside the release at ``release_uri`` (local or URL)."""
+    return f"{release_uri.rstrip('/')}/{snapshot_path(rounds)}"
+
+
 def _write_files(
     release: ImageDataset, fs: Any, folder: str, manifest: dict[str, Any], formats: tuple[str, ...],
     test: ImageDataset | None,
