@@ -98,7 +98,7 @@ class ProtectConfig:
 
 @dataclass(frozen=True)
 class VictimConfig:
-    """The learner whose clean test accuracy measures how unlearnable a release is (METHOD.md §4).
+    """The learner whose clean test accuracy measures how unlearnable a release is (docs/method.md §4).
 
     Attributes:
         model: one of ue_core.models.MODEL_NAMES (paper default: resnet18).

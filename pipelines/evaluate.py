@@ -1,4 +1,4 @@
-"""`ue evaluate`: how unlearnable is a release? The arms of the mixing protocol (METHOD.md §4), each a victim
+"""`ue evaluate`: how unlearnable is a release? The arms of the mixing protocol (docs/method.md §4), each a victim
 trained on Ray Train (pipelines/victims.py), reported as one table under one MLflow parent run.
 
     ue evaluate --source data/fashion-mnist --release outputs/fashion-mnist-beo --out results/fmnist-eval \\

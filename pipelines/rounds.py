@@ -1,6 +1,6 @@
 """BEO rounds on Ray: the distributed counterpart of ue_core.methods.beo.BEO.perturb.
 
-Per round (METHOD.md §2–3), each step a ue_core function run where the data is:
+Per round (docs/method.md §2–3), each step a ue_core function run where the data is:
 
     surrogate   Ray Train (TorchTrainer, one worker) runs ue_core.methods.beo.train_surrogate
     features    Ray Data actors: φ(x + δ) (and φ(x) under ``estimator.anchors: clean``) per batch → the

@@ -1,4 +1,4 @@
-"""Leave-one-out kernel estimate of the Bayes error and its exact gradient (METHOD.md §2).
+"""Leave-one-out kernel estimate of the Bayes error and its exact gradient (docs/method.md §2).
 
 Given features z (N, D) and labels y (N,) with C classes:
 

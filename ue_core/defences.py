@@ -1,4 +1,4 @@
-"""Training-time defences a victim may use against unlearnable data (METHOD.md §4).
+"""Training-time defences a victim may use against unlearnable data (docs/method.md §4).
 
 Three kinds, all on float images (B, C, H, W) in [0, 1]:
 
@@ -121,7 +121,7 @@ class DefenceConfig:
         mixup_alpha: α of mixup's λ ~ Beta(α, α), > 0 (Zhang et al. use 1 on CIFAR-10).
         cutmix_alpha: α of cutmix's λ ~ Beta(α, α), > 0 (Yun et al. use 1).
         pgd: adversarial training's attack; the default is Madry's ε 8/255, step 2/255, 10 steps, random start
-            (METHOD.md §4 also uses ε 4/255 with step 0.8/255).
+            (docs/method.md §4 also uses ε 4/255 with step 0.8/255).
 
     Raises:
         InvalidInputError: on an unknown or repeated name, mixup together with cutmix, or a parameter out of

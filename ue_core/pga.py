@@ -1,4 +1,4 @@
-"""Projected gradient ascent on pixels: update rules, projections and the quantised release (METHOD.md §3).
+"""Projected gradient ascent on pixels: update rules, projections and the quantised release (docs/method.md §3).
 
 Tensors are per sample, so a shard can hold and update its own rows: perturbations δ and pixel gradients
 are float32 (N, C, H, W) in image units ([0, 1] per channel); the per-sample Adam state has the same shape,

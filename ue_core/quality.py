@@ -1,4 +1,4 @@
-"""How visible a perturbation is: PSNR and SSIM of a release against its clean images (METHOD.md §4, "Report").
+"""How visible a perturbation is: PSNR and SSIM of a release against its clean images (docs/method.md §4, "Report").
 
 Both compare uint8 images (N, H, W, C) row by row (rows aligned by the caller) and return the mean over images.
 

@@ -1,4 +1,4 @@
-"""The mixing protocol of the evaluation (METHOD.md §4).
+"""The mixing protocol of the evaluation (docs/method.md §4).
 
 Each training index independently takes its protected version with probability ``ratio``. The draw for an
 index is a keyed hash of (seed, index), so it depends on nothing else: not on row order, not on which other

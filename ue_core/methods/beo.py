@@ -1,7 +1,7 @@
 """BEO: unlearnable examples by Bayes-error optimisation — the one-process reference.
 
 Paper: "Towards Provably Unlearnable Examples via Bayes Error Optimisation", Zhang, Sun, Lim, Zhang,
-AAAI 2026 (arXiv 2511.08191). METHOD.md §2–3 is the specification this file follows.
+AAAI 2026 (arXiv 2511.08191). docs/method.md §2–3 is the specification this file follows.
 
     δ ← 0
     for each round: φ ← surrogate trained on clip(x + δ) ("retrain" | "finetune" | "fixed")
