@@ -133,8 +133,8 @@ def results_table(rows: list[ArmResult]) -> tuple[str, str]:
     writer.writeheader()
     writer.writerows(asdict(row) for row in rows)
     lines = [
-        "| arm | ratio | train images | protected | final test acc (%) | best test acc (%) | robust acc (%) "
-        "| seconds |",
+        ("| arm | ratio | train images | protected | final test acc (%) | best test acc (%) | robust acc (%) "
+         "| seconds |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:

@@ -32,10 +32,6 @@ WORKING_DIR_EXCLUDES = [".git", ".venv", "data", "outputs", "results", "mlruns.d
                         "__pycache__", ".pytest_cache", ".ruff_cache"]
 
 
-class JobFailed(UEError):
-    """The submitted job ended in a state other than SUCCEEDED."""
-
-
 def job_address(address: str | None) -> str:
     """The flag, else RAY_API_SERVER_ADDRESS or an http RAY_ADDRESS (as `ray job submit` reads them), else
     the local dashboard."""

@@ -75,9 +75,6 @@ class Tracker:
         mlflow.log_figure(figure, name)
         plt.close(figure)
 
-    def log_file(self, path: str | Path) -> None:
-        mlflow.log_artifact(str(path))
-
     def log_json(self, content: dict[str, Any], name: str) -> None:
         mlflow.log_dict(content, name)
 

@@ -1,19 +1,32 @@
-"""Invariants every release must pass before it is published (DESIGN.md, "Invariants").
+"""The project's checks, in one place: the invariants every release must pass before it is published, and
+the shape of the image batches that training and the defences take.
 
 Like AutoAttack's built-in checks: the budget in integers, the value range, NaN, shapes, and that every
-input index appears exactly once with its original label. A violation raises ReleaseCheckError naming the
-offending indices; it is never a warning.
+input index appears exactly once with its original label. A release violation raises ReleaseCheckError
+naming the offending indices; it is never a warning. A malformed image batch raises InvalidInputError.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ue_core.data.dataset import ImageDataset
-from ue_core.errors import ReleaseCheckError
+from ue_core.errors import InvalidInputError, ReleaseCheckError
 from ue_core.pga import PGAConfig
 
 _SHOWN = 10
+
+
+def check_images(x: torch.Tensor, allow_empty: bool = False) -> None:
+    """Raise InvalidInputError unless ``x`` is a float image batch (N, C, H, W), with N >= 1 unless
+    ``allow_empty``."""
+    if (not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point()
+            or (len(x) == 0 and not allow_empty)):
+        raise InvalidInputError(
+            f"x: must be a float tensor of shape (N, C, H, W){'' if allow_empty else ' with N >= 1'}, got "
+            f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}"
+        )
 
 
 def _fail(what: str, indices: np.ndarray) -> None:

@@ -39,6 +39,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from ue_core.checks import check_images
 from ue_core.errors import InvalidInputError
 from ue_core.training import BatchTransform, PGDConfig
 
@@ -163,14 +164,6 @@ class DefenceConfig:
             raise InvalidInputError(f"defence pgd: must be a PGDConfig, got {type(self.pgd).__name__}")
 
 
-def _check_images(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-        raise InvalidInputError(
-            f"x: must be a float tensor of shape (B, C, H, W), got "
-            f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}"
-        )
-
-
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """ITU-R BT.601 luma, replicated to every channel (ISS's grayscale compression).
 
@@ -183,7 +176,7 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     Raises:
         InvalidInputError: for any other channel count, which has no defined luma.
     """
-    _check_images(x)
+    check_images(x, allow_empty=True)
     channels = x.shape[1]
     if channels == 1:
         return x
@@ -211,7 +204,7 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     """
     from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg  # the module's only torchvision use
 
-    _check_images(x)
+    check_images(x, allow_empty=True)
     if not (_is_int(quality) and 1 <= quality <= 100):
         raise InvalidInputError(f"jpeg quality: must be an integer in [1, 100], got {quality!r}")
     batch, channels, height, width = x.shape
@@ -233,7 +226,7 @@ def bit_depth_reduction(x: torch.Tensor, bits: int) -> torch.Tensor:
     Returns:
         float (B, C, H, W) on the device of x: round(x·(2^bits − 1)) / (2^bits − 1), ties to even.
     """
-    _check_images(x)
+    check_images(x, allow_empty=True)
     if not (_is_int(bits) and 1 <= bits <= 7):
         raise InvalidInputError(f"bit depth: must be an integer in [1, 7], got {bits!r}")
     levels = 2**bits - 1
@@ -281,7 +274,7 @@ def cutout(x: torch.Tensor, size: float, generator: torch.Generator) -> torch.Te
     Returns:
         float (B, C, H, W) on the device of x, equal to x outside the squares.
     """
-    _check_images(x)
+    check_images(x, allow_empty=True)
     if not (_is_number(size) and 0 < size <= 1):
         raise InvalidInputError(f"cutout size: must be a number in (0, 1], got {size!r}")
     batch, _, height, width = x.shape
@@ -384,7 +377,7 @@ def mixup(
         (x' float (B, C, H, W) in [0, 1], t' float (B, K) class probabilities whose rows sum to 1), in the
         dtype and on the device of x.
     """
-    _check_images(x)
+    check_images(x, allow_empty=True)
     soft = _soft_targets(targets, num_classes, len(x), x.dtype)
     lam, permutation = draw_mixing(len(x), alpha, generator)
     permutation = permutation.to(x.device)
@@ -413,7 +406,7 @@ def cutmix(
         (x' float (B, C, H, W) in [0, 1], t' float (B, K) class probabilities whose rows sum to 1), in the
         dtype and on the device of x.
     """
-    _check_images(x)
+    check_images(x, allow_empty=True)
     soft = _soft_targets(targets, num_classes, len(x), x.dtype)
     lam, permutation = draw_mixing(len(x), alpha, generator)
     permutation = permutation.to(x.device)

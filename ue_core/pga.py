@@ -8,7 +8,7 @@ and its step count is (N,). Every function here works on any subset of rows.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -69,10 +69,6 @@ class PGAConfig:
         """The budget in uint8 levels: floor(255 eps) for L∞, 255 eps for L2."""
         levels = 255 * self.eps
         return float(math.floor(levels + 1e-9)) if self.norm == "linf" else levels
-
-    def with_eps(self, eps: float) -> PGAConfig:
-        """The same rule at another budget (step_size rescaled when it was the default)."""
-        return replace(self, eps=eps, step_size=None)
 
 
 @dataclass

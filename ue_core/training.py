@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ue_core.checks import check_images
 from ue_core.errors import InvalidInputError
 from ue_core.models import Classifier
 
@@ -149,16 +150,8 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def _check_images(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point() or len(x) == 0:
-        raise InvalidInputError(
-            f"x: must be a float tensor of shape (N, C, H, W) with N >= 1, got "
-            f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}"
-        )
-
-
 def _check_images_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    _check_images(x)
+    check_images(x)
     if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != (len(x),):
         raise InvalidInputError(
             f"y: must be an int64 tensor of shape ({len(x)},), got "
@@ -484,7 +477,7 @@ def compute_features(
         model: on ``device``.
         x: float (N, C, H, W) in [0, 1].
     """
-    _check_images(x)
+    check_images(x)
     with eval_mode(model):
         return torch.cat(
             [
@@ -527,7 +520,7 @@ def feature_vjp(
     Returns:
         float (N, C, H, W) on the device of x, in units of the features' gradient per unit of pixel value.
     """
-    _check_images(x)
+    check_images(x)
     if not isinstance(grad_features, torch.Tensor) or grad_features.shape != (len(x), model.feature_dim):
         raise InvalidInputError(
             f"grad_features: must have shape ({len(x)}, {model.feature_dim}), got "

@@ -38,6 +38,7 @@ STOP_TIMEOUT = 30.0
 
 
 def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
     sockets = []
     try:
         for _ in range(count):

