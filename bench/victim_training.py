@@ -30,7 +30,7 @@ import torch
 from ray.train import UserCallback
 
 from pipelines.config import load_evaluate_config
-from pipelines.ray_engine import connect
+from pipelines.ray_utils import connect
 from pipelines.victims import train_victim
 from ue_core.data import read_dataset
 from ue_core.data.dataset import balanced_subset

@@ -205,16 +205,22 @@ def test_a_killed_job_resumes_to_the_uninterrupted_result(job, ray_release, tmp_
 
 def test_state_left_by_a_killed_write_is_replaced(tmp_path):
     """A round killed while writing its state leaves shards but no round.json; the retry must not add to them."""
-    from pipelines.rounds import read_state, write_state
+    from pipelines.ray_engine.state import JobState
+    from pipelines.storage import WorkDir
 
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
-        target = tmp_path / "state"
-        target.mkdir()
+        job = JobState(WorkDir(str(tmp_path / "work")))
+        target = tmp_path / "work" / "rounds" / "round-00000" / "state"
+        target.mkdir(parents=True)
         (target / "stale-part.parquet").write_bytes(b"left by a killed attempt")
-        write_state(ray.data.from_items([{"index": i} for i in range(5)]), str(target))
+        job.write_round(0, ray.data.from_items([{"index": i} for i in range(5)]), {"name": "small_cnn"})
         assert not (target / "stale-part.parquet").exists()
-        assert sorted(read_state(str(target)).to_pandas()["index"]) == [0, 1, 2, 3, 4]
+        assert job.completed_rounds() == []  # no round.json yet
+        job.complete_round(0, [{"round": 0}])
+        assert job.completed_rounds() == [0] and job.records(0) == [{"round": 0}]
+        assert sorted(job.state_after(0).to_pandas()["index"]) == [0, 1, 2, 3, 4]
+        assert job.surrogate_of(0) == {"name": "small_cnn"}
     finally:
         ray.shutdown()
 
