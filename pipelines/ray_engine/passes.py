@@ -11,50 +11,56 @@ import torch
 from pipelines.ray_engine.state import MOMENT_COLUMNS, images_and_delta, load_model
 from pipelines.ray_utils import Shared
 from ue_core.config import from_dict
-from ue_core.methods.beo import pixel_step
-from ue_core.pga import PGAConfig, PixelState
+from ue_core.methods.beo import BEOConfig, pixel_step, step_views
+from ue_core.pga import PixelState
 from ue_core.training import compute_features
 
 
 class FeaturePass:
-    """Ray Data actor: penultimate features φ(x + δ) of each batch; output columns index, label, features, and
-    with ``anchors`` also φ(x), the clean copies' features (``estimator.anchors: clean``)."""
+    """Ray Data actor: penultimate features φ(v(x + δ)) of each batch under view ``view`` of the step
+    (ue_core.methods.beo.step_views; the images as they are without ``beo.augment``); output columns index,
+    label, features, and under ``estimator.anchors: clean`` also φ(v(x)), the clean copies' features."""
 
-    def __init__(self, surrogate: Shared, batch_size: int, threads: int = 1, anchors: bool = False) -> None:
+    def __init__(
+        self, surrogate: Shared, beo: dict[str, Any], round_index: int, step: int, view: int, threads: int = 1
+    ) -> None:
         torch.set_num_threads(threads)
         self.model = load_model(surrogate.get())
-        self.batch_size = batch_size
-        self.anchors = anchors
+        self.config = from_dict(BEOConfig, beo)
+        self.round_index, self.step, self.view = round_index, step, view
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x, delta = images_and_delta(batch)
-        features = compute_features(self.model, x + delta, batch_size=self.batch_size)
+        view = step_views(self.config, batch["index"], self.round_index, self.step)[self.view]
+        size = self.config.batch_size
+        features = compute_features(self.model, x + delta, batch_size=size, transform=view)
         result = {"index": batch["index"], "label": batch["label"], "features": features.numpy()}
-        if self.anchors:
-            result["anchors"] = compute_features(self.model, x, batch_size=self.batch_size).numpy()
+        if self.config.estimator.anchors == "clean":
+            result["anchors"] = compute_features(self.model, x, batch_size=size, transform=view).numpy()
         return result
 
 
 class AscentPass:
-    """Ray Data actor: one PGA step for each row of a batch, given the feature gradient of every row."""
+    """Ray Data actor: one PGA step for each row of a batch (ue_core.methods.beo.pixel_step), given per view of
+    the step the feature gradient of every row: (index sorted (N,), ∂objective/∂z / s (N, D))."""
 
     def __init__(
-        self,
-        surrogate: Shared,
-        pga: dict[str, Any],
-        gradient: Shared,
-        batch_size: int,
+        self, surrogate: Shared, beo: dict[str, Any], round_index: int, step: int, gradients: list[Shared],
         threads: int = 1,
     ) -> None:
         torch.set_num_threads(threads)
         self.model = load_model(surrogate.get())
-        self.pga = from_dict(PGAConfig, pga)
-        self.sorted_index, self.feature_gradient = gradient.get()  # (N,), (N, D) = ∂objective/∂z / s
-        self.batch_size = batch_size
+        self.config = from_dict(BEOConfig, beo)
+        self.pga = self.config.pga
+        self.round_index, self.step = round_index, step
+        self.gradients = [gradient.get() for gradient in gradients]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x, delta = images_and_delta(batch)
-        rows = np.searchsorted(self.sorted_index, batch["index"])
+        views = step_views(self.config, batch["index"], self.round_index, self.step)
+        feature_gradients = [
+            torch.from_numpy(gradient[np.searchsorted(index, batch["index"])]) for index, gradient in self.gradients
+        ]
         adam = self.pga.update == "adam"
         # the sign and L2 rules never read the moments, which the state then does not hold (state_columns)
         exp_avg, exp_avg_sq = (
@@ -63,8 +69,7 @@ class AscentPass:
             else (torch.zeros(()).expand_as(delta),) * 2
         )
         state = PixelState(delta, exp_avg, exp_avg_sq, torch.from_numpy(batch["steps"].astype(np.int64)))
-        state = pixel_step(self.model, x, state, torch.from_numpy(self.feature_gradient[rows]), self.pga,
-                           self.batch_size)
+        state = pixel_step(self.model, x, state, feature_gradients, views, self.pga, self.config.batch_size)
         size = state.delta.abs().flatten(1)
         return {
             **{c: batch[c] for c in ("index", "label", "image")},

@@ -69,44 +69,44 @@ def run_round(
     model = load_model(surrogate)
     surrogate_ref = Shared.put(surrogate)
     records = []
+    beo = to_dict(config)
+    anchored = config.estimator.anchors == "clean"
     for step in range(config.steps_per_round):
-        timings = {}
-        t0 = time.perf_counter()
-        anchored = config.estimator.anchors == "clean"
-        features = collect(
-            state.map_batches(
-                FeaturePass,
-                fn_constructor_kwargs={"surrogate": surrogate_ref, "batch_size": config.batch_size,
-                                       "threads": threads, "anchors": anchored},
-                **actor_options,
-            ),
-            ["index", "label", "features", *(["anchors"] if anchored else [])],
-        )
-        if step == 0:  # the round's protected images, scored from their features, as the reference does
-            round_metrics["surrogate_train_accuracy"] = feature_accuracy(
-                model, torch.from_numpy(features["features"]), torch.from_numpy(features["label"])
+        timings = {"seconds_features": 0.0, "seconds_estimator": 0.0}
+        values, sigmas, gradients = [], [], []
+        for view in range(max(1, config.augment.views)):  # the step's views (ue_core.methods.beo.step_views)
+            t0 = time.perf_counter()
+            features = collect(
+                state.map_batches(
+                    FeaturePass,
+                    fn_constructor_kwargs={"surrogate": surrogate_ref, "beo": beo, "round_index": round_index,
+                                           "step": step, "view": view, "threads": threads},
+                    **actor_options,
+                ),
+                ["index", "label", "features", *(["anchors"] if anchored else [])],
             )
-        timings["seconds_features"] = time.perf_counter() - t0
+            if step == 0 and view == 0:  # the round's protected images, scored from their features, as the reference
+                round_metrics["surrogate_train_accuracy"] = feature_accuracy(
+                    model, torch.from_numpy(features["features"]), torch.from_numpy(features["label"])
+                )
+            timings["seconds_features"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            z, anchors, scale = normalise_with_anchors(
+                torch.from_numpy(features["features"]), torch.from_numpy(features["anchors"]) if anchored else None
+            )
+            value, sigma, gradient = feature_gradient(
+                z.numpy(), features["label"], info.num_classes, config, round_index, step, resources,
+                None if anchors is None else anchors.numpy(),
+            )
+            values.append(value)
+            sigmas.append(sigma)
+            gradients.append(Shared.put((features["index"], (gradient / scale).astype(np.float32))))
+            timings["seconds_estimator"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        z, anchors, scale = normalise_with_anchors(
-            torch.from_numpy(features["features"]), torch.from_numpy(features["anchors"]) if anchored else None
-        )
-        value, sigma, gradient = feature_gradient(
-            z.numpy(), features["label"], info.num_classes, config, round_index, step, resources,
-            None if anchors is None else anchors.numpy(),
-        )
-        timings["seconds_estimator"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        gradient_ref = Shared.put((features["index"], (gradient / scale).astype(np.float32)))
         state = state.map_batches(
             AscentPass,
-            fn_constructor_kwargs={
-                "surrogate": surrogate_ref,
-                "pga": to_dict(config.pga),
-                "gradient": gradient_ref,
-                "batch_size": config.batch_size,
-                "threads": threads,
-            },
+            fn_constructor_kwargs={"surrogate": surrogate_ref, "beo": beo, "round_index": round_index, "step": step,
+                                   "gradients": gradients, "threads": threads},
             **actor_options,
         ).materialize()
         sizes = collect(state, ["index", "delta_abs_max", "delta_abs_mean"])
@@ -115,8 +115,8 @@ def run_round(
             {
                 **round_metrics,
                 "step": step,
-                "bayes_error": value,
-                "sigma": sigma,
+                "bayes_error": sum(values) / len(values),
+                "sigma": sum(sigmas) / len(sigmas),
                 "delta_max_abs": float(sizes["delta_abs_max"].max()),
                 "delta_mean_abs": float(sizes["delta_abs_mean"].mean()),
                 **timings,

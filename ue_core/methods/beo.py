@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -39,6 +40,7 @@ from ue_core.methods.base import ProtectionMethod, ProtectionResult, release_of
 from ue_core.models import MODEL_NAMES, Classifier, build_model
 from ue_core.pga import PGAConfig, PixelState, ascent_step
 from ue_core.training import compute_features, evaluate, feature_accuracy, feature_vjp, fit, recipe
+from ue_core.views import AugmentConfig, View, view_key
 
 SurrogateMode = Literal["retrain", "finetune", "fixed"]
 SURROGATE_MODES: tuple[str, ...] = ("retrain", "finetune", "fixed")
@@ -172,6 +174,8 @@ class BEOConfig:
             that one long run shows how efficacy grows with the horizon; the release after ``rounds`` is
             the job's own. A release taken after round k equals the final release of the same run with
             ``rounds = k``.
+        augment: augmentation-aware steps (ue_core.views; off by default): the objective on K crop/flip
+            views of the data, the pixel gradient their mean.
     """
 
     rounds: int = 10
@@ -183,6 +187,7 @@ class BEOConfig:
     seed: int = 0
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     release_rounds: tuple[int, ...] = ()
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.steps_per_round < 1:
@@ -228,22 +233,39 @@ def train_surrogate(
     return model
 
 
+def step_views(config: BEOConfig, index: np.ndarray, round_index: int, step: int) -> list[View | None]:
+    """The views of one ascent step for the images with dataset indices ``index`` (N,): ``[None]`` (the
+    images as they are) unless ``config.augment.views`` ≥ 1; each view a function of (seed, round, step,
+    view, index), so any block of rows draws its own part of it."""
+    if config.augment.views == 0:
+        return [None]
+    step_seed = hash_seed(config.seed, round_index, step)
+    return [View.draw(index, view_key(step_seed, v), config.augment) for v in range(config.augment.views)]
+
+
 def pixel_step(
     model: Classifier,
     images: torch.Tensor,
     state: PixelState,
-    feature_gradient: torch.Tensor,
+    feature_gradients: list[torch.Tensor],
+    views: list[View | None],
     pga: PGAConfig,
     batch_size: int,
 ) -> PixelState:
-    """One update of δ for a block of rows: g = J_φ(x + δ)ᵀ (∂objective/∂z / s), then ascent and projection.
+    """One update of δ for a block of rows: g = mean over the step's views v of J_{φ∘v}(x + δ)ᵀ (∂objective_v/∂z
+    / s_v), then ascent and projection.
 
     Args:
         images: clean x (B, C, H, W) in [0, 1]; ``state`` holds their δ and optimiser state.
-        feature_gradient: the objective's gradient with respect to the normalised features divided by the
-            normalisation s, (B, D): the gradient with respect to the raw features φ(x + δ).
+        feature_gradients: per view, the objective's gradient with respect to the normalised features
+            divided by the normalisation s, (B, D): the gradient with respect to the raw features.
+        views: the views, drawn for these rows (:func:`step_views`; ``[None]`` without augmentation).
     """
-    gradient = feature_vjp(model, images + state.delta, feature_gradient, batch_size=batch_size)
+    protected = images + state.delta
+    gradient = sum(
+        feature_vjp(model, protected, feature_gradient, batch_size=batch_size, transform=view)
+        for feature_gradient, view in zip(feature_gradients, views, strict=True)
+    ) / len(views)
     return ascent_step(state, gradient, images, pga)
 
 
@@ -390,26 +412,32 @@ class BEO(ProtectionMethod):
             for step in range(config.steps_per_round):
                 step_started = time.perf_counter()
                 protected = images + state.delta
-                raw = compute_features(surrogate, protected, batch_size=config.batch_size)
-                if step == 0:  # the round's protected images, scored from their features: no second pass
-                    round_metrics["surrogate_train_accuracy"] = feature_accuracy(surrogate, raw, labels)
-                raw_anchors = None
-                if config.estimator.anchors == "clean":
-                    raw_anchors = compute_features(surrogate, images, batch_size=config.batch_size)
-                features, anchors, scale = normalise_with_anchors(raw, raw_anchors)
-                # from the protected features alone: with anchors, an image's nearest one is its own clean copy
-                # (at distance 0 in the first round), which is never its partner
-                sigma = config.estimator.step_sigma(features, (config.seed, round_index, step))
-                result = estimate_step(
-                    features, labels, dataset.num_classes, config.estimator, sigma,
-                    estimator_generator(config.estimator, config.seed, round_index, step), True, anchors,
-                )
-                state = pixel_step(surrogate, images, state, result.gradient / scale, config.pga, config.batch_size)
+                views = step_views(config, dataset.index, round_index, step)
+                values, sigmas, feature_gradients = [], [], []
+                for view in views:
+                    raw = compute_features(surrogate, protected, batch_size=config.batch_size, transform=view)
+                    if step == 0 and view is views[0]:  # the round's protected images (first view), no second pass
+                        round_metrics["surrogate_train_accuracy"] = feature_accuracy(surrogate, raw, labels)
+                    raw_anchors = None
+                    if config.estimator.anchors == "clean":
+                        raw_anchors = compute_features(surrogate, images, batch_size=config.batch_size, transform=view)
+                    features, anchors, scale = normalise_with_anchors(raw, raw_anchors)
+                    # from the protected features alone: with anchors, an image's nearest one is its own clean copy
+                    # (at distance 0 in the first round), which is never its partner
+                    sigma = config.estimator.step_sigma(features, (config.seed, round_index, step))
+                    result = estimate_step(
+                        features, labels, dataset.num_classes, config.estimator, sigma,
+                        estimator_generator(config.estimator, config.seed, round_index, step), True, anchors,
+                    )
+                    values.append(float(result.value))
+                    sigmas.append(sigma)
+                    feature_gradients.append(result.gradient / scale)
+                state = pixel_step(surrogate, images, state, feature_gradients, views, config.pga, config.batch_size)
                 history.append({
                     **round_metrics,
                     "step": step,
-                    "bayes_error": float(result.value),
-                    "sigma": sigma,
+                    "bayes_error": sum(values) / len(values),
+                    "sigma": sum(sigmas) / len(sigmas),
                     "delta_mean_abs": float(state.delta.abs().mean()),
                     "delta_max_abs": float(state.delta.abs().max()),
                     "seconds_ascent": time.perf_counter() - step_started,
