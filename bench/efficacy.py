@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 from pipelines.config import load_protect_config, parse_override
-from pipelines.protect import build_method
 from ue_core.data import read_dataset
 from ue_core.data.dataset import ImageDataset, balanced_subset
 from ue_core.data.mixing import build_training_set
@@ -118,7 +117,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    result = build_method(config, test).protect(clean, progress=True)
+    result = config.build(test).protect(clean, progress=True)
     seconds = time.perf_counter() - started
     releases = {**result.snapshots, config.beo.rounds: result.release}
     space = fixed_space(clean, args.epochs, out.parent / f"fixed-space-{args.size}-{args.epochs}.pt")

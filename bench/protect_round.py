@@ -29,7 +29,7 @@ import ray
 
 from pipelines.config import load_protect_config
 from pipelines.protect import protect
-from pipelines.ray_engine import connect
+from pipelines.ray_utils import connect
 
 PARTS = {
     "surrogate": ("seconds_surrogate",),

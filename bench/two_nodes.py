@@ -32,14 +32,14 @@ from pathlib import Path
 # nodes and driver authenticate with ~/.ray/auth_token, as in cluster/local; read when ray is imported
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-import ray  # noqa: E402
+import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster" / "local"))
-from localcluster import free_ports, stop_group  # noqa: E402 - the local cluster's process helpers
-from protect_round import round_seconds  # noqa: E402 - same folder: the per-round split by pass
+from localcluster import free_ports, stop_group  # the local cluster's process helpers
+from protect_round import round_seconds  # same folder: the per-round split by pass
 
-from pipelines.config import load_protect_config  # noqa: E402
-from pipelines.protect import protect  # noqa: E402
+from pipelines.config import load_protect_config
+from pipelines.protect import protect
 
 PASSES = ("surrogate", "features", "estimator", "ascent")  # parts of protect_round.round_seconds
 RAY = str(Path(sys.executable).parent / "ray")

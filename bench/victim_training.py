@@ -30,7 +30,7 @@ import torch
 from ray.train import UserCallback
 
 from pipelines.config import load_evaluate_config
-from pipelines.ray_engine import connect
+from pipelines.ray_utils import Shared, connect
 from pipelines.victims import train_victim
 from ue_core.data import read_dataset
 from ue_core.data.dataset import balanced_subset
@@ -74,7 +74,7 @@ def on_ray(train, test, config, storage: str, name: str) -> dict[str, float]:
     started = time.perf_counter()
     test_x, test_y = test.tensors()
     log = f"{storage}/{name}.epochs"
-    result = train_victim(train, {"ref": ray.put((test_x.numpy(), test_y.numpy()))}, config, name, storage,
+    result = train_victim(train, Shared.put((test_x.numpy(), test_y.numpy())), config, name, storage,
                           callbacks=[EpochSeconds(log)])
     wall = time.perf_counter() - started
     with open(log) as f:

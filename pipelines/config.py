@@ -18,14 +18,17 @@ from typing import Any
 import yaml
 
 from ue_core.config import flatten, from_dict, parse_fraction, set_dotted, to_dict
+from ue_core.data.dataset import ImageDataset
 from ue_core.data.mixing import MODES
 from ue_core.defences import DefenceConfig, parse_defences
 from ue_core.errors import InvalidInputError
-from ue_core.methods.base import ProtectionMethod, require_linf
-from ue_core.methods.beo import BEO, BEOConfig
-from ue_core.methods.em import EMConfig, ErrorMinimisingNoise
-from ue_core.methods.random_noise import RandomNoise, RandomNoiseConfig
-from ue_core.methods.tap import TAPConfig, TargetedAdversarialPoisoning
+from ue_core.methods import BEO, ProtectionMethod, RandomNoise
+from ue_core.methods import METHODS as METHOD_CLASSES
+from ue_core.methods.base import require_linf
+from ue_core.methods.beo import BEOConfig
+from ue_core.methods.em import EMConfig
+from ue_core.methods.random_noise import RandomNoiseConfig
+from ue_core.methods.tap import TAPConfig
 from ue_core.models import MODEL_NAMES, Classifier, build_model
 from ue_core.release import RELEASE_FORMATS
 from ue_core.training import Recipe, recipe
@@ -49,9 +52,6 @@ class DataConfig:
     seed: int = 0
 
 
-METHOD_CLASSES: dict[str, type[ProtectionMethod]] = {
-    "beo": BEO, "random": RandomNoise, "em": ErrorMinimisingNoise, "tap": TargetedAdversarialPoisoning,
-}
 METHODS = tuple(METHOD_CLASSES)
 
 
@@ -84,6 +84,15 @@ class ProtectConfig:
         unknown = sorted(set(self.formats) - set(RELEASE_FORMATS))
         if unknown:
             raise InvalidInputError(f"unknown release format {unknown[0]!r}; expected {', '.join(RELEASE_FORMATS)}")
+
+    def build(self, test_set: ImageDataset | None = None, device: str = "cpu") -> ProtectionMethod:
+        """The ue_core method this config names, with the shared budget ``beo.pga``. ``test_set`` serves BEO's
+        per-round surrogate test accuracy and probe; ``device`` is where EM's and TAP's models run."""
+        if self.method == "beo":
+            return BEO(self.beo, test_set=test_set)
+        if self.method == "random":
+            return RandomNoise(self.beo.pga, self.random)
+        return METHOD_CLASSES[self.method](self.beo.pga, getattr(self, self.method), device)
 
     def method_record(self) -> dict[str, Any]:
         """The config as nested dicts without the sections this method never reads (a baseline keeps only

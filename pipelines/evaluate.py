@@ -209,14 +209,12 @@ def evaluate_release(
     data = load_evaluation_data(source, release, config)
     training_sets = arms(data, config)
 
-    import ray
-
-    from pipelines.ray_engine import connect
+    from pipelines.ray_utils import Shared, connect
     from pipelines.victims import train_victim
 
     connect(ray_address, progress)
     test_images, test_labels = data.test.tensors()
-    test_ref = {"ref": ray.put((test_images.numpy(), test_labels.numpy()))}
+    test_ref = Shared.put((test_images.numpy(), test_labels.numpy()))
     work = WorkDir.beside(out)
     storage_uri = storage or work.path("checkpoints")
     rows: list[ArmResult] = []

@@ -1,7 +1,7 @@
 """`ue protect`: from a source dataset (folder or s3://) to a published, verified release (folder or s3://).
 
 Engines:
-    ray        (default) ingest → rounds on Ray (pipelines/rounds.py) → finalise and publish; resumable.
+    ray        (default) ingest → rounds on Ray (pipelines/ray_engine/) → finish and publish; resumable.
     reference  ue_core's one-process BEO, the ground truth the Ray engine is tested against.
 
 Methods (config key ``method``): BEO, or a baseline to compare it with (random noise, EM, TAP). A baseline
@@ -23,19 +23,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pipelines.config import ProtectConfig
+from pipelines.sources import load_test_set, load_training_set
 from pipelines.storage import WorkDir, check_readable, check_writable, remove
 from pipelines.tracking import Tracker, bayes_error_plot, image_grid
-from ue_core.data import read_dataset
-from ue_core.data.dataset import ImageDataset, balanced_subset
-from ue_core.errors import DatasetFormatError, InvalidInputError
-from ue_core.methods.base import ProtectionMethod, release_of
-from ue_core.methods.beo import BEO, measure_bayes_error
-from ue_core.methods.em import ErrorMinimisingNoise
-from ue_core.methods.random_noise import RandomNoise
-from ue_core.methods.tap import TargetedAdversarialPoisoning
+from ue_core.data.dataset import ImageDataset
+from ue_core.errors import InvalidInputError
 from ue_core.quality import psnr, ssim
 from ue_core.release import check_release_target, snapshot_uri, write_release
 
@@ -88,27 +81,6 @@ def code_version() -> str:
         return version
 
 
-def load_training_set(source: str, config: ProtectConfig) -> ImageDataset:
-    """The training images to protect, subset applied."""
-    train = read_dataset(source, split="train", layout=config.data.layout)
-    if config.data.subset is not None:
-        train = balanced_subset(train, min(config.data.subset, len(train)), seed=config.data.seed)
-    return train
-
-
-def load_test_set(source: str, config: ProtectConfig) -> ImageDataset | None:
-    """Clean test images for the surrogate's test accuracy (None when not asked for or not present)."""
-    if config.data.test_subset == 0:
-        return None
-    try:
-        test = read_dataset(source, split="test", layout=config.data.layout)
-    except DatasetFormatError:
-        return None  # a source without a test split: no test accuracy is reported
-    if config.data.test_subset is not None:
-        test = balanced_subset(test, min(config.data.test_subset, len(test)), seed=config.data.seed)
-    return test
-
-
 def protect(
     source: str,
     out: str,
@@ -146,7 +118,7 @@ def protect(
                 clean, result = protect_in_one_task(source, config, ray_address, progress)
             else:
                 clean = load_training_set(source, config)
-                result = build_method(config, test).protect(clean, progress=progress)
+                result = config.build(test).protect(clean, progress=progress)
             release, history, summary, snapshots = result.release, result.history, result.summary, result.snapshots
             for step, record in enumerate(history):
                 tracker.log_metrics(record, step=step)
@@ -187,34 +159,3 @@ def protect(
 def quality(clean: ImageDataset, release: ImageDataset) -> dict[str, float]:
     """How visible the perturbation is: PSNR (dB) and SSIM of the release against the clean images."""
     return {"psnr_db": psnr(clean.images, release.images), "ssim": ssim(clean.images, release.images)}
-
-
-def build_method(
-    config: ProtectConfig, test_set: ImageDataset | None = None, device: str = "cpu"
-) -> ProtectionMethod:
-    """The ue_core method that ``config.method`` names, with the shared budget ``config.beo.pga``.
-
-    ``test_set`` serves BEO's per-round surrogate test accuracy; ``device`` is where EM's and TAP's models run.
-    """
-    budget = config.beo.pga
-    if config.method == "beo":
-        return BEO(config.beo, test_set=test_set)
-    if config.method == "random":
-        return RandomNoise(budget, config.random)
-    if config.method == "em":
-        return ErrorMinimisingNoise(budget, config.em, device)
-    return TargetedAdversarialPoisoning(budget, config.tap, device)
-
-
-def finalise(
-    clean: ImageDataset, delta: torch.Tensor, surrogate: torch.nn.Module, config: ProtectConfig
-) -> tuple[ImageDataset, dict[str, float]]:
-    """δ (rows aligned with ``clean``) → the checked uint8 release and β̂ of clean and release data."""
-    release = release_of(clean, delta, config.beo.pga)
-    summary = {}
-    for name, data in (("clean", clean), ("release", release)):
-        images, labels = data.tensors()
-        summary[f"bayes_error_{name}"] = measure_bayes_error(
-            surrogate, images, labels, data.num_classes, config.beo.estimator, config.beo.batch_size, config.beo.seed
-        )
-    return release, summary

@@ -171,10 +171,10 @@ def _evaluate_config(config: SweepConfig, trial: Trial):
 
 def run_trial(tune_config: dict[str, Any], context: dict[str, Any]) -> None:
     """A Tune trial: train the victim of ``tune_config["trial"]`` on Ray Train, logging to a child MLflow run."""
-    import ray
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines.evaluate import arms, load_evaluation_data
+    from pipelines.ray_utils import Shared
     from pipelines.victims import train_victim
 
     sweep = from_dict(SweepConfig, context["sweep"])
@@ -186,7 +186,7 @@ def run_trial(tune_config: dict[str, Any], context: dict[str, Any]) -> None:
     data = load_evaluation_data(context["source"], release, config)
     ((train, protected),) = arms(data, config).values()
     test_images, test_labels = data.test.tensors()
-    test_ref = {"ref": ray.put((test_images.numpy(), test_labels.numpy()))}
+    test_ref = Shared.put((test_images.numpy(), test_labels.numpy()))
     run = RemoteRun.start_child(context["tracking_uri"], context["parent_run"], plan.key, tags={"ue.trial": plan.key})
     try:
         run.log_params({**asdict(plan), "train_images": len(train), "protected_images": len(protected),
@@ -386,7 +386,7 @@ def sweep(
     releases = absolute(releases or f"{out.rstrip('/').rsplit('/', 1)[0]}/releases")
     trials = plan_trials(config)
 
-    from pipelines.ray_engine import connect
+    from pipelines.ray_utils import connect
 
     connect(ray_address, progress)
     release_uris = ensure_releases(source, config, releases, ray_address, tracking_uri, progress)

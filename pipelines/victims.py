@@ -25,6 +25,7 @@ from ray.train import Checkpoint, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
 from pipelines.config import EvaluateConfig
+from pipelines.ray_utils import Shared
 from pipelines.storage import is_s3, pyarrow_filesystem
 from pipelines.tracking import RemoteRun
 from ue_core.config import from_dict, to_dict
@@ -104,7 +105,7 @@ def _victim_loop(loop: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     model = config.victim.build(num_classes, shape, seed=config.seed)
     model = ray.train.torch.prepare_model(model)
-    test_x, test_y = (torch.from_numpy(a) for a in ray.get(loop["test"]["ref"]))
+    test_x, test_y = (torch.from_numpy(a) for a in loop["test"].get())
     purify = purification(config.defence)
     if purify is not None:  # once, on the stored training images and on the test images (ue_core.defences)
         x, test_x = purify(x), purify(test_x)
@@ -167,7 +168,7 @@ class VictimResult:
 
 def train_victim(
     train: ImageDataset,
-    test_ref: dict[str, Any],
+    test_ref: Shared,
     config: EvaluateConfig,
     name: str,
     storage_uri: str,
@@ -178,7 +179,7 @@ def train_victim(
 
     Args:
         train: the training set of one arm (uint8 images, any row order: workers sort by index).
-        test_ref: {"ref": ray.put((x float32 (N, C, H, W) in [0, 1], y int64 (N,)))}, the clean test set.
+        test_ref: Shared.put((x float32 (N, C, H, W) in [0, 1], y int64 (N,))), the clean test set.
         config: victim, defence and seed (the arm's ratio and mode are the caller's business).
         name: the Ray Train run's name (its folder under ``storage_uri``).
         storage_uri: local folder or s3:// URI for Ray Train's checkpoints.

@@ -26,6 +26,9 @@ from ue_core.checks import check_images
 from ue_core.errors import InvalidInputError
 from ue_core.models import Classifier
 
+RowTransform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""A per-row image transform: (images (B, C, H, W), their row positions (B,)) → images (B, C, H, W)."""
+
 Device = torch.device | str
 BatchTransform = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 """(x, targets, generator) → (x, targets), applied to every training batch after augmentation.
@@ -173,9 +176,16 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int = 4)
     Returns:
         float (B, C, H, W) on the device of x.
     """
+    offsets = torch.randint(0, 2 * padding + 1, (len(x), 2), generator=generator)
+    flips = torch.rand(len(x), generator=generator) < 0.5
+    return crop_and_flip(x, offsets, flips, padding)
+
+
+def crop_and_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
+    """The crop at ``offsets`` (B, 2) int64 (row, column in [0, 2·padding]) of x (B, C, H, W) zero-padded by
+    ``padding``, flipped horizontally where ``flips`` (B,) bool: differentiable in x (gathers)."""
     batch, channels, height, width = x.shape
-    offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator).to(x.device)
-    flips = (torch.rand(batch, generator=generator) < 0.5).to(x.device)
+    offsets, flips = offsets.to(x.device), flips.to(x.device)
     padded = F.pad(x, (padding, padding, padding, padding))
     rows = offsets[:, 0:1] + torch.arange(height, device=x.device)  # (B, H)
     columns = torch.arange(width, device=x.device).expand(batch, width)
@@ -469,22 +479,27 @@ def recalibrate_batch_norm(
 
 @torch.no_grad()
 def compute_features(
-    model: Classifier, x: torch.Tensor, batch_size: int = 256, device: Device = "cpu"
+    model: Classifier,
+    x: torch.Tensor,
+    batch_size: int = 256,
+    device: Device = "cpu",
+    transform: RowTransform | None = None,
 ) -> torch.Tensor:
-    """Penultimate features φ(x), float (N, feature_dim) on the device of x, with the model in eval mode.
+    """Penultimate features φ(x), or φ(t(x)) with a per-row ``transform`` t, float (N, feature_dim) on the
+    device of x, with the model in eval mode.
 
     Args:
         model: on ``device``.
         x: float (N, C, H, W) in [0, 1].
+        transform: called as transform(batch images, their row positions in x) → images of the same shape.
     """
     check_images(x)
     with eval_mode(model):
-        return torch.cat(
-            [
-                model.features(x[batch].to(device)).to(x.device)
-                for batch in torch.arange(len(x)).split(batch_size)
-            ]
-        )
+        features = []
+        for batch in torch.arange(len(x)).split(batch_size):
+            inputs = x[batch].to(device)
+            features.append(model.features(inputs if transform is None else transform(inputs, batch)).to(x.device))
+        return torch.cat(features)
 
 
 def feature_accuracy(model: Classifier, features: torch.Tensor, y: torch.Tensor) -> float:
@@ -506,8 +521,10 @@ def feature_vjp(
     grad_features: torch.Tensor,
     batch_size: int = 128,
     device: Device = "cpu",
+    transform: RowTransform | None = None,
 ) -> torch.Tensor:
-    """Vector-Jacobian product J_φ(x)ᵀ g of the penultimate features, per image, with the model in eval mode.
+    """Vector-Jacobian product J_φ(x)ᵀ g of the penultimate features, per image, with the model in eval mode
+    (of x ↦ φ(t(x)) with a per-row ``transform`` t, as in :func:`compute_features`).
 
     Turns a gradient with respect to the features into a gradient with respect to the pixels: row i of the
     result is ∂⟨φ(x_i), g_i⟩/∂x_i. The parameters' ``.grad`` is not touched.
@@ -516,6 +533,7 @@ def feature_vjp(
         model: on ``device``.
         x: float (N, C, H, W) in [0, 1].
         grad_features: g, float (N, feature_dim).
+        transform: as in :func:`compute_features`; differentiable in its images.
 
     Returns:
         float (N, C, H, W) on the device of x, in units of the features' gradient per unit of pixel value.
@@ -530,7 +548,7 @@ def feature_vjp(
     with eval_mode(model):
         for batch in torch.arange(len(x)).split(batch_size):
             inputs = x[batch].detach().to(device).requires_grad_(True)
-            features = model.features(inputs)
+            features = model.features(inputs if transform is None else transform(inputs, batch))
             (gradient,) = torch.autograd.grad(features, inputs, grad_outputs=grad_features[batch].to(device))
             pixel_gradients.append(gradient.to(x.device))
     return torch.cat(pixel_gradients)

@@ -7,7 +7,8 @@ import pytest
 import ray
 import torch
 
-from pipelines.rounds import Resources, feature_gradient
+from pipelines.ray_engine.estimator import feature_gradient
+from pipelines.ray_engine.resources import Resources
 from ue_core import bayes_error
 from ue_core.methods.beo import BEOConfig, EstimatorConfig, estimator_generator
 

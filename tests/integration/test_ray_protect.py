@@ -125,16 +125,17 @@ def test_adam_rule_on_ray_matches_the_reference(job, tmp_path):
     assert np.mean(read_release(tmp_path / "ray").images != job["clean"].sorted_by_index().images) > 0.1
 
 
-@pytest.mark.parametrize("anchors", ["none", "clean"])
-def test_stronger_options_and_early_releases_on_ray_match_the_reference(job, tmp_path, anchors):
+@pytest.mark.parametrize("anchors, views", [("none", 0), ("clean", 2)])
+def test_stronger_options_and_early_releases_on_ray_match_the_reference(job, tmp_path, anchors, views):
     """The "target" objective, the nearest-neighbour bandwidth, without and with the clean copies as anchors
-    (the sharded estimator, then the anchored one), a release after round 1 of 2 and the mixed efficacy probe
-    after round 2: the Ray engine runs every option the reference runs and publishes the same releases
-    (tolerance as above), the early one as a whole release inside the final one."""
+    (the sharded estimator, then the anchored one) and augmentation-aware steps (two crop/flip views), a
+    release after round 1 of 2 and the mixed efficacy probe after round 2: the Ray engine runs every option
+    the reference runs and publishes the same releases (tolerance as above), the early one as a whole release
+    inside the final one."""
     config = load_protect_config(config_file=job["config_file"], overrides={
         "beo.estimator.objective": "target", "beo.estimator.bandwidth": "nearest-neighbour",
-        "beo.estimator.anchors": anchors, "beo.release_rounds": [1], "data.test_subset": 100,
-        "beo.probe": {"every": 2, "epochs": 1, "width": 16}})
+        "beo.estimator.anchors": anchors, "beo.augment.views": views, "beo.release_rounds": [1],
+        "data.test_subset": 100, "beo.probe": {"every": 2, "epochs": 1, "width": 16}})
     _, ours = protect_with_both_engines(job, config, tmp_path)
     assert ours.early_releases == {1: f"{tmp_path / 'ray'}/rounds/round-00001"}
     assert f"and after rounds 1 at {tmp_path / 'ray'}/rounds/round-00001" in ours.line()
@@ -205,16 +206,22 @@ def test_a_killed_job_resumes_to_the_uninterrupted_result(job, ray_release, tmp_
 
 def test_state_left_by_a_killed_write_is_replaced(tmp_path):
     """A round killed while writing its state leaves shards but no round.json; the retry must not add to them."""
-    from pipelines.rounds import read_state, write_state
+    from pipelines.ray_engine.state import JobState
+    from pipelines.storage import WorkDir
 
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
-        target = tmp_path / "state"
-        target.mkdir()
+        job = JobState(WorkDir(str(tmp_path / "work")))
+        target = tmp_path / "work" / "rounds" / "round-00000" / "state"
+        target.mkdir(parents=True)
         (target / "stale-part.parquet").write_bytes(b"left by a killed attempt")
-        write_state(ray.data.from_items([{"index": i} for i in range(5)]), str(target))
+        job.write_round(0, ray.data.from_items([{"index": i} for i in range(5)]), {"name": "small_cnn"})
         assert not (target / "stale-part.parquet").exists()
-        assert sorted(read_state(str(target)).to_pandas()["index"]) == [0, 1, 2, 3, 4]
+        assert job.completed_rounds() == []  # no round.json yet
+        job.complete_round(0, [{"round": 0}])
+        assert job.completed_rounds() == [0] and job.records(0) == [{"round": 0}]
+        assert sorted(job.state_after(0).to_pandas()["index"]) == [0, 1, 2, 3, 4]
+        assert job.surrogate_of(0) == {"name": "small_cnn"}
     finally:
         ray.shutdown()
 

@@ -3,7 +3,7 @@
 import pytest
 import ray
 
-from pipelines.rounds import Resources
+from pipelines.ray_engine.resources import Resources
 from ue_core.errors import InvalidInputError
 
 

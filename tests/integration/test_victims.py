@@ -7,7 +7,7 @@ import ray
 import torch
 
 from pipelines.config import load_evaluate_config
-from pipelines.ray_engine import connect
+from pipelines.ray_utils import Shared, connect
 from pipelines.victims import Scaling, train_victim
 from ue_core.data import read_dataset
 from ue_core.data.dataset import balanced_subset
@@ -24,7 +24,7 @@ def data(fashion_mnist_root):
     train = balanced_subset(read_dataset(str(fashion_mnist_root), split="train"), 1000, seed=1)
     test = balanced_subset(read_dataset(str(fashion_mnist_root), split="test"), 1000, seed=1)
     x, y = test.tensors()
-    yield train, test, {"ref": ray.put((x.numpy(), y.numpy()))}
+    yield train, test, Shared.put((x.numpy(), y.numpy()))
     ray.shutdown()
 
 

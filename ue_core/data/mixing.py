@@ -33,7 +33,7 @@ _MAX_SHOWN = 5
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser on uint64 values (wrapping arithmetic): a well-mixed 64-bit hash."""
     x = x + _GOLDEN
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -58,8 +58,8 @@ def protected_mask(index: np.ndarray, ratio: float, seed: int) -> np.ndarray:
     if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
         raise InvalidInputError(f"index must be a 1-d integer array, got {index.dtype} {index.shape}")
     with np.errstate(over="ignore"):
-        key = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
-        hashed = _splitmix64(index.astype(np.int64).view(np.uint64) ^ key)
+        key = splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
+        hashed = splitmix64(index.astype(np.int64).view(np.uint64) ^ key)
     uniform = (hashed >> np.uint64(11)).astype(np.float64) * 2.0**-53  # in [0, 1)
     return uniform < ratio
 

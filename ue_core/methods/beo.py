@@ -13,8 +13,12 @@ Shapes: images (N, C, H, W) float in [0, 1]; δ and the Adam state the same; fea
 Defaults are the authors' (ResNet-18 surrogate, 30 epochs, no augmentation; AdamW lr 1e-3; ε = 8/255;
 σ = 0.3) apart from the number of rounds, which is small here: paper-scale runs set ~100–190.
 
-This file is the ground truth that the distributed pipeline must match on small data, so each step is a
-function the pipeline calls too: :func:`train_surrogate`, :func:`pixel_gradient`, :func:`measure_bayes_error`.
+Each step of a round is one public function here, and the Ray engine (pipelines/ray_engine) calls the same
+functions where the data is, never a copy: :func:`round_seed` and :func:`train_surrogate` (the surrogate),
+:func:`normalise_with_anchors` and :meth:`EstimatorConfig.step_sigma` (features and σ), :func:`exact_stats`
+and :func:`exact_gradient` (the exact estimator's two passes over any block of rows) or :func:`estimate_step`
+(every estimator in one call), :func:`pixel_step` (the pixel update) and :func:`release_summary` (finishing a
+job).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -35,6 +40,7 @@ from ue_core.methods.base import ProtectionMethod, ProtectionResult, release_of
 from ue_core.models import MODEL_NAMES, Classifier, build_model
 from ue_core.pga import PGAConfig, PixelState, ascent_step
 from ue_core.training import compute_features, evaluate, feature_accuracy, feature_vjp, fit, recipe
+from ue_core.views import AugmentConfig, View, view_key
 
 SurrogateMode = Literal["retrain", "finetune", "fixed"]
 SURROGATE_MODES: tuple[str, ...] = ("retrain", "finetune", "fixed")
@@ -149,6 +155,11 @@ def hash_seed(seed: int, round_index: int, step: int) -> int:
     return (seed * 1_000_003 + round_index) * 1_009 + step
 
 
+def round_seed(seed: int, round_index: int) -> int:
+    """The seed of round ``round_index``'s surrogate training (its initialisation and data order)."""
+    return seed * 100_003 + round_index
+
+
 @dataclass(frozen=True)
 class BEOConfig:
     """Everything a BEO run depends on.
@@ -163,6 +174,8 @@ class BEOConfig:
             that one long run shows how efficacy grows with the horizon; the release after ``rounds`` is
             the job's own. A release taken after round k equals the final release of the same run with
             ``rounds = k``.
+        augment: augmentation-aware steps (ue_core.views; off by default): the objective on K crop/flip
+            views of the data, the pixel gradient their mean.
     """
 
     rounds: int = 10
@@ -174,6 +187,7 @@ class BEOConfig:
     seed: int = 0
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     release_rounds: tuple[int, ...] = ()
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.steps_per_round < 1:
@@ -219,11 +233,40 @@ def train_surrogate(
     return model
 
 
-def pixel_gradient(
-    model: Classifier, images: torch.Tensor, feature_gradient: torch.Tensor, scale: float, batch_size: int
-) -> torch.Tensor:
-    """∂β̂/∂x = J_φ(x)ᵀ (∂β̂/∂z / s) for images (N, C, H, W) and ∂β̂/∂z (N, D); shape (N, C, H, W)."""
-    return feature_vjp(model, images, feature_gradient / scale, batch_size=batch_size)
+def step_views(config: BEOConfig, index: np.ndarray, round_index: int, step: int) -> list[View | None]:
+    """The views of one ascent step for the images with dataset indices ``index`` (N,): ``[None]`` (the
+    images as they are) unless ``config.augment.views`` ≥ 1; each view a function of (seed, round, step,
+    view, index), so any block of rows draws its own part of it."""
+    if config.augment.views == 0:
+        return [None]
+    step_seed = hash_seed(config.seed, round_index, step)
+    return [View.draw(index, view_key(step_seed, v), config.augment) for v in range(config.augment.views)]
+
+
+def pixel_step(
+    model: Classifier,
+    images: torch.Tensor,
+    state: PixelState,
+    feature_gradients: list[torch.Tensor],
+    views: list[View | None],
+    pga: PGAConfig,
+    batch_size: int,
+) -> PixelState:
+    """One update of δ for a block of rows: g = mean over the step's views v of J_{φ∘v}(x + δ)ᵀ (∂objective_v/∂z
+    / s_v), then ascent and projection.
+
+    Args:
+        images: clean x (B, C, H, W) in [0, 1]; ``state`` holds their δ and optimiser state.
+        feature_gradients: per view, the objective's gradient with respect to the normalised features
+            divided by the normalisation s, (B, D): the gradient with respect to the raw features.
+        views: the views, drawn for these rows (:func:`step_views`; ``[None]`` without augmentation).
+    """
+    protected = images + state.delta
+    gradient = sum(
+        feature_vjp(model, protected, feature_gradient, batch_size=batch_size, transform=view)
+        for feature_gradient, view in zip(feature_gradients, views, strict=True)
+    ) / len(views)
+    return ascent_step(state, gradient, images, pga)
 
 
 def measure_bayes_error(
@@ -264,6 +307,31 @@ def normalise_with_anchors(
     return both[: len(raw)], both[len(raw) :], scale
 
 
+def exact_stats(
+    bank: torch.Tensor, labels: torch.Tensor, num_classes: int, config: EstimatorConfig, sigma: float,
+    start: int, stop: int,
+) -> bayes_error.KernelStats:
+    """Pass 1 of the exact estimator for rows ``start:stop`` of the bank z (N, D), labels (N,): each row's
+    kernel statistics against every other sample (four numbers per row, :class:`bayes_error.KernelStats`)."""
+    rows = torch.arange(start, stop)
+    targets = None
+    if config.objective == "target":
+        targets = bayes_error.target_classes(labels[start:stop], num_classes, config.target_shift)
+    return bayes_error.block_stats(bank[start:stop], bank, labels, num_classes, sigma, rows,
+                                   config.memory_budget_mb * 2**20, targets)
+
+
+def exact_gradient(
+    bank: torch.Tensor, labels: torch.Tensor, stats: bayes_error.KernelStats, config: EstimatorConfig,
+    sigma: float, start: int, stop: int,
+) -> torch.Tensor:
+    """Pass 2 of the exact estimator: the objective's gradient (stop − start, D) for rows ``start:stop`` of
+    the bank z (N, D), given every sample's stats (N rows, checked with :func:`bayes_error.check_support`)."""
+    rows = torch.arange(start, stop)
+    return bayes_error.block_gradient(bank[rows], labels[rows], stats.take(rows), bank, labels, stats, sigma,
+                                      len(bank), rows, config.memory_budget_mb * 2**20, config.objective)
+
+
 def estimate_step(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -277,6 +345,12 @@ def estimate_step(
     """β̂ and the objective's gradient (N, D) of one step on normalised features z (N, D), labels (N,),
     with bandwidth ``sigma`` (:meth:`EstimatorConfig.step_sigma`) and, under ``anchors: clean``, the clean
     copies' normalised features (N, D) as fixed partners (β̂ is then that of the 2N-sample mixture)."""
+    if anchors is None and config.kind == "exact":  # the two passes the Ray engine runs over row blocks
+        stats = exact_stats(features, labels, num_classes, config, sigma, 0, len(features))
+        bayes_error.check_support(stats, sigma)
+        errors = stats.errors
+        gradient = exact_gradient(features, labels, stats, config, sigma, 0, len(features)) if with_gradient else None
+        return bayes_error.Estimate(errors.mean(), errors, gradient)
     if anchors is not None:
         return bayes_error.anchored_estimate(
             features, labels, anchors, labels, num_classes, sigma=sigma, twins=True,
@@ -330,7 +404,7 @@ class BEO(ProtectionMethod):
             training_images = images if config.surrogate.mode == "fixed" else protected
             surrogate = train_surrogate(
                 surrogate, training_images, labels, dataset.num_classes, config.surrogate,
-                seed=config.seed * 100_003 + round_index,
+                seed=round_seed(config.seed, round_index),
             )
             # seconds_surrogate: training and the test accuracy, as the Ray engine's surrogate step measures it
             round_metrics = {"round": round_index, **self._test_accuracy(surrogate),
@@ -338,27 +412,32 @@ class BEO(ProtectionMethod):
             for step in range(config.steps_per_round):
                 step_started = time.perf_counter()
                 protected = images + state.delta
-                raw = compute_features(surrogate, protected, batch_size=config.batch_size)
-                if step == 0:  # the round's protected images, scored from their features: no second pass
-                    round_metrics["surrogate_train_accuracy"] = feature_accuracy(surrogate, raw, labels)
-                raw_anchors = None
-                if config.estimator.anchors == "clean":
-                    raw_anchors = compute_features(surrogate, images, batch_size=config.batch_size)
-                features, anchors, scale = normalise_with_anchors(raw, raw_anchors)
-                # from the protected features alone: with anchors, an image's nearest one is its own clean copy
-                # (at distance 0 in the first round), which is never its partner
-                sigma = config.estimator.step_sigma(features, (config.seed, round_index, step))
-                result = estimate_step(
-                    features, labels, dataset.num_classes, config.estimator, sigma,
-                    estimator_generator(config.estimator, config.seed, round_index, step), True, anchors,
-                )
-                gradient = pixel_gradient(surrogate, protected, result.gradient, scale, config.batch_size)
-                state = ascent_step(state, gradient, images, config.pga)
+                views = step_views(config, dataset.index, round_index, step)
+                values, sigmas, feature_gradients = [], [], []
+                for view in views:
+                    raw = compute_features(surrogate, protected, batch_size=config.batch_size, transform=view)
+                    if step == 0 and view is views[0]:  # the round's protected images (first view), no second pass
+                        round_metrics["surrogate_train_accuracy"] = feature_accuracy(surrogate, raw, labels)
+                    raw_anchors = None
+                    if config.estimator.anchors == "clean":
+                        raw_anchors = compute_features(surrogate, images, batch_size=config.batch_size, transform=view)
+                    features, anchors, scale = normalise_with_anchors(raw, raw_anchors)
+                    # from the protected features alone: with anchors, an image's nearest one is its own clean copy
+                    # (at distance 0 in the first round), which is never its partner
+                    sigma = config.estimator.step_sigma(features, (config.seed, round_index, step))
+                    result = estimate_step(
+                        features, labels, dataset.num_classes, config.estimator, sigma,
+                        estimator_generator(config.estimator, config.seed, round_index, step), True, anchors,
+                    )
+                    values.append(float(result.value))
+                    sigmas.append(sigma)
+                    feature_gradients.append(result.gradient / scale)
+                state = pixel_step(surrogate, images, state, feature_gradients, views, config.pga, config.batch_size)
                 history.append({
                     **round_metrics,
                     "step": step,
-                    "bayes_error": float(result.value),
-                    "sigma": sigma,
+                    "bayes_error": sum(values) / len(values),
+                    "sigma": sum(sigmas) / len(sigmas),
                     "delta_mean_abs": float(state.delta.abs().mean()),
                     "delta_max_abs": float(state.delta.abs().max()),
                     "seconds_ascent": time.perf_counter() - step_started,
@@ -389,10 +468,19 @@ class BEO(ProtectionMethod):
         """Release as the base class does, then measure β̂ of the clean data and of the uint8 release in
         the final surrogate's feature space (summary keys bayes_error_clean, bayes_error_release)."""
         result = super().protect(dataset, progress)
-        estimator, batch_size, seed = self.config.estimator, self.config.batch_size, self.config.seed
-        for name, data in (("clean", dataset), ("release", result.release)):
-            images, labels = data.tensors()
-            result.summary[f"bayes_error_{name}"] = measure_bayes_error(
-                result.surrogate, images, labels, data.num_classes, estimator, batch_size, seed
-            )
+        result.summary |= release_summary(result.surrogate, dataset, result.release, self.config)
         return result
+
+
+def release_summary(
+    surrogate: Classifier, clean: ImageDataset, release: ImageDataset, config: BEOConfig
+) -> dict[str, float]:
+    """Finishing a job: β̂ of the clean images and of the checked uint8 release in the final surrogate's
+    feature space, keys bayes_error_clean and bayes_error_release."""
+    summary = {}
+    for name, data in (("clean", clean), ("release", release)):
+        images, labels = data.tensors()
+        summary[f"bayes_error_{name}"] = measure_bayes_error(
+            surrogate, images, labels, data.num_classes, config.estimator, config.batch_size, config.seed
+        )
+    return summary

@@ -1,0 +1,138 @@
+"""The Ray engine of `ue protect`: ingest, run (or resume) the rounds, finish; and a baseline as one task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from tqdm.auto import tqdm
+
+from pipelines.config import ProtectConfig
+from pipelines.ray_engine.probe import EfficacyProbe
+from pipelines.ray_engine.resources import Resources
+from pipelines.ray_engine.rounds import run_round
+from pipelines.ray_engine.state import (
+    DatasetInfo,
+    JobState,
+    collect,
+    initial_state,
+    load_model,
+    read_state,
+    state_columns,
+)
+from pipelines.ray_engine.trainer import SurrogateTrainer
+from pipelines.ray_utils import Shared, connect, unwrap
+from pipelines.sources import load_test_set, load_training_set
+from pipelines.storage import WorkDir
+from pipelines.tracking import Tracker
+from ue_core.config import from_dict, to_dict
+from ue_core.data.dataset import ImageDataset
+from ue_core.data.shards import read_shards, write_shards
+from ue_core.errors import InvalidInputError
+from ue_core.methods.base import ProtectionResult, release_of
+from ue_core.methods.beo import release_summary
+
+ROWS_PER_INGEST_SHARD = 5_000
+
+
+@ray.remote
+def _ingest(source: str, config: dict[str, Any], shards_uri: str) -> DatasetInfo:
+    train = load_training_set(source, from_dict(ProtectConfig, config))
+    write_shards(train, shards_uri, rows_per_shard=ROWS_PER_INGEST_SHARD, overwrite=True)
+    return DatasetInfo(train.image_shape, train.num_classes, len(train), train.name)
+
+
+def prepare(source: str, config: ProtectConfig, job: JobState) -> DatasetInfo:
+    """Ingest the source into the job's work directory (once) and return what the rounds need to know."""
+    record = {"source": source, "config": to_dict(config)}
+    info = job.recorded_info(record)
+    if info is None:
+        info = unwrap(_ingest.options(num_cpus=0.5).remote(source, to_dict(config), job.ingest_uri))
+        job.record_job(record, info)  # last: the ingest is complete
+    return info
+
+
+def initial_state_dataset(job: JobState, info: DatasetInfo, config: ProtectConfig) -> ray.data.Dataset:
+    """The state before round 0: δ = 0 (and zero Adam moments under ``update: adam``) for every ingested
+    image (lazy; never written, since it follows from the ingest shards: a job that resumes before round 0
+    ends builds it again)."""
+    return read_state(job.ingest_uri).map_batches(
+        initial_state, fn_kwargs={"image_shape": info.image_shape, "columns": state_columns(config.beo.pga)}
+    )
+
+
+def protect_on_ray(
+    source: str, config: ProtectConfig, work: WorkDir, address: str | None, progress: bool, tracker: Tracker
+) -> tuple[
+    ImageDataset, ImageDataset, list[dict[str, float]], dict[str, float], ImageDataset | None, dict[int, ImageDataset]
+]:
+    """Run or resume the job; returns (clean, release, history, summary, test set, the releases after the
+    rounds of ``beo.release_rounds``)."""
+    connect(address, progress)
+    job = JobState(work)
+    info = prepare(source, config, job)
+    test = load_test_set(source, config)
+    test_ref = None if test is None else Shared.put(tuple(t.numpy() for t in test.tensors()))
+    resources = Resources.from_cluster()
+
+    done = job.completed_rounds()
+    history = [record for round_index in done for record in job.records(round_index)]
+    surrogate = job.surrogate_of(done[-1]) if done else None
+    # the state the next round starts from: read lazily here, laid out by run_round, then handed on in memory
+    state = job.state_after(done[-1]) if done else initial_state_dataset(job, info, config)
+    bar = tqdm(total=config.beo.rounds, initial=len(done), desc="BEO rounds", unit="round", disable=not progress)
+    if len(done) < config.beo.rounds:
+        # one Ray Train run trains every remaining round's surrogate (see SurrogateTrainer)
+        probe = EfficacyProbe(config.beo, info, test_ref, resources)
+        with SurrogateTrainer(config.beo, info, test_ref, work, resources) as trainer:
+            for round_index in range(len(done), config.beo.rounds):
+                surrogate, records, state = run_round(
+                    state, surrogate, config.beo, info, round_index, trainer, job, resources, probe
+                )
+                history.extend(records)
+                for record in records:
+                    tracker.log_metrics(record, step=len(history) - len(records) + record["step"])
+                bar.set_postfix(bayes_error=f"{records[-1]['bayes_error']:.4f}")
+                bar.update()
+    bar.close()
+
+    clean = read_shards(job.ingest_uri).sorted_by_index()
+    final = collect(state, ["index", "delta"])
+    if not np.array_equal(final["index"], clean.index):
+        raise InvalidInputError(
+            f"the state of round {config.beo.rounds - 1} does not hold exactly the ingested indices"
+        )
+    release = release_of(clean, torch.from_numpy(final["delta"]), config.beo.pga)
+    summary = release_summary(load_model(surrogate), clean, release, config.beo)
+    snapshots = {}
+    for rounds in config.beo.release_rounds:  # every round's state stays in the work folder until the end
+        delta = collect(job.state_after(rounds - 1), ["index", "delta"])["delta"]
+        snapshots[rounds] = release_of(clean, torch.from_numpy(delta), config.beo.pga)
+    return clean, release, history, summary, test, snapshots
+
+
+@ray.remote
+def _protect_task(
+    source: str, config: dict[str, Any], threads: int, on_gpu: bool
+) -> tuple[ImageDataset, ProtectionResult]:
+    torch.set_num_threads(threads)
+    protect_config = from_dict(ProtectConfig, config)
+    train = load_training_set(source, protect_config)
+    return train, protect_config.build(device="cuda" if on_gpu else "cpu").protect(train)
+
+
+def protect_in_one_task(
+    source: str, config: ProtectConfig, address: str | None, progress: bool
+) -> tuple[ImageDataset, ProtectionResult]:
+    """A baseline's whole one-process method as one Ray task (reading the source where it runs): on a GPU when
+    the cluster has one, else with one node's cores as torch threads. Returns (clean training set, result)."""
+    connect(address, progress)
+    resources = Resources.from_cluster()
+    task = _protect_task.options(num_cpus=resources.task_cpus, num_gpus=resources.gpus_per_actor)
+    on_gpu = resources.gpus_per_actor > 0
+    with tqdm(total=1, desc=f"{config.method} (one Ray task)", unit="job", disable=not progress) as bar:
+        train, result = unwrap(task.remote(source, to_dict(config), resources.task_threads, on_gpu))
+        bar.update()
+    return train, result

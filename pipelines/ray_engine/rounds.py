@@ -1,0 +1,134 @@
+"""One BEO round on Ray: surrogate, then per step the feature pass, the estimator and the ascent pass, then
+the round written to the work directory (docs/method.md §3)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.data.dataset import MaterializedDataset
+
+from pipelines.ray_engine.estimator import feature_gradient
+from pipelines.ray_engine.passes import AscentPass, FeaturePass
+from pipelines.ray_engine.probe import EfficacyProbe
+from pipelines.ray_engine.resources import Resources
+from pipelines.ray_engine.state import (
+    DatasetInfo,
+    JobState,
+    canonical_layout,
+    collect,
+    load_model,
+    state_columns,
+)
+from pipelines.ray_engine.trainer import SurrogateTrainer
+from pipelines.ray_utils import Shared
+from ue_core.config import to_dict
+from ue_core.methods.beo import BEOConfig, normalise_with_anchors
+from ue_core.training import feature_accuracy
+
+
+def run_round(
+    state: ray.data.Dataset,
+    previous: dict[str, Any] | None,
+    config: BEOConfig,
+    info: DatasetInfo,
+    round_index: int,
+    trainer: SurrogateTrainer,
+    job: JobState,
+    resources: Resources,
+    probe: EfficacyProbe | None = None,
+) -> tuple[dict[str, Any], list[dict[str, float]], MaterializedDataset]:
+    """One round; writes round ``round_index`` and returns (surrogate, records, the new state).
+
+    ``state`` is the state the previous round returned (materialised in :func:`canonical_layout`), or, in
+    the first round of a job or of a resumed job, a lazy dataset: the last completed round's Parquet shards,
+    or the initial state built from the ingest shards. Seconds per part of the round go into every record:
+    seconds_read (reading and laying out a lazy state, 0 when handed on in memory), seconds_surrogate
+    (training and the test accuracy; the train accuracy comes from step 0's features), then per step
+    seconds_features, seconds_estimator, seconds_ascent, and seconds_write (the new state in its layout,
+    its Parquet shards, the surrogate and round.json).
+    """
+    started = time.perf_counter()
+    columns = state_columns(config.pga)
+    if not isinstance(state, MaterializedDataset):
+        state = canonical_layout(state, columns, resources)
+    round_metrics: dict[str, float] = {"round": round_index, "seconds_read": time.perf_counter() - started}
+    started = time.perf_counter()
+    surrogate, accuracies = trainer.train(state, previous, round_index)
+    round_metrics |= {"seconds_surrogate": time.perf_counter() - started, **accuracies}
+    actor_options = {
+        "compute": ray.data.ActorPoolStrategy(size=resources.actors),
+        "num_cpus": resources.cpus_per_actor,
+        "num_gpus": resources.gpus_per_actor,
+        "batch_size": config.batch_size,
+    }
+    threads = resources.threads_per_actor
+    model = load_model(surrogate)
+    surrogate_ref = Shared.put(surrogate)
+    records = []
+    beo = to_dict(config)
+    anchored = config.estimator.anchors == "clean"
+    for step in range(config.steps_per_round):
+        timings = {"seconds_features": 0.0, "seconds_estimator": 0.0}
+        values, sigmas, gradients = [], [], []
+        for view in range(max(1, config.augment.views)):  # the step's views (ue_core.methods.beo.step_views)
+            t0 = time.perf_counter()
+            features = collect(
+                state.map_batches(
+                    FeaturePass,
+                    fn_constructor_kwargs={"surrogate": surrogate_ref, "beo": beo, "round_index": round_index,
+                                           "step": step, "view": view, "threads": threads},
+                    **actor_options,
+                ),
+                ["index", "label", "features", *(["anchors"] if anchored else [])],
+            )
+            if step == 0 and view == 0:  # the round's protected images, scored from their features, as the reference
+                round_metrics["surrogate_train_accuracy"] = feature_accuracy(
+                    model, torch.from_numpy(features["features"]), torch.from_numpy(features["label"])
+                )
+            timings["seconds_features"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            z, anchors, scale = normalise_with_anchors(
+                torch.from_numpy(features["features"]), torch.from_numpy(features["anchors"]) if anchored else None
+            )
+            value, sigma, gradient = feature_gradient(
+                z.numpy(), features["label"], info.num_classes, config, round_index, step, resources,
+                None if anchors is None else anchors.numpy(),
+            )
+            values.append(value)
+            sigmas.append(sigma)
+            gradients.append(Shared.put((features["index"], (gradient / scale).astype(np.float32))))
+            timings["seconds_estimator"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        state = state.map_batches(
+            AscentPass,
+            fn_constructor_kwargs={"surrogate": surrogate_ref, "beo": beo, "round_index": round_index, "step": step,
+                                   "gradients": gradients, "threads": threads},
+            **actor_options,
+        ).materialize()
+        sizes = collect(state, ["index", "delta_abs_max", "delta_abs_mean"])
+        timings["seconds_ascent"] = time.perf_counter() - t0
+        records.append(
+            {
+                **round_metrics,
+                "step": step,
+                "bayes_error": sum(values) / len(values),
+                "sigma": sum(sigmas) / len(sigmas),
+                "delta_max_abs": float(sizes["delta_abs_max"].max()),
+                "delta_mean_abs": float(sizes["delta_abs_mean"].mean()),
+                **timings,
+            }
+        )
+        state = state.select_columns(columns)
+    t0 = time.perf_counter()
+    state = canonical_layout(state, columns, resources)
+    if probe is not None:  # before round.json: a resumed job keeps the probe's figures
+        records[-1] |= probe(state, round_index + 1)
+    job.write_round(round_index, state, surrogate)
+    seconds_write = time.perf_counter() - t0
+    records = [{**record, "seconds_write": seconds_write} for record in records]
+    job.complete_round(round_index, records)  # last: the round is complete
+    return surrogate, records, state

@@ -1,0 +1,216 @@
+"""The Ray engine's state: the rows each pass reads and writes, the surrogate's spec, and the work directory
+that makes a job resumable (a small object of its own, :class:`JobState`).
+
+State rows: index, label, image (uint8 H × W × C), δ (float32 C × H × W), Adam's moments under
+``update: adam``, and the per-row step count.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.data.dataset import MaterializedDataset
+
+from pipelines.ray_engine.resources import Resources
+from pipelines.storage import WorkDir, pyarrow_filesystem, remove
+from ue_core.data.fsutil import filesystem
+from ue_core.errors import InvalidInputError
+from ue_core.models import Classifier, build_model
+from ue_core.pga import PGAConfig
+
+MOMENT_COLUMNS = ("exp_avg", "exp_avg_sq")
+
+
+def state_columns(pga: PGAConfig) -> list[str]:
+    """The columns of the state shards: Adam's two moments only under ``update: adam``.
+
+    The sign and L2 rules never read the moments; storing them would triple the state's bytes moved
+    through Arrow in every pass and written every round.
+    """
+    moments = list(MOMENT_COLUMNS) if pga.update == "adam" else []
+    return ["index", "label", "image", "delta", *moments, "steps"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What every pass needs to know about the images: (H, W, C), classes, count."""
+
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    count: int
+    name: str
+
+    @staticmethod
+    def from_dict(info: dict[str, Any]) -> DatasetInfo:
+        return DatasetInfo(tuple(info["image_shape"]), info["num_classes"], info["count"], info["name"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image_shape": list(self.image_shape), "num_classes": self.num_classes, "count": self.count,
+                "name": self.name}
+
+
+def load_model(spec: dict[str, Any]) -> Classifier:
+    """The surrogate a spec describes (name, num_classes, in_channels, image_size, state_dict), in eval mode."""
+    model = build_model(
+        spec["name"], spec["num_classes"], in_channels=spec["in_channels"], image_size=spec["image_size"]
+    )
+    model.load_state_dict(spec["state_dict"])
+    return model.eval()
+
+
+def images_and_delta(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean images x (B, C, H, W) in [0, 1] and δ (B, C, H, W) from a state batch."""
+    x = torch.from_numpy(np.ascontiguousarray(batch["image"])).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous(), torch.from_numpy(np.ascontiguousarray(batch["delta"]))
+
+
+def initial_state(
+    batch: dict[str, np.ndarray], image_shape: tuple[int, int, int], columns: list[str]
+) -> dict[str, np.ndarray]:
+    """Ingest shard rows (index, label, image bytes) → state rows of ``columns`` (:func:`state_columns`), with
+    δ = 0 and zero Adam moments."""
+    height, width, channels = image_shape
+    images = np.frombuffer(b"".join(batch["image"]), np.uint8).reshape(-1, height, width, channels)
+    zeros = np.zeros((len(images), channels, height, width), np.float32)
+    state = {
+        "index": batch["index"].astype(np.int64),
+        "label": batch["label"].astype(np.int64),
+        "image": images,
+        "delta": zeros,
+        **{name: zeros.copy() for name in MOMENT_COLUMNS if name in columns},
+        "steps": np.zeros(len(images), np.int64),
+    }
+    return {name: state[name] for name in columns}
+
+
+def collect(dataset: ray.data.Dataset, columns: list[str]) -> dict[str, np.ndarray]:
+    """Bring ``columns`` of a dataset to the driver, rows sorted by index."""
+    parts = list(dataset.select_columns(columns).iter_batches(batch_size=None, batch_format="numpy"))
+    merged = {c: np.concatenate([p[c] for p in parts]) for c in columns}
+    order = np.argsort(merged["index"], kind="stable")
+    return {c: v[order] for c, v in merged.items()}
+
+
+def state_rows(blocks: list[Any], columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """``columns`` of the state blocks (Arrow tables from the object store), rows sorted by index."""
+    from ray.data.block import BlockAccessor
+
+    parts = [BlockAccessor.for_block(block).select(list(columns)) for block in blocks]
+    batches = [BlockAccessor.for_block(part).to_batch_format("numpy") for part in parts]
+    merged = {c: np.concatenate([b[c] for b in batches]) for c in columns}
+    order = np.argsort(merged["index"], kind="stable")  # the reference trains in index order
+    return {c: v[order] for c, v in merged.items()}
+
+
+
+def canonical_layout(state: ray.data.Dataset, columns: list[str], resources: Resources) -> MaterializedDataset:
+    """The state ``columns`` in ``max(2, 2 × actors)`` equal blocks, rows in the order given, in the object store.
+
+    A round's batches follow the blocks, and float results can depend on the batch a row is in; an equal
+    split depends only on the row order, which a Parquet write and read keep, so the state handed on in
+    memory and the same state read back after a resume give the same blocks.
+    """
+    blocks = max(2, 2 * resources.actors)
+    return state.select_columns(columns).repartition(blocks).materialize()
+
+
+def _read_json(uri: str) -> Any:
+    fs, path = filesystem(uri)
+    with fs.open(path, "r") as f:
+        return json.load(f)
+
+
+def _write_json(uri: str, content: Any) -> None:
+    fs, path = filesystem(uri)
+    with fs.open(path, "w") as f:
+        json.dump(content, f, indent=2)
+
+
+def read_state(uri: str) -> ray.data.Dataset:
+    """State shards written by :meth:`JobState.write_round` (or the ingest shards), read lazily."""
+    fs, path = pyarrow_filesystem(uri)
+    return ray.data.read_parquet(path, filesystem=fs)
+
+
+class JobState:
+    """The work directory of one protect job, which makes it resumable:
+
+        WORK/job.json               the job (source, config) and the dataset's info, written after the ingest
+        WORK/ingest/                the source as Parquet shards
+        WORK/rounds/round-NNNNN/    state/ (Parquet shards), surrogate.pt, round.json written last
+
+    A round counts as done once its round.json exists; a re-run of the same job resumes after the last one,
+    and a job with another source or config is refused rather than mixed in.
+    """
+
+    def __init__(self, work: WorkDir) -> None:
+        self.work = work
+
+    @property
+    def ingest_uri(self) -> str:
+        return self.work.path("ingest")
+
+    def recorded_info(self, job: dict[str, Any]) -> DatasetInfo | None:
+        """The dataset info recorded for ``job`` (None before its ingest); another job's is an error."""
+        fs, path = filesystem(self.work.path("job.json"))
+        if not fs.exists(path):
+            return None
+        recorded = _read_json(self.work.path("job.json"))
+        if recorded["job"] != job:
+            raise InvalidInputError(
+                f"work directory {self.work.uri} belongs to a job with another source or config; "
+                "remove it (or choose another --work-dir) to start afresh"
+            )
+        return DatasetInfo.from_dict(recorded["info"])
+
+    def record_job(self, job: dict[str, Any], info: DatasetInfo) -> None:
+        """Written last by the ingest: from now on the job resumes instead of ingesting again."""
+        _write_json(self.work.path("job.json"), {"job": job, "info": info.to_dict()})
+
+    def completed_rounds(self) -> list[int]:
+        """Rounds whose round.json exists, in order."""
+        fs, path = filesystem(self.work.path("rounds"))
+        if not fs.exists(path):
+            return []
+        done = []
+        for entry in fs.ls(path, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith("round-") and fs.exists(f"{entry.rstrip('/')}/round.json"):
+                done.append(int(name.removeprefix("round-")))
+        return sorted(done)
+
+    def records(self, round_index: int) -> list[dict[str, float]]:
+        """The history records of a completed round."""
+        return _read_json(f"{self.work.round_dir(round_index)}/round.json")
+
+    def state_after(self, round_index: int) -> ray.data.Dataset:
+        """The state after a completed round (lazy)."""
+        return read_state(f"{self.work.round_dir(round_index)}/state")
+
+    def surrogate_of(self, round_index: int) -> dict[str, Any]:
+        """The surrogate spec of a completed round."""
+        fs, path = filesystem(f"{self.work.round_dir(round_index)}/surrogate.pt")
+        with fs.open(path, "rb") as f:
+            return torch.load(io.BytesIO(f.read()), weights_only=True)
+
+    def write_round(self, round_index: int, state: ray.data.Dataset, surrogate: dict[str, Any]) -> None:
+        """A round's state shards (first removing what a killed attempt may have left) and surrogate."""
+        round_dir = self.work.round_dir(round_index)
+        remove(f"{round_dir}/state")
+        arrow_fs, arrow_path = pyarrow_filesystem(f"{round_dir}/state")
+        state.write_parquet(arrow_path, filesystem=arrow_fs)
+        buffer = io.BytesIO()
+        torch.save(surrogate, buffer)
+        fs, path = filesystem(f"{round_dir}/surrogate.pt")
+        with fs.open(path, "wb") as f:
+            f.write(buffer.getvalue())
+
+    def complete_round(self, round_index: int, records: list[dict[str, float]]) -> None:
+        """round.json, written after everything else of the round: from now on the round counts as done."""
+        _write_json(f"{self.work.round_dir(round_index)}/round.json", records)

@@ -1,0 +1,67 @@
+"""The Ray helpers every command shares: joining a cluster, getting results, handing objects by reference."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from pipelines.storage import storage_env
+from ue_core.errors import UEError
+
+
+def connect(address: str | None, progress: bool) -> None:
+    """Join the cluster at ``address`` (or RAY_ADDRESS: a submitted job's driver joins its own cluster), or
+    start a local Ray whose workers get the S3 settings of :func:`storage_env`.
+
+    The local Ray's workers keep libgomp's default OpenMP wait policy (spin briefly, then sleep): one torch
+    process per node computes at a time here, and OMP_WAIT_POLICY=PASSIVE made the surrogate's training
+    15–30% slower (bench/README.md). A cluster whose nodes share cores sets PASSIVE in its nodes' own
+    environment (cluster/local/localcluster.py does).
+
+    Nothing is pushed into a cluster's runtime environment: its nodes hold their credentials (instance
+    profile, IRSA, node environment) and a submitted job's runtime env carries the rest; credentials in a
+    runtime env would show in the dashboard and in error messages, and a second copy of a job's env var is a
+    conflict that Ray refuses.
+    """
+    if not ray.is_initialized():
+        if address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(runtime_env={"env_vars": storage_env()}, include_dashboard=False, log_to_driver=False)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset execution is noise here
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # the same blocks in the same order on every run
+    context.enable_progress_bars = progress
+
+
+def unwrap(refs: Any) -> Any:
+    """ray.get that re-raises a project error from a task as itself, so the user sees its one line."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as error:
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, UEError):
+            raise cause from None
+        raise
+
+
+@dataclass(frozen=True)
+class Shared:
+    """An object put in the object store once and handed to tasks, actors and Train workers by reference.
+
+    Ray resolves an ObjectRef given as a top-level argument (a copy of the object in every call's
+    arguments), not one held inside another object: wrapping it keeps it a reference until :meth:`get`.
+    """
+
+    ref: ray.ObjectRef
+
+    @staticmethod
+    def put(value: Any) -> Shared:
+        return Shared(ray.put(value))
+
+    def get(self) -> Any:
+        return ray.get(self.ref)

@@ -1,0 +1,22 @@
+"""Protection methods, one file each on the shared base class (ue_core.methods.base.ProtectionMethod):
+BEO, the product, and the baselines it is compared with.
+
+    beo      ue_core/methods/beo.py            Bayes-error optimisation (Zhang et al., AAAI 2026)
+    random   ue_core/methods/random_noise.py   uniform ±ε noise
+    em       ue_core/methods/em.py             error-minimising noise (Huang et al., ICLR 2021)
+    tap      ue_core/methods/tap.py            targeted adversarial poisoning (Fowl et al., NeurIPS 2021)
+
+``METHODS`` maps each name to its class; a protect job's config builds one with ``ProtectConfig.build``.
+"""
+
+from ue_core.methods.base import ProtectionMethod
+from ue_core.methods.beo import BEO
+from ue_core.methods.em import ErrorMinimisingNoise
+from ue_core.methods.random_noise import RandomNoise
+from ue_core.methods.tap import TargetedAdversarialPoisoning
+
+METHODS: dict[str, type[ProtectionMethod]] = {
+    "beo": BEO, "random": RandomNoise, "em": ErrorMinimisingNoise, "tap": TargetedAdversarialPoisoning,
+}
+
+__all__ = ["BEO", "METHODS", "ErrorMinimisingNoise", "ProtectionMethod", "RandomNoise", "TargetedAdversarialPoisoning"]
