@@ -10,8 +10,9 @@ from PIL import Image
 
 from pipelines.config import load_protect_config, preset_names
 from pipelines.protect import protect
-from ue_core.data import ImageDataset, ReleasedCIFAR10, ReleasedCIFAR100, write_cifar_batches
-from ue_core.release import verify_release
+from ue_core.data import ImageDataset, ReleasedCIFAR10, ReleasedCIFAR100, read_dataset, write_cifar_batches
+from ue_core.data.dataset import balanced_subset
+from ue_core.release import read_release, verify_release
 
 # A 1-epoch ResNet-18 on a few dozen random images spreads them far apart: at the presets' σ = 0.3 every kernel
 # weight underflows and the estimator refuses (bayes_error.check_support), so here σ follows the distances.
@@ -43,7 +44,23 @@ def write_tiny_imagenet(root, classes: int, per_class: int, seed: int) -> None:
 
 
 def test_every_preset_is_covered_here():
-    assert set(preset_names()) == {"fashion-mnist", "cifar10-paper", "cifar100-paper", "tiny-imagenet-paper"}
+    assert set(preset_names()) == {"fashion-mnist", "fashion-mnist-strong", "cifar10-paper", "cifar100-paper",
+                                   "tiny-imagenet-paper"}
+
+
+def test_fashion_mnist_strong_preset_at_tiny_scale(tmp_path, fashion_mnist_root):
+    """The strongest measured setting (docs/study.md) on 60 real images, 2 rounds of 2 views."""
+    config = load_protect_config("fashion-mnist-strong", overrides={
+        "data.subset": 60, "data.test_subset": 0, "beo.rounds": 2, "beo.augment.views": 2})
+    assert config.beo.surrogate.mode == "fixed" and config.beo.estimator.objective == "target"
+    assert config.beo.pga.eps == 16 / 255 and config.beo.estimator.sigma == 1.0
+    protect(str(fashion_mnist_root), str(tmp_path / "release"), config, engine="reference", progress=False,
+            tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}", experiment="presets")
+    manifest = verify_release(tmp_path / "release")
+    assert manifest["config"]["beo"]["augment"] == {"views": 2, "padding": 2, "flip": True}
+    release = read_release(tmp_path / "release").sorted_by_index()
+    clean = balanced_subset(read_dataset(str(fashion_mnist_root), split="train"), 60, seed=0).sorted_by_index()
+    assert np.abs(release.images.astype(int) - clean.images.astype(int)).max() == 4  # two sign steps of 2/255
 
 
 @pytest.mark.parametrize("preset, variant, classes", [("cifar10-paper", "cifar10", 10), ("cifar100-paper", "cifar100", 100)])
