@@ -262,10 +262,11 @@ def pixel_step(
         views: the views, drawn for these rows (:func:`step_views`; ``[None]`` without augmentation).
     """
     protected = images + state.delta
-    gradient = sum(
+    gradients = [
         feature_vjp(model, protected, feature_gradient, batch_size=batch_size, transform=view)
         for feature_gradient, view in zip(feature_gradients, views, strict=True)
-    ) / len(views)
+    ]
+    gradient = gradients[0] if len(gradients) == 1 else torch.stack(gradients).mean(dim=0)
     return ascent_step(state, gradient, images, pga)
 
 
