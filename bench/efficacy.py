@@ -104,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
 
     overrides = dict(parse_override(text) for text in args.set)
-    overrides |= {"method": args.method, "beo.pga.eps": args.eps, "data.subset": args.size}
+    overrides |= {"method": args.method, "budget.eps": args.eps, "data.subset": args.size}
     if args.rounds is not None:
         overrides["beo.rounds"] = args.rounds
     if args.release_rounds:
@@ -127,9 +127,9 @@ def main() -> None:
     history = {int(r["round"]) + 1: r for r in result.history} if args.method == "beo" else {}
     for rounds, release in sorted(releases.items()):
         record = {
-            "name": args.name, "method": args.method, "eps": round(config.beo.pga.eps * 255, 3),
+            "name": args.name, "method": args.method, "eps": round(config.budget.eps * 255, 3),
             "rounds": rounds if args.method == "beo" else None,
-            "overrides": {k: v for k, v in overrides.items() if k not in ("method", "beo.pga.eps")},
+            "overrides": {k: v for k, v in overrides.items() if k not in ("method", "budget.eps")},
             "seconds_protect": round(seconds, 1), "size": args.size, "victim": args.victim,
             "psnr_db": round(psnr(clean.images, release.images), 2), "ssim": round(ssim(clean.images, release.images), 4),
             "bayes_error_fixed_clean": round(bayes_clean, 4),

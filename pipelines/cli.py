@@ -38,7 +38,7 @@ def _add_protect(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--method",
                         help="beo (default), or a baseline: random noise, error-minimising (em), targeted "
                              "adversarial poisoning (tap) (method)")
-    parser.add_argument("--eps", help="L-inf budget of every method, e.g. 8/255 (beo.pga.eps)")
+    parser.add_argument("--eps", help="L-inf budget of every method, e.g. 8/255 (budget.eps)")
     parser.add_argument("--rounds", type=int, help="surrogate rounds (beo.rounds)")
     parser.add_argument("--subset", type=int, help="protect a class-balanced subset of this size (data.subset)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -55,7 +55,7 @@ def _protect(args: argparse.Namespace) -> int:
     from pipelines.protect import protect
 
     overrides = dict(parse_override(text) for text in args.set)
-    flags = (("method", args.method), ("beo.pga.eps", args.eps), ("beo.rounds", args.rounds),
+    flags = (("method", args.method), ("budget.eps", args.eps), ("beo.rounds", args.rounds),
              ("data.subset", args.subset))
     for key, value in flags:
         if value is not None:

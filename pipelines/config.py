@@ -22,14 +22,15 @@ from ue_core.data.dataset import ImageDataset
 from ue_core.data.mixing import MODES
 from ue_core.defences import DefenceConfig, parse_defences
 from ue_core.errors import InvalidInputError
-from ue_core.methods import BEO, ProtectionMethod, RandomNoise
 from ue_core.methods import METHODS as METHOD_CLASSES
+from ue_core.methods import ProtectionMethod
 from ue_core.methods.base import require_linf
 from ue_core.methods.beo import BEOConfig
 from ue_core.methods.em import EMConfig
 from ue_core.methods.random_noise import RandomNoiseConfig
 from ue_core.methods.tap import TAPConfig
 from ue_core.models import MODEL_NAMES, Classifier, build_model
+from ue_core.pga import Budget
 from ue_core.release import RELEASE_FORMATS
 from ue_core.training import Recipe, recipe
 
@@ -62,13 +63,13 @@ class ProtectConfig:
     Attributes:
         method: "beo" (the product), or a baseline to compare it with: "random" (±ε noise), "em"
             (error-minimising noise) or "tap" (targeted adversarial poisoning); see ue_core/methods/.
-        beo: BEO's settings. Its ``pga`` (eps, norm) is the budget of every method, so that ``--eps`` means
-            the same whichever method runs; its update rule and step size are BEO's alone.
-        random, em, tap: each baseline's own settings, read only when it is the method.
+        budget: eps and norm, the budget of whichever method runs (``--eps`` sets ``budget.eps``).
+        beo, random, em, tap: each method's own settings, read only when it is the method.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
     method: str = "beo"
+    budget: Budget = field(default_factory=Budget)
     beo: BEOConfig = field(default_factory=BEOConfig)
     random: RandomNoiseConfig = field(default_factory=RandomNoiseConfig)
     em: EMConfig = field(default_factory=EMConfig)
@@ -79,29 +80,25 @@ class ProtectConfig:
         if self.method not in METHODS:
             raise InvalidInputError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
         if METHOD_CLASSES[self.method].linf_only:  # the method's own check, here before a job starts
-            require_linf(self.beo.pga, self.method)
+            require_linf(self.budget, self.method)
         object.__setattr__(self, "formats", tuple(self.formats))
         unknown = sorted(set(self.formats) - set(RELEASE_FORMATS))
         if unknown:
             raise InvalidInputError(f"unknown release format {unknown[0]!r}; expected {', '.join(RELEASE_FORMATS)}")
 
     def build(self, test_set: ImageDataset | None = None, device: str = "cpu") -> ProtectionMethod:
-        """The ue_core method this config names, with the shared budget ``beo.pga``. ``test_set`` serves BEO's
-        per-round surrogate test accuracy and probe; ``device`` is where EM's and TAP's models run."""
-        if self.method == "beo":
-            return BEO(self.beo, test_set=test_set)
-        if self.method == "random":
-            return RandomNoise(self.beo.pga, self.random)
-        return METHOD_CLASSES[self.method](self.beo.pga, getattr(self, self.method), device)
+        """The ue_core method this config names, built from ``budget`` and its own section on ``device``;
+        ``test_set`` goes to the methods that take one (BEO: per-round surrogate test accuracy and probe)."""
+        method = METHOD_CLASSES[self.method]
+        extras = {"test_set": test_set} if method.takes_test_set else {}
+        return method(self.budget, getattr(self, self.method), device, **extras)
 
     def method_record(self) -> dict[str, Any]:
-        """The config as nested dicts without the sections this method never reads (a baseline keeps only
-        ``beo.pga``, its budget): what the MLflow run and the manifest record. ``from_dict`` reads it back."""
+        """The config as nested dicts without the other methods' sections (every method keeps ``budget``):
+        what the MLflow run and the manifest record. ``from_dict`` reads it back."""
         record = to_dict(self)
-        for name in set(METHODS) - {"beo", self.method}:
+        for name in set(METHODS) - {self.method}:
             del record[name]
-        if self.method != "beo":
-            record["beo"] = {"pga": record["beo"]["pga"]}
         return record
 
 
@@ -212,7 +209,7 @@ def load_evaluate_config(config_file: str | None = None, overrides: dict[str, An
     return from_dict(EvaluateConfig, data)
 
 
-RESERVED_PROTECT_AXES = {"method": "grid.method", "beo.pga.eps": "grid.eps"}
+RESERVED_PROTECT_AXES = {"method": "grid.method", "budget.eps": "grid.eps"}
 RESERVED_EVALUATE_AXES = {"ratio": "grid.ratio", "victim.model": "grid.victim", "defence.names": "grid.defence",
                           "modes": "the arms the ratios imply"}
 
@@ -262,10 +259,10 @@ class SweepGrid:
             axes = getattr(self, section)
             if not isinstance(axes, dict):
                 raise InvalidInputError(f"sweep grid.{section}: expected a mapping of dotted keys to lists of values")
-            for key in flatten(axes):
+            axes = flatten(axes)  # a --set grid.protect.beo.rounds=[…] arrives nested
+            for key in axes:
                 if key in reserved:
                     raise InvalidInputError(f"sweep grid.{section}: {key} is an axis of its own; use {reserved[key]}")
-            axes = flatten(axes)  # a --set grid.protect.beo.rounds=[…] arrives nested
             object.__setattr__(self, section, {k: _axis_values(f"sweep grid.{section}.{k}", v) for k, v in axes.items()})
 
     def protect_points(self) -> list[dict[str, Any]]:
@@ -315,7 +312,7 @@ class SweepConfig:
         source: the clean dataset (a flag may replace it).
         protect_preset: the shipped protect preset the releases start from.
         protect: protect config keys merged over the preset (nested, as in a protect YAML); grid.method
-            replaces method, grid.eps replaces beo.pga.eps, and grid.protect the keys it names.
+            replaces method, grid.eps replaces budget.eps, and grid.protect the keys it names.
         evaluate: the evaluate config of every trial; the grid replaces ratio, victim.model, defence.names
             and the keys grid.evaluate names.
         grid: method × eps × protect axes (the releases) × ratio × victim × defence × evaluate axes.
@@ -340,7 +337,7 @@ class SweepConfig:
         """The protect config of the release of ``method`` at budget ``eps`` with protect-axis ``settings``."""
         try:
             return load_protect_config(self.protect_preset, data=self.protect,
-                                       overrides={"method": method, "beo.pga.eps": eps, **(settings or {})})
+                                       overrides={"method": method, "budget.eps": eps, **(settings or {})})
         except InvalidInputError as error:
             where = f" ({settings_label(settings)})" if settings else ""
             raise InvalidInputError(f"sweep grid.protect{where}: {error}") from None
@@ -428,7 +425,7 @@ def load_protect_config(
     overrides: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
 ) -> ProtectConfig:
-    """Preset → YAML file → ``data`` (nested keys) → dotted-key overrides (e.g. {"beo.pga.eps": "16/255"})
+    """Preset → YAML file → ``data`` (nested keys) → dotted-key overrides (e.g. {"budget.eps": "16/255"})
     → ProtectConfig."""
     merged: dict[str, Any] = {}
     if preset is not None:

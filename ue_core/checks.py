@@ -13,7 +13,7 @@ import torch
 
 from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError, ReleaseCheckError
-from ue_core.pga import PGAConfig
+from ue_core.pga import Budget
 
 _SHOWN = 10
 
@@ -35,12 +35,12 @@ def _fail(what: str, indices: np.ndarray) -> None:
     raise ReleaseCheckError(f"release {what} at {indices.size} samples: indices {shown}{more}")
 
 
-def check_release(clean: ImageDataset, release: ImageDataset, config: PGAConfig) -> None:
+def check_release(clean: ImageDataset, release: ImageDataset, budget: Budget) -> None:
     """Raise ReleaseCheckError unless ``release`` is a valid protected version of ``clean``.
 
     Checks: uint8 pixels of the same (H, W, C); the same index set, each index exactly once (rows are
-    matched by index, not by position); the same label per index; the perturbation within the integer
-    budget of ``config`` (L∞: max |q - x| ≤ floor(255 eps); L2: ‖q - x‖₂ ≤ 255 eps).
+    matched by index, not by position); the same label per index; the perturbation within ``budget`` in
+    uint8 levels (L∞: max |q - x| ≤ floor(255 eps); L2: ‖q - x‖₂ ≤ 255 eps).
     """
     if release.images.dtype != np.uint8:
         raise ReleaseCheckError(f"release pixels must be uint8, got {release.images.dtype}")
@@ -60,10 +60,10 @@ def check_release(clean: ImageDataset, release: ImageDataset, config: PGAConfig)
         _fail("changes labels", relabelled)
     difference = release.images.astype(np.int16) - clean.images.astype(np.int16)
     flat = difference.reshape(len(difference), -1)
-    if config.norm == "linf":
+    if budget.norm == "linf":
         size = np.abs(flat).max(axis=1, initial=0)
     else:
         size = np.sqrt(np.square(flat, dtype=np.float64).sum(axis=1))
-    over = clean.index[size > config.integer_budget + 1e-9]
+    over = clean.index[size > budget.integer_budget + 1e-9]
     if over.size:
-        _fail(f"exceeds the {config.norm} budget of {config.integer_budget:g} levels", over)
+        _fail(f"exceeds the {budget.norm} budget of {budget.integer_budget:g} levels", over)

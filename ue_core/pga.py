@@ -1,4 +1,5 @@
-"""Projected gradient ascent on pixels: update rules, projections and the quantised release (docs/method.md §3).
+"""Projected gradient ascent on pixels: the perturbation budget every method shares (:class:`Budget`), BEO's
+update rules, projections and the quantised release (docs/method.md §3).
 
 Tensors are per sample, so a shard can hold and update its own rows: perturbations δ and pixel gradients
 are float32 (N, C, H, W) in image units ([0, 1] per channel); the per-sample Adam state has the same shape,
@@ -24,21 +25,46 @@ UPDATE_RULES: tuple[str, ...] = ("adam", "sign")
 
 
 @dataclass(frozen=True)
-class PGAConfig:
-    """The perturbation budget and the update rule.
+class Budget:
+    """How far a protection may move each image: the perturbation budget, the same for every method.
 
     Attributes:
-        eps: budget in image units; L∞: ‖δ‖∞ ≤ eps with 0 < eps < 1 (default 8/255); L2: ‖δ‖₂ ≤ eps per image.
+        eps: the radius in image units ([0, 1] per channel); a number or a fraction such as "8/255".
+            L∞: ‖δ‖∞ ≤ eps with 0 < eps < 1 (default 8/255); L2: ‖δ‖₂ ≤ eps per image, eps > 0.
         norm: "linf" or "l2".
-        update: "adam" (Adam ascent on δ with per-sample state, as torch.optim.AdamW(maximize=True)) or
-            "sign" (δ += step_size · sign(g) for L∞; δ += step_size · g/‖g‖₂ for L2).
-        lr, betas, adam_eps: Adam's parameters (authors: 1e-3, (0.9, 0.999), 1e-8).
-        weight_decay: decoupled decay of δ towards 0 (the authors used 0.01 on the images; off here).
-        step_size: the sign rule's step; None means eps / 10.
     """
 
     eps: float = 8 / 255
     norm: Norm = "linf"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "eps", parse_fraction(self.eps))
+        if self.norm not in NORMS:
+            raise InvalidInputError(f"unknown norm {self.norm!r}; expected one of {', '.join(NORMS)}")
+        if self.norm == "linf" and not 0 < self.eps < 1:
+            raise InvalidInputError(f"eps must be in (0, 1) for the L-inf norm, got {self.eps}")
+        if self.norm == "l2" and not 0 < self.eps < math.inf:
+            raise InvalidInputError(f"eps must be > 0 for the L2 norm, got {self.eps}")
+
+    @property
+    def integer_budget(self) -> float:
+        """The budget in uint8 levels: floor(255 eps) for L∞, 255 eps for L2."""
+        levels = 255 * self.eps
+        return float(math.floor(levels + 1e-9)) if self.norm == "linf" else levels
+
+
+@dataclass(frozen=True)
+class PGAConfig:
+    """The update rule of the ascent on δ (the budget it stays within is a :class:`Budget`, given apart).
+
+    Attributes:
+        update: "adam" (Adam ascent on δ with per-sample state, as torch.optim.AdamW(maximize=True)) or
+            "sign" (δ += step · sign(g) for L∞; δ += step · g/‖g‖₂ for L2, step = :meth:`sign_step`).
+        lr, betas, adam_eps: Adam's parameters (authors: 1e-3, (0.9, 0.999), 1e-8).
+        weight_decay: decoupled decay of δ towards 0 (the authors used 0.01 on the images; off here).
+        step_size: the sign rule's step in image units; None means the budget's eps / 10.
+    """
+
     update: UpdateRule = "adam"
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
@@ -47,28 +73,17 @@ class PGAConfig:
     step_size: float | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "eps", parse_fraction(self.eps))
         if self.step_size is not None:
             object.__setattr__(self, "step_size", parse_fraction(self.step_size))
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if self.norm not in NORMS:
-            raise InvalidInputError(f"unknown norm {self.norm!r}; expected one of {', '.join(NORMS)}")
         if self.update not in UPDATE_RULES:
             raise InvalidInputError(f"unknown update rule {self.update!r}; expected one of {', '.join(UPDATE_RULES)}")
-        if self.norm == "linf" and not 0 < self.eps < 1:
-            raise InvalidInputError(f"eps must be in (0, 1) for the L-inf norm, got {self.eps}")
-        if self.norm == "l2" and not 0 < self.eps < math.inf:
-            raise InvalidInputError(f"eps must be > 0 for the L2 norm, got {self.eps}")
         if not self.lr > 0 or (self.step_size is not None and not self.step_size > 0):
             raise InvalidInputError(f"lr and step_size must be > 0, got {self.lr} and {self.step_size}")
-        if self.step_size is None:
-            object.__setattr__(self, "step_size", self.eps / 10)
 
-    @property
-    def integer_budget(self) -> float:
-        """The budget in uint8 levels: floor(255 eps) for L∞, 255 eps for L2."""
-        levels = 255 * self.eps
-        return float(math.floor(levels + 1e-9)) if self.norm == "linf" else levels
+    def sign_step(self, budget: Budget) -> float:
+        """The sign rule's step in image units: ``step_size``, or ``budget.eps`` / 10 when it is None."""
+        return budget.eps / 10 if self.step_size is None else self.step_size
 
 
 @dataclass
@@ -109,8 +124,11 @@ def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def ascent_step(state: PixelState, gradient: torch.Tensor, images: torch.Tensor, config: PGAConfig) -> PixelState:
-    """One ascent step on δ along ``gradient`` (N, C, H, W), then the projection; returns the new state.
+def ascent_step(
+    state: PixelState, gradient: torch.Tensor, images: torch.Tensor, budget: Budget, pga: PGAConfig
+) -> PixelState:
+    """One ascent step on δ along ``gradient`` (N, C, H, W) by the rule ``pga``, then the projection onto
+    ``budget``; returns the new state.
 
     ``images`` are the clean x (N, C, H, W) in [0, 1], needed to keep x + δ in range.
     """
@@ -124,21 +142,21 @@ def ascent_step(state: PixelState, gradient: torch.Tensor, images: torch.Tensor,
     _check_finite_rows("pixel gradient", gradient, ReleaseCheckError)
     delta = state.delta.clone()
     exp_avg, exp_avg_sq, steps = state.exp_avg, state.exp_avg_sq, state.steps + 1
-    if config.update == "adam":
-        beta1, beta2 = config.betas
-        delta.mul_(1 - config.lr * config.weight_decay)
+    if pga.update == "adam":
+        beta1, beta2 = pga.betas
+        delta.mul_(1 - pga.lr * pga.weight_decay)
         exp_avg = exp_avg.lerp(gradient, 1 - beta1)
         exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * gradient.square()
         bias1 = _per_sample(1 - beta1 ** steps.double(), delta).float()
         bias2 = _per_sample(1 - beta2 ** steps.double(), delta).float()
-        denom = (exp_avg_sq.sqrt() / bias2.sqrt()).add_(config.adam_eps)
-        delta.addcdiv_(exp_avg, denom * bias1, value=config.lr)
-    elif config.norm == "linf":
-        delta.add_(gradient.sign(), alpha=config.step_size)
+        denom = (exp_avg_sq.sqrt() / bias2.sqrt()).add_(pga.adam_eps)
+        delta.addcdiv_(exp_avg, denom * bias1, value=pga.lr)
+    elif budget.norm == "linf":
+        delta.add_(gradient.sign(), alpha=pga.sign_step(budget))
     else:
         norms = _per_sample(gradient.flatten(1).norm(dim=1), delta).clamp_min(1e-12)
-        delta.add_(gradient / norms, alpha=config.step_size)
-    return PixelState(project(delta, images, config), exp_avg, exp_avg_sq, steps)
+        delta.add_(gradient / norms, alpha=pga.sign_step(budget))
+    return PixelState(project(delta, images, budget), exp_avg, exp_avg_sq, steps)
 
 
 def _check_finite_rows(name: str, values: torch.Tensor, error: type[Exception]) -> None:
@@ -147,23 +165,24 @@ def _check_finite_rows(name: str, values: torch.Tensor, error: type[Exception]) 
         raise error(f"{name} has NaN or Inf at {bad.numel()} rows, e.g. rows {bad[:10].tolist()}")
 
 
-def project(delta: torch.Tensor, images: torch.Tensor, config: PGAConfig) -> torch.Tensor:
-    """Project δ (N, C, H, W) onto the eps ball of ``config.norm``, then so that x + δ ∈ [0, 1]."""
-    if config.norm == "linf":
-        delta = delta.clamp(-config.eps, config.eps)
+def project(delta: torch.Tensor, images: torch.Tensor, budget: Budget) -> torch.Tensor:
+    """Project δ (N, C, H, W) onto the ball of radius ``budget.eps`` in ``budget.norm``, then so that
+    x + δ ∈ [0, 1] for the clean ``images`` x (N, C, H, W)."""
+    if budget.norm == "linf":
+        delta = delta.clamp(-budget.eps, budget.eps)
     else:
         norms = _per_sample(delta.flatten(1).norm(dim=1), delta)
-        delta = delta * (config.eps / norms.clamp_min(1e-12)).clamp(max=1.0)
+        delta = delta * (budget.eps / norms.clamp_min(1e-12)).clamp(max=1.0)
     return (images + delta).clamp_(0.0, 1.0) - images
 
 
-def quantise_release(clean: np.ndarray, delta: torch.Tensor, config: PGAConfig, index: np.ndarray) -> np.ndarray:
+def quantise_release(clean: np.ndarray, delta: torch.Tensor, budget: Budget, index: np.ndarray) -> np.ndarray:
     """The uint8 release q = round(255 (x + δ)), re-projected in integers.
 
     Args:
         clean: uint8 (N, H, W, C), the original pixels (255 x).
         delta: float (N, C, H, W), the perturbation in image units.
-        config: the budget: L∞ keeps |q - 255x| ≤ floor(255 eps); L2 keeps ‖q - 255x‖₂ ≤ 255 eps
+        budget: L∞ keeps |q - 255x| ≤ floor(255 eps); L2 keeps ‖q - 255x‖₂ ≤ 255 eps
             (by scaling the integer difference down and truncating towards zero).
         index: int64 (N,), the samples' indices, named in the error when δ is not finite.
     Returns:
@@ -176,10 +195,10 @@ def quantise_release(clean: np.ndarray, delta: torch.Tensor, config: PGAConfig, 
     x = torch.from_numpy(clean).to(torch.float64)
     levels = delta.detach().to(torch.float64).permute(0, 2, 3, 1) * 255.0
     difference = torch.round(x + levels).clamp_(0, 255) - x
-    budget = config.integer_budget
-    if config.norm == "linf":
-        difference.clamp_(-budget, budget)
+    levels = budget.integer_budget
+    if budget.norm == "linf":
+        difference.clamp_(-levels, levels)
     else:
         norms = difference.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
-        difference = torch.trunc(difference * (budget / norms.clamp_min(1e-12)).clamp(max=1.0))
+        difference = torch.trunc(difference * (levels / norms.clamp_min(1e-12)).clamp(max=1.0))
     return (x + difference).to(torch.uint8).numpy()

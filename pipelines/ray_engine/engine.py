@@ -85,11 +85,11 @@ def protect_on_ray(
     bar = tqdm(total=config.beo.rounds, initial=len(done), desc="BEO rounds", unit="round", disable=not progress)
     if len(done) < config.beo.rounds:
         # one Ray Train run trains every remaining round's surrogate (see SurrogateTrainer)
-        probe = EfficacyProbe(config.beo, info, test_ref, resources)
+        probe = EfficacyProbe(config.beo, config.budget, info, test_ref, resources)
         with SurrogateTrainer(config.beo, info, test_ref, work, resources) as trainer:
             for round_index in range(len(done), config.beo.rounds):
                 surrogate, records, state = run_round(
-                    state, surrogate, config.beo, info, round_index, trainer, job, resources, probe
+                    state, surrogate, config.beo, config.budget, info, round_index, trainer, job, resources, probe
                 )
                 history.extend(records)
                 for record in records:
@@ -104,12 +104,12 @@ def protect_on_ray(
         raise InvalidInputError(
             f"the state of round {config.beo.rounds - 1} does not hold exactly the ingested indices"
         )
-    release = release_of(clean, torch.from_numpy(final["delta"]), config.beo.pga)
+    release = release_of(clean, torch.from_numpy(final["delta"]), config.budget)
     summary = release_summary(load_model(surrogate), clean, release, config.beo)
     snapshots = {}
     for rounds in config.beo.release_rounds:  # every round's state stays in the work folder until the end
         delta = collect(job.state_after(rounds - 1), ["index", "delta"])["delta"]
-        snapshots[rounds] = release_of(clean, torch.from_numpy(delta), config.beo.pga)
+        snapshots[rounds] = release_of(clean, torch.from_numpy(delta), config.budget)
     return clean, release, history, summary, test, snapshots
 
 

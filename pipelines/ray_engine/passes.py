@@ -12,7 +12,7 @@ from pipelines.ray_engine.state import MOMENT_COLUMNS, images_and_delta, load_mo
 from pipelines.ray_utils import Shared
 from ue_core.config import from_dict
 from ue_core.methods.beo import BEOConfig, pixel_step, step_views
-from ue_core.pga import PixelState
+from ue_core.pga import Budget, PixelState
 from ue_core.training import compute_features
 
 
@@ -41,16 +41,18 @@ class FeaturePass:
 
 
 class AscentPass:
-    """Ray Data actor: one PGA step for each row of a batch (ue_core.methods.beo.pixel_step), given per view of
-    the step the feature gradient of every row: (index sorted (N,), ∂objective/∂z / s (N, D))."""
+    """Ray Data actor: one PGA step for each row of a batch (ue_core.methods.beo.pixel_step) within the job's
+    ``budget`` (a Budget's dict), given per view of the step the feature gradient of every row: (index sorted
+    (N,), ∂objective/∂z / s (N, D))."""
 
     def __init__(
-        self, surrogate: Shared, beo: dict[str, Any], round_index: int, step: int, gradients: list[Shared],
-        threads: int = 1,
+        self, surrogate: Shared, beo: dict[str, Any], budget: dict[str, Any], round_index: int, step: int,
+        gradients: list[Shared], threads: int = 1,
     ) -> None:
         torch.set_num_threads(threads)
         self.model = load_model(surrogate.get())
         self.config = from_dict(BEOConfig, beo)
+        self.budget = from_dict(Budget, budget, "budget")
         self.pga = self.config.pga
         self.round_index, self.step = round_index, step
         self.gradients = [gradient.get() for gradient in gradients]
@@ -69,7 +71,8 @@ class AscentPass:
             else (torch.zeros(()).expand_as(delta),) * 2
         )
         state = PixelState(delta, exp_avg, exp_avg_sq, torch.from_numpy(batch["steps"].astype(np.int64)))
-        state = pixel_step(self.model, x, state, feature_gradients, views, self.pga, self.config.batch_size)
+        state = pixel_step(self.model, x, state, feature_gradients, views, self.budget, self.pga,
+                           self.config.batch_size)
         size = state.delta.abs().flatten(1)
         return {
             **{c: batch[c] for c in ("index", "label", "image")},

@@ -17,13 +17,16 @@ from ue_core.data.dataset import ImageDataset
 from ue_core.efficacy import clean_only_probe, mixed_probe
 from ue_core.methods.base import release_of
 from ue_core.methods.beo import BEOConfig
+from ue_core.pga import Budget
 
 
 @ray.remote
 def _probe_task(
-    blocks: list[Any], test: Shared, info: DatasetInfo, beo: dict[str, Any], with_reference: bool, threads: int
+    blocks: list[Any], test: Shared, info: DatasetInfo, beo: dict[str, Any], budget: dict[str, Any],
+    with_reference: bool, threads: int,
 ) -> dict[str, float]:
-    """ue_core.efficacy's mixed probe (and, once a job, its clean-only reference) on a round's state blocks."""
+    """ue_core.efficacy's mixed probe (and, once a job, its clean-only reference) on a round's state blocks,
+    released within ``budget`` (a Budget's dict)."""
     torch.set_num_threads(threads)
     config = from_dict(BEOConfig, beo)
     rows = state_rows(ray.get(blocks), ("index", "label", "image", "delta"))
@@ -32,7 +35,7 @@ def _probe_task(
     test_set = ImageDataset(
         np.rint(test_images.transpose(0, 2, 3, 1) * 255).astype(np.uint8), test_labels, info.num_classes
     )
-    release = release_of(clean, torch.from_numpy(rows["delta"]), config.pga)
+    release = release_of(clean, torch.from_numpy(rows["delta"]), from_dict(Budget, budget, "budget"))
     result = {"probe_mixed_accuracy": mixed_probe(clean, release, test_set, config.probe)}
     if with_reference:
         result["probe_clean_only_accuracy"] = clean_only_probe(clean, test_set, config.probe)
@@ -44,8 +47,10 @@ class EfficacyProbe:
     round's state, where the state is (the driver never holds the images); the clean-only reference is
     trained once per job."""
 
-    def __init__(self, config: BEOConfig, info: DatasetInfo, test: Shared | None, resources: Resources):
-        self.config, self.info, self.test, self.resources = config, info, test, resources
+    def __init__(
+        self, config: BEOConfig, budget: Budget, info: DatasetInfo, test: Shared | None, resources: Resources
+    ) -> None:
+        self.config, self.budget, self.info, self.test, self.resources = config, budget, info, test, resources
         self.reference: float | None = None
 
     def __call__(self, state: MaterializedDataset, rounds_done: int) -> dict[str, float]:
@@ -54,7 +59,7 @@ class EfficacyProbe:
             return {}
         task = _probe_task.options(num_cpus=self.resources.task_cpus)
         result = unwrap(task.remote(state.to_arrow_refs(), self.test, self.info, to_dict(self.config),
-                                    self.reference is None, self.resources.task_threads))
+                                    to_dict(self.budget), self.reference is None, self.resources.task_threads))
         self.reference = result.pop("probe_clean_only_accuracy", self.reference)
         return {**result, "probe_clean_only_accuracy": self.reference}
 

@@ -27,6 +27,7 @@ from pipelines.ray_engine.trainer import SurrogateTrainer
 from pipelines.ray_utils import Shared
 from ue_core.config import to_dict
 from ue_core.methods.beo import BEOConfig, normalise_with_anchors
+from ue_core.pga import Budget
 from ue_core.training import feature_accuracy
 
 
@@ -34,6 +35,7 @@ def run_round(
     state: ray.data.Dataset,
     previous: dict[str, Any] | None,
     config: BEOConfig,
+    budget: Budget,
     info: DatasetInfo,
     round_index: int,
     trainer: SurrogateTrainer,
@@ -41,7 +43,8 @@ def run_round(
     resources: Resources,
     probe: EfficacyProbe | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, float]], MaterializedDataset]:
-    """One round; writes round ``round_index`` and returns (surrogate, records, the new state).
+    """One round of ``config`` within ``budget``; writes round ``round_index`` and returns (surrogate, records,
+    the new state).
 
     ``state`` is the state the previous round returned (materialised in :func:`canonical_layout`), or, in
     the first round of a job or of a resumed job, a lazy dataset: the last completed round's Parquet shards,
@@ -105,8 +108,9 @@ def run_round(
         t0 = time.perf_counter()
         state = state.map_batches(
             AscentPass,
-            fn_constructor_kwargs={"surrogate": surrogate_ref, "beo": beo, "round_index": round_index, "step": step,
-                                   "gradients": gradients, "threads": threads},
+            fn_constructor_kwargs={"surrogate": surrogate_ref, "beo": beo, "budget": to_dict(budget),
+                                   "round_index": round_index, "step": step, "gradients": gradients,
+                                   "threads": threads},
             **actor_options,
         ).materialize()
         sizes = collect(state, ["index", "delta_abs_max", "delta_abs_mean"])

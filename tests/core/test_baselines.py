@@ -12,7 +12,7 @@ from ue_core.errors import InvalidInputError
 from ue_core.methods.em import EMConfig, ErrorMinimisingNoise
 from ue_core.methods.tap import TAPConfig, TargetedAdversarialPoisoning, target_classes
 from ue_core.models import build_model
-from ue_core.pga import PGAConfig
+from ue_core.pga import Budget
 from ue_core.training import PGDConfig, evaluate, fit, pgd_attack, recipe
 
 
@@ -68,11 +68,11 @@ def em_config(**overrides) -> EMConfig:
 
 @pytest.fixture(scope="module")
 def em_result(fashion_subset):
-    return ErrorMinimisingNoise(PGAConfig(eps=8 / 255), em_config()).protect(fashion_subset)
+    return ErrorMinimisingNoise(Budget(eps=8 / 255), em_config()).protect(fashion_subset)
 
 
 def test_em_release_passes_the_invariants_and_uses_the_budget(fashion_subset, em_result):
-    check_release(fashion_subset, em_result.release, PGAConfig(eps=8 / 255))
+    check_release(fashion_subset, em_result.release, Budget(eps=8 / 255))
     changed = np.abs(em_result.release.images.astype(int) - fashion_subset.images.astype(int))
     assert changed.max() == 8 and (changed > 0).mean() > 0.5
 
@@ -90,15 +90,15 @@ def test_em_noise_makes_the_data_easy_for_its_model(fashion_subset, em_result):
 
 def test_em_stops_at_the_first_iteration_that_meets_the_error(fashion_subset):
     small = balanced_subset(fashion_subset, 100, seed=1)
-    result = ErrorMinimisingNoise(PGAConfig(eps=8 / 255), em_config(stop_error=0.95, max_iterations=5)).protect(small)
+    result = ErrorMinimisingNoise(Budget(eps=8 / 255), em_config(stop_error=0.95, max_iterations=5)).protect(small)
     assert len(result.history) == 1 and result.history[0]["accuracy_on_protected"] >= 0.05
 
 
 def test_em_same_seed_same_release(fashion_subset):
     small = balanced_subset(fashion_subset, 100, seed=2)
     config = em_config(max_iterations=2)
-    first = ErrorMinimisingNoise(PGAConfig(eps=8 / 255), config).protect(small).release.images
-    second = ErrorMinimisingNoise(PGAConfig(eps=8 / 255), config).protect(small).release.images
+    first = ErrorMinimisingNoise(Budget(eps=8 / 255), config).protect(small).release.images
+    second = ErrorMinimisingNoise(Budget(eps=8 / 255), config).protect(small).release.images
     np.testing.assert_array_equal(first, second)
 
 
@@ -114,8 +114,8 @@ def test_tap_pushes_images_to_the_target_class(fashion_subset):
     most protected images fall in their target class for the crafting model; clean ones almost never do."""
     config = TAPConfig(model="small_cnn", epochs=4, recipe="plain", lr=0.05, batch_size=50, steps=20,
                        step_size=8 / 255)
-    result = TargetedAdversarialPoisoning(PGAConfig(eps=64 / 255), config).protect(fashion_subset)
-    check_release(fashion_subset, result.release, PGAConfig(eps=64 / 255))
+    result = TargetedAdversarialPoisoning(Budget(eps=64 / 255), config).protect(fashion_subset)
+    check_release(fashion_subset, result.release, Budget(eps=64 / 255))
     x, y = fashion_subset.tensors()
     targets = target_classes(y, 10)
     on_clean = evaluate(result.surrogate, x, targets)
@@ -127,14 +127,14 @@ def test_tap_pushes_images_to_the_target_class(fashion_subset):
 @pytest.mark.parametrize(
     "build",
     [
-        lambda pga: ErrorMinimisingNoise(pga, em_config()),
-        lambda pga: TargetedAdversarialPoisoning(pga, TAPConfig()),
+        lambda budget: ErrorMinimisingNoise(budget, em_config()),
+        lambda budget: TargetedAdversarialPoisoning(budget, TAPConfig()),
     ],
     ids=["em", "tap"],
 )
 def test_l2_budget_is_refused(build):
     with pytest.raises(InvalidInputError, match="only the L∞ budget"):
-        build(PGAConfig(eps=0.5, norm="l2"))
+        build(Budget(eps=0.5, norm="l2"))
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,9 @@ from ue_core.data.dataset import balanced_subset
 from ue_core.errors import InvalidInputError
 from ue_core.methods.beo import BEO, BEOConfig, EstimatorConfig, SurrogateConfig, measure_bayes_error
 from ue_core.methods.random_noise import RandomNoise, RandomNoiseConfig
-from ue_core.pga import PGAConfig
+from ue_core.pga import Budget, PGAConfig
+
+BUDGET = Budget(eps=16 / 255)
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +22,7 @@ def fashion_subset(fashion_mnist_root):
 def tiny_config(**overrides) -> BEOConfig:
     settings = dict(
         rounds=3,
-        pga=PGAConfig(eps=16 / 255, update="sign", step_size=4 / 255),
+        pga=PGAConfig(update="sign", step_size=4 / 255),
         surrogate=SurrogateConfig(model="small_cnn", mode="retrain", epochs=4, lr=0.05, batch_size=64),
         estimator=EstimatorConfig(kind="exact", sigma=0.3),
         seed=0,
@@ -31,12 +33,12 @@ def tiny_config(**overrides) -> BEOConfig:
 
 @pytest.fixture(scope="module")
 def beo_result(fashion_subset):
-    return BEO(tiny_config()).protect(fashion_subset)
+    return BEO(BUDGET, tiny_config()).protect(fashion_subset)
 
 
 def test_release_passes_every_invariant(fashion_subset, beo_result):
     release = beo_result.release
-    check_release(fashion_subset, release, PGAConfig(eps=16 / 255))
+    check_release(fashion_subset, release, BUDGET)
     assert release.images.dtype == np.uint8 and release.image_shape == (28, 28, 1)
     np.testing.assert_array_equal(release.index, fashion_subset.index)
     np.testing.assert_array_equal(release.labels, fashion_subset.labels)
@@ -59,7 +61,7 @@ def test_history_has_one_record_per_step(beo_result):
 
 def test_beo_beats_random_noise_in_a_fixed_feature_space(fashion_subset, beo_result):
     """β̂ in the final surrogate's space: random noise of the same budget barely moves it."""
-    noise = RandomNoise(PGAConfig(eps=16 / 255), RandomNoiseConfig(seed=0)).protect(fashion_subset)
+    noise = RandomNoise(BUDGET, RandomNoiseConfig(seed=0)).protect(fashion_subset)
     images, labels = noise.release.tensors()
     noisy = measure_bayes_error(beo_result.surrogate, images, labels, 10, EstimatorConfig())
     assert beo_result.summary["bayes_error_release"] > noisy + 0.05
@@ -69,8 +71,8 @@ def test_beo_beats_random_noise_in_a_fixed_feature_space(fashion_subset, beo_res
 def test_same_seed_same_release(fashion_subset):
     small = balanced_subset(fashion_subset, 100, seed=1)
     config = tiny_config(rounds=2, surrogate=SurrogateConfig(model="small_cnn", epochs=1, batch_size=50))
-    first = BEO(config).protect(small).release.images
-    second = BEO(config).protect(small).release.images
+    first = BEO(BUDGET, config).protect(small).release.images
+    second = BEO(BUDGET, config).protect(small).release.images
     np.testing.assert_array_equal(first, second)
 
 
@@ -78,9 +80,9 @@ def test_same_seed_same_release(fashion_subset):
 def test_surrogate_modes_train_as_documented(fashion_subset, mode):
     small = balanced_subset(fashion_subset, 100, seed=2)
     surrogate = SurrogateConfig(model="small_cnn", mode=mode, epochs=1, batch_size=50)
-    config = tiny_config(rounds=2, surrogate=surrogate, pga=PGAConfig(eps=8 / 255, update="adam", lr=2e-3))
-    result = BEO(config).protect(small)
-    check_release(small, result.release, config.pga)
+    config = tiny_config(rounds=2, surrogate=surrogate, pga=PGAConfig(update="adam", lr=2e-3))
+    result = BEO(Budget(eps=8 / 255), config).protect(small)
+    check_release(small, result.release, Budget(eps=8 / 255))
     assert len(result.history) == 2
 
 
@@ -89,8 +91,8 @@ def test_cheap_estimators_run_the_same_loop(fashion_subset, kind):
     small = balanced_subset(fashion_subset, 120, seed=3)
     estimator = EstimatorConfig(kind=kind, batch_size=40, reference_size=50)
     config = tiny_config(rounds=1, estimator=estimator, surrogate=SurrogateConfig(model="small_cnn", epochs=1))
-    result = BEO(config).protect(small)
-    check_release(small, result.release, config.pga)
+    result = BEO(BUDGET, config).protect(small)
+    check_release(small, result.release, BUDGET)
     assert 0 < result.history[0]["bayes_error"] < 1
 
 
@@ -104,12 +106,12 @@ def test_bad_configs_are_rejected():
 
 
 def test_a_release_after_round_k_equals_the_release_of_the_run_stopped_at_k(fashion_subset, beo_result):
-    longer = BEO(tiny_config(rounds=4, release_rounds=(1, 3))).protect(fashion_subset)
+    longer = BEO(BUDGET, tiny_config(rounds=4, release_rounds=(1, 3))).protect(fashion_subset)
     assert sorted(longer.snapshots) == [1, 3]
     np.testing.assert_array_equal(longer.snapshots[3].images, beo_result.release.images)  # beo_result: 3 rounds
-    one_round = BEO(tiny_config(rounds=1)).protect(fashion_subset)
+    one_round = BEO(BUDGET, tiny_config(rounds=1)).protect(fashion_subset)
     np.testing.assert_array_equal(longer.snapshots[1].images, one_round.release.images)
-    check_release(fashion_subset, longer.snapshots[1], PGAConfig(eps=16 / 255))
+    check_release(fashion_subset, longer.snapshots[1], BUDGET)
     assert not np.array_equal(longer.release.images, beo_result.release.images)  # round 4 moved δ again
 
 
@@ -124,8 +126,8 @@ def test_clean_anchors_make_the_mixture_the_objective(fashion_subset):
     """With the clean copies as fixed partners the run still publishes a valid release, and its β̂ is that of
     the 2N-sample mixture: the protected images' own β̂ is not what it reports."""
     config = tiny_config(rounds=2, estimator=EstimatorConfig(anchors="clean", objective="target"))
-    result = BEO(config).protect(fashion_subset)
-    check_release(fashion_subset, result.release, PGAConfig(eps=16 / 255))
+    result = BEO(BUDGET, config).protect(fashion_subset)
+    check_release(fashion_subset, result.release, BUDGET)
     assert all(0 < h["bayes_error"] < 1 for h in result.history)
     with pytest.raises(InvalidInputError, match="anchors: clean needs kind: exact"):
         EstimatorConfig(anchors="clean", kind="batch")

@@ -10,7 +10,7 @@ from ue_core.efficacy import ProbeConfig, clean_only_probe, mixed_probe
 from ue_core.errors import InvalidInputError
 from ue_core.methods.beo import BEO, BEOConfig, EstimatorConfig, SurrogateConfig
 from ue_core.models import build_model
-from ue_core.pga import PGAConfig
+from ue_core.pga import Budget, PGAConfig
 from ue_core.training import evaluate, fit, recipe
 
 PROBE = ProbeConfig(every=2, ratio=0.5, width=16, epochs=2, seed=3)
@@ -49,10 +49,10 @@ def test_mixed_probe_is_the_victim_trained_on_the_mixture(data):
 
 def test_beo_records_the_probe_at_the_rounds_it_is_due(data):
     train, test = data
-    config = BEOConfig(rounds=3, probe=PROBE, pga=PGAConfig(eps=16 / 255, update="sign", step_size=4 / 255),
+    config = BEOConfig(rounds=3, probe=PROBE, pga=PGAConfig(update="sign", step_size=4 / 255),
                        surrogate=SurrogateConfig(model="small_cnn", epochs=1, lr=0.05, batch_size=64),
                        estimator=EstimatorConfig(sigma=0.3))
-    method = BEO(config, test_set=test)
+    method = BEO(Budget(eps=16 / 255), config, test_set=test)
     result = method.protect(train)
     probed = [h["round"] for h in result.history if "probe_mixed_accuracy" in h]
     assert probed == [1, 2]  # after rounds 2 and 3 (the last)

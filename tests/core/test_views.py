@@ -10,9 +10,11 @@ from ue_core.data.dataset import balanced_subset
 from ue_core.errors import InvalidInputError
 from ue_core.methods.beo import BEO, BEOConfig, EstimatorConfig, SurrogateConfig, step_views
 from ue_core.models import build_model
-from ue_core.pga import PGAConfig
+from ue_core.pga import Budget, PGAConfig
 from ue_core.training import compute_features, feature_vjp
 from ue_core.views import AugmentConfig, View
+
+BUDGET = Budget(eps=8 / 255)
 
 
 def reference_view(image: np.ndarray, offset: tuple[int, int], flip: bool, padding: int) -> np.ndarray:
@@ -73,23 +75,23 @@ def small_set(fashion_mnist_root):
 
 
 def config_with(augment: AugmentConfig) -> BEOConfig:
-    return BEOConfig(rounds=2, pga=PGAConfig(eps=8 / 255, update="sign", step_size=2 / 255),
+    return BEOConfig(rounds=2, pga=PGAConfig(update="sign", step_size=2 / 255),
                      surrogate=SurrogateConfig(model="small_cnn", mode="retrain", epochs=1, lr=0.05, batch_size=50),
                      estimator=EstimatorConfig(sigma=1.0), augment=augment)
 
 
 def test_one_identity_view_is_the_method_without_augmentation(small_set):
     """A view with no padding and no flip is the identity: the run equals the run without ``augment``."""
-    plain = BEO(config_with(AugmentConfig())).protect(small_set)
-    identity = BEO(config_with(AugmentConfig(views=1, padding=0, flip=False))).protect(small_set)
+    plain = BEO(BUDGET, config_with(AugmentConfig())).protect(small_set)
+    identity = BEO(BUDGET, config_with(AugmentConfig(views=1, padding=0, flip=False))).protect(small_set)
     np.testing.assert_array_equal(identity.release.images, plain.release.images)
     assert [h["bayes_error"] for h in identity.history] == [h["bayes_error"] for h in plain.history]
 
 
 def test_views_change_the_steps_and_keep_the_budget(small_set):
     config = config_with(AugmentConfig(views=2, padding=2))
-    augmented = BEO(config).protect(small_set)
-    plain = BEO(config_with(AugmentConfig())).protect(small_set)
+    augmented = BEO(BUDGET, config).protect(small_set)
+    plain = BEO(BUDGET, config_with(AugmentConfig())).protect(small_set)
     assert np.mean(augmented.release.images != plain.release.images) > 0.05
     assert np.abs(augmented.release.images.astype(int) - small_set.images.astype(int)).max() == 4
     assert len(step_views(config, small_set.index, 0, 0)) == 2

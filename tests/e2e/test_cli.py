@@ -74,7 +74,7 @@ def test_existing_output_is_refused_before_any_work(release_dir):
     [
         (["--eps", "1.5"], "eps must be in (0, 1)"),
         (["--eps", "0"], "eps must be in (0, 1)"),
-        (["--set", "beo.pga.nrom=l2"], "unknown key config.beo.pga.nrom"),
+        (["--set", "budget.nrom=l2"], "unknown key config.budget.nrom"),
         (["--set", "beo.surrogate.model=alexnet"], "alexnet"),
         (["--preset", "cifar11"], "unknown preset 'cifar11'"),
     ],
@@ -187,7 +187,7 @@ def test_logs_of_an_unreachable_cluster():
 
 def test_a_baseline_is_published_like_beo_with_its_own_config(fashion_mnist_root, tmp_path):
     """`--method tap`: the same verified release layout; the manifest records the method and only the config
-    sections it reads (its budget beo.pga, its own tap section)."""
+    sections it reads (its budget, its own tap section)."""
     out = tmp_path / "tap"
     result = ue("protect", "--preset", "fashion-mnist", "--source", str(fashion_mnist_root), "--out", str(out),
                 *TINY, "--method", "tap", "--set", "tap.model=small_cnn", "--set", "tap.epochs=1",
@@ -197,8 +197,8 @@ def test_a_baseline_is_published_like_beo_with_its_own_config(fashion_mnist_root
     assert " dB, SSIM 0." in result.stdout
     manifest = verify_release(out)
     assert manifest["method"] == "tap" and manifest["count"] == 100
-    assert set(manifest["config"]) == {"data", "method", "beo", "tap", "formats"}
-    assert set(manifest["config"]["beo"]) == {"pga"} and manifest["config"]["tap"]["steps"] == 3
+    assert set(manifest["config"]) == {"data", "method", "budget", "tap", "formats"}
+    assert set(manifest["config"]["budget"]) == {"eps", "norm"} and manifest["config"]["tap"]["steps"] == 3
     assert 0 <= manifest["summary"]["target_rate"] <= 1
     release = read_release(out).sorted_by_index()
     source = read_dataset(str(fashion_mnist_root)).sorted_by_index()
@@ -215,7 +215,7 @@ def test_a_baseline_is_published_like_beo_with_its_own_config(fashion_mnist_root
     "arguments, message",
     [
         (["--method", "ops"], "unknown method 'ops'; expected one of beo, random, em, tap"),
-        (["--method", "em", "--set", "beo.pga.norm=l2", "--eps", "0.5"], "em: only the L∞ budget"),
+        (["--method", "em", "--set", "budget.norm=l2", "--eps", "0.5"], "em: only the L∞ budget"),
         (["--method", "tap", "--set", "tap.steps=0"], "tap steps: must be >= 1"),
     ],
 )

@@ -53,7 +53,7 @@ def test_fashion_mnist_strong_preset_at_tiny_scale(tmp_path, fashion_mnist_root)
     config = load_protect_config("fashion-mnist-strong", overrides={
         "data.subset": 60, "data.test_subset": 0, "beo.rounds": 2, "beo.augment.views": 2})
     assert config.beo.surrogate.mode == "fixed" and config.beo.estimator.objective == "target"
-    assert config.beo.pga.eps == 16 / 255 and config.beo.estimator.sigma == 1.0
+    assert config.budget.eps == 16 / 255 and config.beo.estimator.sigma == 1.0
     protect(str(fashion_mnist_root), str(tmp_path / "release"), config, engine="reference", progress=False,
             tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}", experiment="presets")
     manifest = verify_release(tmp_path / "release")

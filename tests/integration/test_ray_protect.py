@@ -23,11 +23,12 @@ from ue_core.release import read_manifest, read_release, verify_release
 
 CONFIG = {
     "data": {"test_subset": 0},
+    "budget": {"eps": "8/255"},
     "beo": {
         "rounds": 2,
         "batch_size": 64,
         "seed": 3,
-        "pga": {"eps": "8/255", "update": "sign", "step_size": "2/255"},
+        "pga": {"update": "sign", "step_size": "2/255"},
         "surrogate": {"model": "small_cnn", "mode": "retrain", "epochs": 2, "lr": 0.05, "batch_size": 50},
         "estimator": {"kind": "exact", "sigma": 0.3},
     },
@@ -162,7 +163,7 @@ def test_the_mlflow_run_holds_params_metrics_and_figures(job, ray_release):
     mlflow.set_tracking_uri(job["tracking"])
     run = mlflow.get_run(summary.mlflow_run)
     assert run.info.status == "FINISHED"
-    assert run.data.params["beo.pga.eps"] == str(8 / 255) and run.data.params["engine"] == "ray"
+    assert run.data.params["budget.eps"] == str(8 / 255) and run.data.params["engine"] == "ray"
     history = mlflow.MlflowClient().get_metric_history(summary.mlflow_run, "bayes_error")
     assert [m.step for m in history] == [0, 1]
     assert run.data.metrics["bayes_error_release"] == pytest.approx(summary.results["bayes_error_release"])

@@ -1,5 +1,9 @@
 """The interface BEO and its baselines share (one file per method, torchattacks-style).
 
+Every method is built the same way: ``Method(budget, config, device="cpu", **extras)``: the perturbation budget
+(:class:`ue_core.pga.Budget`, the same for every method), the method's own config dataclass, the torch
+device its models run on, and any keyword-only extras of its own (BEO's ``test_set``).
+
 A method turns a clean :class:`ImageDataset` into a perturbation δ; the base class quantises it into the
 uint8 release and checks every invariant before anything is returned, so no method can publish a release
 that breaks the budget, the labels or the index set.
@@ -15,7 +19,7 @@ import torch
 from ue_core.checks import check_release
 from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError
-from ue_core.pga import PGAConfig, quantise_release
+from ue_core.pga import Budget, quantise_release
 
 
 @dataclass
@@ -50,11 +54,15 @@ class ProtectionMethod(ABC):
     name: str = "method"
     linf_only: bool = False
     """True for methods defined for the L∞ ball only (their steps are signed): other norms are refused."""
+    takes_test_set: bool = False
+    """True for methods that take a keyword-only ``test_set`` (BEO: its per-round reports)."""
 
-    def __init__(self, pga: PGAConfig) -> None:
+    def __init__(self, budget: Budget, device: str = "cpu") -> None:
+        """``budget`` bounds every δ this method makes; ``device`` is the torch device its models run on."""
         if self.linf_only:
-            require_linf(pga, self.name)
-        self.pga = pga
+            require_linf(budget, self.name)
+        self.budget = budget
+        self.device = device
 
     @abstractmethod
     def perturb(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
@@ -63,19 +71,20 @@ class ProtectionMethod(ABC):
     def protect(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
         """δ → quantised uint8 release → invariants checked → result (and the same for every snapshot)."""
         result = self.perturb(dataset, progress)
-        result.release = release_of(dataset, result.delta, self.pga)
-        result.snapshots = {k: release_of(dataset, delta, self.pga) for k, delta in result.snapshot_deltas.items()}
+        result.release = release_of(dataset, result.delta, self.budget)
+        result.snapshots = {k: release_of(dataset, delta, self.budget) for k, delta in result.snapshot_deltas.items()}
         return result
 
 
-def release_of(clean: ImageDataset, delta: torch.Tensor, pga: PGAConfig) -> ImageDataset:
-    """The checked uint8 release of ``clean`` perturbed by δ (N, C, H, W, rows aligned with ``clean``)."""
-    release = clean.with_images(quantise_release(clean.images, delta, pga, clean.index))
-    check_release(clean, release, pga)
+def release_of(clean: ImageDataset, delta: torch.Tensor, budget: Budget) -> ImageDataset:
+    """The checked uint8 release of ``clean`` perturbed by δ (N, C, H, W) in image units, rows aligned with
+    ``clean``, within ``budget``."""
+    release = clean.with_images(quantise_release(clean.images, delta, budget, clean.index))
+    check_release(clean, release, budget)
     return release
 
 
-def require_linf(pga: PGAConfig, method: str) -> None:
+def require_linf(budget: Budget, method: str) -> None:
     """The check behind ``ProtectionMethod.linf_only``: any norm but L∞ is a one-line error naming ``method``."""
-    if pga.norm != "linf":
-        raise InvalidInputError(f"{method}: only the L∞ budget (norm: linf) is defined, got norm {pga.norm!r}")
+    if budget.norm != "linf":
+        raise InvalidInputError(f"{method}: only the L∞ budget (norm: linf) is defined, got norm {budget.norm!r}")

@@ -38,7 +38,7 @@ from ue_core.efficacy import ProbeConfig, clean_only_probe, mixed_probe
 from ue_core.errors import InvalidInputError
 from ue_core.methods.base import ProtectionMethod, ProtectionResult, release_of
 from ue_core.models import MODEL_NAMES, Classifier, build_model
-from ue_core.pga import PGAConfig, PixelState, ascent_step
+from ue_core.pga import Budget, PGAConfig, PixelState, ascent_step
 from ue_core.training import compute_features, evaluate, feature_accuracy, feature_vjp, fit, recipe
 from ue_core.views import AugmentConfig, View, view_key
 
@@ -166,7 +166,8 @@ class BEOConfig:
 
     Attributes:
         rounds: surrogate re-trainings (R); steps_per_round: ascent steps per round (T, authors: 1).
-        pga: budget and update rule; surrogate, estimator: see their classes.
+        pga: the update rule on δ (the budget is the job's, :class:`BEO`'s first argument); surrogate,
+            estimator: see their classes.
         batch_size: images per forward/backward pass when computing features and pixel gradients.
         seed: seeds the surrogate's initialisation and data order and the estimator's sampling.
         probe: the mixed efficacy probe every few rounds (ue_core.efficacy; off by default, needs a test set).
@@ -249,11 +250,12 @@ def pixel_step(
     state: PixelState,
     feature_gradients: list[torch.Tensor],
     views: list[View | None],
+    budget: Budget,
     pga: PGAConfig,
     batch_size: int,
 ) -> PixelState:
     """One update of δ for a block of rows: g = mean over the step's views v of J_{φ∘v}(x + δ)ᵀ (∂objective_v/∂z
-    / s_v), then ascent and projection.
+    / s_v), then ascent by the rule ``pga`` and projection onto ``budget``.
 
     Args:
         images: clean x (B, C, H, W) in [0, 1]; ``state`` holds their δ and optimiser state.
@@ -267,7 +269,7 @@ def pixel_step(
         for feature_gradient, view in zip(feature_gradients, views, strict=True)
     ]
     gradient = gradients[0] if len(gradients) == 1 else torch.stack(gradients).mean(dim=0)
-    return ascent_step(state, gradient, images, pga)
+    return ascent_step(state, gradient, images, budget, pga)
 
 
 def measure_bayes_error(
@@ -377,11 +379,15 @@ class BEO(ProtectionMethod):
     """Bayes-error optimisation (the one-process reference). See the module docstring."""
 
     name = "beo"
+    takes_test_set = True
 
-    def __init__(self, config: BEOConfig, test_set: ImageDataset | None = None) -> None:
-        """``test_set``, when given, is used only to report the surrogate's test accuracy per round and, with
-        ``config.probe``, the mixed efficacy probe."""
-        super().__init__(config.pga)
+    def __init__(
+        self, budget: Budget, config: BEOConfig, device: str = "cpu", *, test_set: ImageDataset | None = None
+    ) -> None:
+        """``budget`` bounds δ, ``config`` sets the rest. ``device`` is stored but not used yet: every step
+        runs on the CPU (another issue plumbs it). ``test_set``, when given, serves only the surrogate's
+        test accuracy per round and, with ``config.probe``, the mixed efficacy probe."""
+        super().__init__(budget, device)
         self.config = config
         self.test_set = test_set
         self._clean_only_probe: float | None = None
@@ -433,7 +439,8 @@ class BEO(ProtectionMethod):
                     values.append(float(result.value))
                     sigmas.append(sigma)
                     feature_gradients.append(result.gradient / scale)
-                state = pixel_step(surrogate, images, state, feature_gradients, views, config.pga, config.batch_size)
+                state = pixel_step(surrogate, images, state, feature_gradients, views, self.budget, config.pga,
+                                   config.batch_size)
                 history.append({
                     **round_metrics,
                     "step": step,
@@ -444,7 +451,7 @@ class BEO(ProtectionMethod):
                     "seconds_ascent": time.perf_counter() - step_started,
                 })
             if self.test_set is not None and config.probe.due(round_index + 1, config.rounds):
-                history[-1].update(self.probe(dataset, release_of(dataset, state.delta, self.pga)))
+                history[-1].update(self.probe(dataset, release_of(dataset, state.delta, self.budget)))
             rounds.set_postfix(bayes_error=f"{history[-1]['bayes_error']:.4f}")
             if round_index + 1 in config.release_rounds:
                 snapshots[round_index + 1] = state.delta.clone()

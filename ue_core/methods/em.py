@@ -30,7 +30,7 @@ from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError
 from ue_core.methods.base import ProtectionMethod, ProtectionResult
 from ue_core.models import MODEL_NAMES, build_model
-from ue_core.pga import PGAConfig
+from ue_core.pga import Budget
 from ue_core.training import PGDConfig, evaluate, make_optimizer, pgd_attack, recipe
 
 
@@ -76,19 +76,18 @@ class ErrorMinimisingNoise(ProtectionMethod):
     name = "em"
     linf_only = True
 
-    def __init__(self, pga: PGAConfig, config: EMConfig, device: str = "cpu") -> None:
-        """``pga`` gives the budget (eps, L∞); ``config`` the generator's training and PGD; the model runs on
+    def __init__(self, budget: Budget, config: EMConfig, device: str = "cpu") -> None:
+        """``budget`` gives eps (L∞ only); ``config`` the generator's training and PGD; the model runs on
         ``device`` (images and δ stay on the CPU, batches move)."""
-        super().__init__(pga)
+        super().__init__(budget, device)
         self.config = config
-        self.device = device
 
     def perturb(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
         """Alternate training and noise updates; the history has one record per iteration: iteration,
         train_loss (mean over its train steps), accuracy_on_protected (the model on x + δ after the noise
         update, the stopping criterion), delta_mean_abs, delta_max_abs, seconds. Summary: iterations and
         final_accuracy_on_protected."""
-        config, eps = self.config, self.pga.eps
+        config, eps = self.config, self.budget.eps
         images, labels = dataset.tensors()
         generator = torch.Generator().manual_seed(config.seed)
         delta = (torch.rand(images.shape, generator=generator) * 2 - 1) * eps

@@ -12,7 +12,7 @@ import torch
 
 from ue_core.data.dataset import ImageDataset
 from ue_core.methods.base import ProtectionMethod, ProtectionResult
-from ue_core.pga import PGAConfig, project
+from ue_core.pga import Budget, project
 
 
 @dataclass(frozen=True)
@@ -27,17 +27,21 @@ class RandomNoise(ProtectionMethod):
 
     name = "random"
 
-    def __init__(self, pga: PGAConfig, config: RandomNoiseConfig = RandomNoiseConfig()) -> None:
-        super().__init__(pga)
+    def __init__(
+        self, budget: Budget, config: RandomNoiseConfig = RandomNoiseConfig(), device: str = "cpu"
+    ) -> None:
+        """``budget`` gives eps and the norm; ``config`` the seed; ``device`` is stored for the shared
+        signature (the noise is drawn on the CPU)."""
+        super().__init__(budget, device)
         self.config = config
 
     def perturb(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
         images, _ = dataset.tensors()
         generator = torch.Generator().manual_seed(self.config.seed)
-        if self.pga.norm == "linf":
+        if self.budget.norm == "linf":
             signs = torch.randint(0, 2, images.shape, generator=generator).float().mul_(2).sub_(1)
-            delta = signs * self.pga.eps
+            delta = signs * self.budget.eps
         else:
             direction = torch.randn(images.shape, generator=generator)
-            delta = direction / direction.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1) * self.pga.eps
-        return ProtectionResult(release=dataset, delta=project(delta, images, self.pga))
+            delta = direction / direction.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1) * self.budget.eps
+        return ProtectionResult(release=dataset, delta=project(delta, images, self.budget))

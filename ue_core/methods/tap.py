@@ -25,7 +25,7 @@ from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError
 from ue_core.methods.base import ProtectionMethod, ProtectionResult
 from ue_core.models import MODEL_NAMES, build_model
-from ue_core.pga import PGAConfig
+from ue_core.pga import Budget
 from ue_core.training import PGDConfig, Recipe, evaluate, fit, pgd_attack, recipe
 
 
@@ -74,12 +74,11 @@ class TargetedAdversarialPoisoning(ProtectionMethod):
     name = "tap"
     linf_only = True
 
-    def __init__(self, pga: PGAConfig, config: TAPConfig, device: str = "cpu") -> None:
-        """``pga`` gives the budget (eps, L∞); ``config`` the crafting model and the PGD; the model runs on
+    def __init__(self, budget: Budget, config: TAPConfig, device: str = "cpu") -> None:
+        """``budget`` gives eps (L∞ only); ``config`` the crafting model and the PGD; the model runs on
         ``device`` (images and δ stay on the CPU, batches move)."""
-        super().__init__(pga)
+        super().__init__(budget, device)
         self.config = config
-        self.device = device
 
     def perturb(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
         """Train the crafting model, then attack every batch. Summary: clean_train_accuracy (the crafting
@@ -92,7 +91,7 @@ class TargetedAdversarialPoisoning(ProtectionMethod):
                             image_size=images.shape[-1], seed=config.seed)
         fit(model, images, labels, config.training_recipe(), seed=config.seed, progress=progress, device=self.device)
         targets = target_classes(labels, dataset.num_classes)
-        attack = PGDConfig(eps=self.pga.eps, step=config.step_size, steps=config.steps, random_start=False)
+        attack = PGDConfig(eps=self.budget.eps, step=config.step_size, steps=config.steps, random_start=False)
         delta = torch.empty_like(images)
         batches = torch.arange(len(images)).split(config.batch_size)
         for batch in tqdm(batches, desc="TAP batches", disable=not progress):
