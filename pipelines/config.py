@@ -3,7 +3,7 @@
     ue protect --preset fashion-mnist --config mine.yaml --eps 16/255 --set beo.surrogate.epochs=5
 
 Presets are YAML files shipped in pipelines/presets/. Every key is checked against the dataclasses, so a
-typo is an error naming the key.
+typo is an error naming the key. Keys of an older layout still load (:func:`upgrade_keys`).
 """
 
 from __future__ import annotations
@@ -260,6 +260,8 @@ class SweepGrid:
             if not isinstance(axes, dict):
                 raise InvalidInputError(f"sweep grid.{section}: expected a mapping of dotted keys to lists of values")
             axes = flatten(axes)  # a --set grid.protect.beo.rounds=[…] arrives nested
+            if section == "protect":
+                axes = upgrade_keys(axes)
             for key in axes:
                 if key in reserved:
                     raise InvalidInputError(f"sweep grid.{section}: {key} is an axis of its own; use {reserved[key]}")
@@ -426,18 +428,47 @@ def load_protect_config(
     data: dict[str, Any] | None = None,
 ) -> ProtectConfig:
     """Preset → YAML file → ``data`` (nested keys) → dotted-key overrides (e.g. {"budget.eps": "16/255"})
-    → ProtectConfig."""
-    merged: dict[str, Any] = {}
+    → ProtectConfig; each with its keys upgraded (:func:`upgrade_keys`) before it is merged."""
+    layers = []
     if preset is not None:
         if preset not in preset_names():
             raise InvalidInputError(f"unknown preset {preset!r}; expected one of {', '.join(preset_names())}")
-        merged = read_yaml(str(resources.files("pipelines.presets") / f"{preset}.yaml"))
+        layers.append(read_yaml(str(resources.files("pipelines.presets") / f"{preset}.yaml")))
     if config_file is not None:
-        merged = merge(merged, read_yaml(config_file))
-    data = merge(merged, copy.deepcopy(data or {}))
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    return from_dict(ProtectConfig, data)
+        layers.append(read_yaml(config_file))
+    merged: dict[str, Any] = {}
+    for layer in [*layers, data or {}]:
+        merged = merge(merged, upgrade_keys(layer))
+    for key, value in upgrade_keys(overrides or {}).items():
+        set_dotted(merged, key, value)
+    return from_dict(ProtectConfig, merged)
+
+
+LEGACY_KEYS = {"beo.pga.eps": "budget.eps", "beo.pga.norm": "budget.norm"}
+"""Protect-config keys of the layout before the budget became the job's own section → today's keys."""
+
+
+def upgrade_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of protect-config ``data`` with the :data:`LEGACY_KEYS` moved to today's, in both forms a config
+    comes in: nested (a YAML file, a recorded config: ``beo: {pga: {eps: …}}`` → ``budget: {eps: …}``) and
+    dotted (overrides: ``beo.pga.eps`` → ``budget.eps``). The same setting under both keys with different
+    values is a one-line InvalidInputError naming both."""
+    data = copy.deepcopy(data)
+    pga = data["beo"].get("pga") if isinstance(data.get("beo"), dict) else None
+    for old, new in LEGACY_KEYS.items():
+        leaf = new.removeprefix("budget.")
+        moves = [(data.pop(old), data, new)] if old in data else []
+        if isinstance(pga, dict) and leaf in pga and isinstance(data.setdefault("budget", {}), dict):
+            moves.append((pga.pop(leaf), data["budget"], leaf))
+        for value, target, key in moves:
+            same = key not in target or (
+                parse_fraction(target[key]) == parse_fraction(value) if leaf == "eps" else target[key] == value
+            )
+            if not same:
+                raise InvalidInputError(f"config {old} and {new} are one setting ({new} is its name now), given "
+                                        f"{value!r} and {target[key]!r}: keep {new} only")
+            target[key] = value
+    return data
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -17,6 +17,7 @@ import ray
 import torch
 from ray.data.dataset import MaterializedDataset
 
+from pipelines.config import upgrade_keys
 from pipelines.ray_engine.resources import Resources
 from pipelines.storage import WorkDir, pyarrow_filesystem, remove
 from ue_core.data.fsutil import filesystem
@@ -157,12 +158,13 @@ class JobState:
         return self.work.path("ingest")
 
     def recorded_info(self, job: dict[str, Any]) -> DatasetInfo | None:
-        """The dataset info recorded for ``job`` (None before its ingest); another job's is an error."""
+        """The dataset info recorded for ``job`` ({"source", "config"}; None before its ingest); another job's
+        is an error. A config recorded with keys of an older layout is compared in today's (upgrade_keys)."""
         fs, path = filesystem(self.work.path("job.json"))
         if not fs.exists(path):
             return None
         recorded = _read_json(self.work.path("job.json"))
-        if recorded["job"] != job:
+        if {**recorded["job"], "config": upgrade_keys(recorded["job"]["config"])} != job:
             raise InvalidInputError(
                 f"work directory {self.work.uri} belongs to a job with another source or config; "
                 "remove it (or choose another --work-dir) to start afresh"

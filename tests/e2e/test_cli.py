@@ -75,6 +75,7 @@ def test_existing_output_is_refused_before_any_work(release_dir):
         (["--eps", "1.5"], "eps must be in (0, 1)"),
         (["--eps", "0"], "eps must be in (0, 1)"),
         (["--set", "budget.nrom=l2"], "unknown key config.budget.nrom"),
+        (["--set", "beo.pga.eps=16/255", "--eps", "8/255"], "config beo.pga.eps and budget.eps are one setting"),
         (["--set", "beo.surrogate.model=alexnet"], "alexnet"),
         (["--preset", "cifar11"], "unknown preset 'cifar11'"),
     ],

@@ -102,6 +102,7 @@ def test_any_config_key_is_a_grid_axis():
     ({"grid.protect": {"beo.estimator.sigma": [0.3, -1]}}, "estimator sigma must be > 0"),
     ({"grid.evaluate": {"victim.recipee": ["plain"]}}, "unknown key evaluate.victim.recipee"),
     ({"grid.protect": {"budget.eps": ["8/255"]}}, "budget.eps is an axis of its own; use grid.eps"),
+    ({"grid.protect": {"beo.pga.eps": ["8/255"]}}, "budget.eps is an axis of its own; use grid.eps"),  # its old key
     ({"grid.evaluate": {"ratio": [0.5]}}, "ratio is an axis of its own; use grid.ratio"),
     ({"grid.protect": {"beo.rounds": [2, 2]}}, "grid.protect.beo.rounds: expected a non-empty list of distinct"),
 ])
