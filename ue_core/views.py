@@ -41,6 +41,11 @@ class AugmentConfig:
                 f"augment: views must be in [0, {MAX_VIEWS}] and padding >= 0, got {self.views} and {self.padding}"
             )
 
+    @property
+    def passes(self) -> int:
+        """Feature passes per ascent step: one per view, or one over the images as they are when views is 0."""
+        return max(1, self.views)
+
 
 @dataclass(frozen=True)
 class View:

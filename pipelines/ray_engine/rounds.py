@@ -77,7 +77,7 @@ def run_round(
     for step in range(config.steps_per_round):
         timings = {"seconds_features": 0.0, "seconds_estimator": 0.0}
         values, sigmas, gradients = [], [], []
-        for view in range(max(1, config.augment.views)):  # the step's views (ue_core.methods.beo.step_views)
+        for view in range(config.augment.passes):  # the step's views (ue_core.methods.beo.step_views)
             t0 = time.perf_counter()
             features = collect(
                 state.map_batches(

@@ -95,3 +95,10 @@ def test_views_change_the_steps_and_keep_the_budget(small_set):
     assert np.mean(augmented.release.images != plain.release.images) > 0.05
     assert np.abs(augmented.release.images.astype(int) - small_set.images.astype(int)).max() == 4
     assert len(step_views(config, small_set.index, 0, 0)) == 2
+
+
+@pytest.mark.parametrize("views", [0, 1, 3])
+def test_a_step_has_one_feature_pass_per_view_or_one_without_views(views):
+    """``AugmentConfig.passes`` (what the Ray engine loops over) is the length of ``step_views``."""
+    config = BEOConfig(augment=AugmentConfig(views=views))
+    assert len(step_views(config, np.arange(5), 0, 0)) == config.augment.passes == max(1, views)
