@@ -16,36 +16,31 @@
 3. Results, published atomically at --out: results.csv and results.md (one row per trial; results.md also
    lists the releases with their PSNR and SSIM), accuracy.png
    (test accuracy versus mixing ratio, one line per release, with the clean-only reference; a heatmap of
-   release × ratio; one row of panels per victim × defence). The same files are artifacts of the MLflow
-   parent run.
+   release × ratio; one row of panels per victim × defence; all three from pipelines/sweep_report.py). The
+   same files are artifacts of the MLflow parent run.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from itertools import product
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
-import numpy as np
-
 from pipelines.config import ProtectConfig, ReleaseSpec, SweepConfig, settings_label
 from pipelines.evaluate import publish_results
 from pipelines.storage import WorkDir, absolute, check_readable, check_writable, remove
+from pipelines.sweep_report import TrialOutcome, release_label, releases_table, results_table, sweep_plot
 from pipelines.tracking import RemoteRun, Tracker
 from ue_core.config import from_dict, to_dict
 from ue_core.data.atomic import check_output_free, staged_directory
 from ue_core.data.fsutil import filesystem
 from ue_core.defences import DefenceConfig
 from ue_core.errors import InvalidInputError
-from ue_core.release import MANIFEST_NAME, read_manifest, snapshot_uri, verify_release
+from ue_core.release import MANIFEST_NAME, snapshot_uri, verify_release
 
 
 @dataclass(frozen=True)
@@ -72,13 +67,6 @@ class Trial:
     def key(self) -> str:
         parts = [self.arm, self.release, f"ratio={self.ratio:g}", self.victim, self.defence, self.evaluation]
         return " ".join(filter(None, parts))
-
-
-def release_label(method: str | None, eps: float | None, settings: str = "") -> str:
-    """"beo eps=8/255" (plus the release's protect-axis settings) for a release, "eps=—" for no release."""
-    if method is None or eps is None:
-        return "eps=—"
-    return ReleaseSpec(method, eps, {}).label + (f" {settings}" if settings else "")
 
 
 def plan_trials(config: SweepConfig) -> list[Trial]:
@@ -199,24 +187,6 @@ def run_trial(tune_config: dict[str, Any], context: dict[str, Any]) -> None:
     run.finish("FINISHED")
 
 
-@dataclass(frozen=True)
-class TrialOutcome:
-    """One row of the results table: the trial, how it ended, and its clean test accuracies in [0, 1]."""
-
-    arm: str
-    eps: float | None
-    ratio: float
-    victim: str
-    defence: str
-    method: str | None
-    settings: str
-    evaluation: str
-    status: str
-    final_test_accuracy: float | None
-    best_test_accuracy: float | None
-    error: str
-
-
 def run_trials(
     trial_function: Callable[[dict[str, Any], dict[str, Any]], None],
     trials: list[Trial],
@@ -273,80 +243,6 @@ def trial_concurrency(config: SweepConfig) -> int:
         return max(1, int(ray.cluster_resources().get("GPU", 0)) // scaling.workers)
     spare = float(ray.cluster_resources().get("CPU", 1)) - 1.0  # one CPU for Ray Data and the drivers
     return max(1, int(spare // scaling.cpus))
-
-
-# ----------------------------------------------------------------------------------------------- results
-
-
-def results_table(outcomes: list[TrialOutcome]) -> tuple[str, str]:
-    """The outcomes as CSV and as a Markdown table (accuracies in percent)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(TrialOutcome.__dataclass_fields__), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(asdict(o) for o in outcomes)
-    header = ("| arm | method | ε | settings | ratio | victim | defence | evaluation | status | final test acc (%) "
-              "| best test acc (%) |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for o in outcomes:
-        eps = "—" if o.eps is None else f"{o.eps * 255:g}/255"
-        final = "—" if o.final_test_accuracy is None else f"{100 * o.final_test_accuracy:.2f}"
-        best = "—" if o.best_test_accuracy is None else f"{100 * o.best_test_accuracy:.2f}"
-        lines.append(f"| {o.arm} | {o.method or '—'} | {eps} | {o.settings or '—'} | {o.ratio:g} | {o.victim} "
-                     f"| {o.defence} | {o.evaluation or '—'} | {o.status} | {final} | {best} |")
-    return buffer.getvalue(), "\n".join(lines) + "\n"
-
-
-def releases_table(release_uris: dict[str, str]) -> str:
-    """A Markdown table of the sweep's releases from their manifests: how visible each perturbation is
-    (PSNR, SSIM against the clean images) and where it lives."""
-    lines = ["| release | PSNR (dB) | SSIM | uri |", "|---|---|---|---|"]
-    for label, uri in release_uris.items():
-        summary = read_manifest(uri)["summary"]
-        # a release published before PSNR and SSIM were recorded shows —
-        psnr_db = f"{summary['psnr_db']:.2f}" if "psnr_db" in summary else "—"
-        ssim = f"{summary['ssim']:.4f}" if "ssim" in summary else "—"
-        lines.append(f"| {label} | {psnr_db} | {ssim} | {uri} |")
-    return "\n".join(lines) + "\n"
-
-
-def sweep_plot(outcomes: list[TrialOutcome]) -> plt.Figure:
-    """Per victim × defence: accuracy versus ratio (a line per release, i.e. method × ε, the clean-only
-    reference dashed, clean-all at ratio 0 on every line) and a heatmap of release × ratio. Failed trials are
-    gaps."""
-    panels = sorted({(o.victim, o.defence, o.evaluation) for o in outcomes})
-    labels = list(dict.fromkeys(release_label(o.method, o.eps, o.settings) for o in outcomes if o.method is not None))
-    ratios = sorted({o.ratio for o in outcomes})
-    figure, axes = plt.subplots(len(panels), 2, figsize=(10, 3.6 * len(panels)), squeeze=False)
-    for row, (victim, defence, evaluation) in enumerate(panels):
-        done = [o for o in outcomes if (o.victim, o.defence, o.evaluation) == (victim, defence, evaluation)
-                and o.final_test_accuracy is not None]
-        accuracies = {(o.arm, release_label(o.method, o.eps, o.settings), o.ratio): 100 * o.final_test_accuracy
-                      for o in done}
-        clean_all = accuracies.get(("clean-all", release_label(None, None), 0.0), math.nan)
-        table = np.array([[clean_all if r == 0 else accuracies.get(("mixed", label, r), math.nan) for r in ratios]
-                          for label in labels])
-        lines = axes[row, 0]
-        for label, values in zip(labels, table):
-            lines.plot(ratios, values, marker="o", label=f"mixed, {label}")
-        reference = [clean_all if r == 0 else accuracies.get(("clean-only", release_label(None, None), r), math.nan)
-                     for r in ratios]
-        lines.plot(ratios, reference, marker="s", linestyle="--", color="black", label="clean-only (reference)")
-        lines.set_xlabel("mixing ratio r (fraction of training images protected)")
-        lines.set_ylabel("clean test accuracy (%)")
-        lines.set_title(" ".join(filter(None, [f"{victim}, defence {defence}", evaluation])), fontsize=9)
-        lines.legend(fontsize=7)
-        heat = axes[row, 1]
-        image = heat.imshow(table, aspect="auto", cmap="viridis", origin="lower")
-        heat.set_xticks(range(len(ratios)), [f"{r:g}" for r in ratios])
-        heat.set_yticks(range(len(labels)), labels)
-        heat.set_xlabel("mixing ratio r")
-        heat.set_ylabel("release")
-        for (i, j), value in np.ndenumerate(table):
-            if not math.isnan(value):
-                heat.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
-        figure.colorbar(image, ax=heat, label="test accuracy (%)")
-    figure.tight_layout()
-    return figure
 
 
 @dataclass
