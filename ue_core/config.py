@@ -39,7 +39,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
         raise InvalidInputError(f"unknown key {where}.{unknown[0]}; expected one of {', '.join(fields)}")
     values = {}
     for name, value in data.items():
-        kind = hints[name]
+        kind = _optional_dataclass(hints[name])
         if dataclasses.is_dataclass(kind) and isinstance(value, dict):
             value = from_dict(kind, value, f"{where}.{name}")
         elif isinstance(value, str) and kind in (float, float | None):  # "8/255", "1e-3" (YAML 1.1 strings)
@@ -49,6 +49,14 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
         return cls(**values)
     except TypeError as error:
         raise InvalidInputError(f"{where}: {error}") from None
+
+
+def _optional_dataclass(kind: Any) -> Any:
+    """``D`` for a field typed ``D | None`` where D is a dataclass (so a dict builds a D), else ``kind``."""
+    members = [k for k in typing.get_args(kind) if k is not type(None)]
+    if len(members) == 1 and type(None) in typing.get_args(kind) and dataclasses.is_dataclass(members[0]):
+        return members[0]
+    return kind
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from ue_core.checks import check_release
 from ue_core.data import read_dataset
@@ -131,3 +132,26 @@ def test_clean_anchors_make_the_mixture_the_objective(fashion_subset):
     assert all(0 < h["bayes_error"] < 1 for h in result.history)
     with pytest.raises(InvalidInputError, match="anchors: clean needs kind: exact"):
         EstimatorConfig(anchors="clean", kind="batch")
+
+
+def test_a_robust_surrogate_is_the_adversarially_fitted_model(fashion_subset):
+    """``surrogate.adversarial`` trains the surrogate with PGD adversarial training, exactly as ``fit`` does, and
+    reaches it from a config file's nested dict (the path both engines take)."""
+    from ue_core.config import from_dict, to_dict
+    from ue_core.methods.beo import train_surrogate
+    from ue_core.models import build_model
+    from ue_core.training import PGDConfig, fit, recipe
+
+    attack = PGDConfig(eps=8 / 255, step=4 / 255, steps=2)
+    config = from_dict(SurrogateConfig, {"model": "small_cnn", "epochs": 1, "lr": 0.05, "batch_size": 64,
+                                         "adversarial": {"eps": "8/255", "step": "4/255", "steps": 2}})
+    assert config.adversarial == attack and from_dict(SurrogateConfig, to_dict(config)) == config
+    assert SurrogateConfig().adversarial is None
+    images, labels = fashion_subset.subset(np.arange(128)).tensors()
+    robust = train_surrogate(None, images, labels, 10, config, seed=3)
+    expected = build_model("small_cnn", 10, in_channels=1, image_size=28, seed=3)
+    fit(expected, images, labels, recipe("plain", epochs=1, lr=0.05, batch_size=64), seed=3, adversarial=attack)
+    standard = train_surrogate(None, images, labels, 10, SurrogateConfig(**{**to_dict(config), "adversarial": None}), 3)
+    for name, weight in robust.state_dict().items():
+        assert torch.equal(weight, expected.state_dict()[name]), name
+    assert not all(torch.equal(w, standard.state_dict()[n]) for n, w in robust.state_dict().items())

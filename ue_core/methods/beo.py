@@ -39,7 +39,7 @@ from ue_core.errors import InvalidInputError
 from ue_core.methods.base import ProtectionMethod, ProtectionResult, release_of
 from ue_core.models import MODEL_NAMES, Classifier, build_model
 from ue_core.pga import Budget, PGAConfig, PixelState, ascent_step
-from ue_core.training import compute_features, evaluate, feature_accuracy, feature_vjp, fit, recipe
+from ue_core.training import PGDConfig, compute_features, evaluate, feature_accuracy, feature_vjp, fit, recipe
 from ue_core.views import AugmentConfig, View, view_key
 
 SurrogateMode = Literal["retrain", "finetune", "fixed"]
@@ -58,6 +58,9 @@ class SurrogateConfig:
         epochs, finetune_epochs: training epochs.
         recipe: "plain" (no augmentation, the authors' generation recipe) or "standard".
         lr, batch_size: SGD learning rate and batch size.
+        adversarial: None (standard training, the method), or PGD adversarial training of the surrogate with
+            this config (ours: a robust surrogate, whose features are the ones that transfer to other models;
+            e.g. ``{eps: 8/255, step: 2/255, steps: 5}``). It costs ``steps`` + 1 passes per batch.
     """
 
     model: str = "resnet18"
@@ -67,6 +70,7 @@ class SurrogateConfig:
     recipe: str = "plain"
     lr: float = 0.1
     batch_size: int = 128
+    adversarial: PGDConfig | None = None
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_NAMES:
@@ -230,7 +234,7 @@ def train_surrogate(
         )
         epochs = config.epochs
     training = recipe(config.recipe, epochs=epochs, lr=config.lr, batch_size=config.batch_size)
-    fit(model, images, labels, training, seed=seed)
+    fit(model, images, labels, training, seed=seed, adversarial=config.adversarial)
     return model
 
 
