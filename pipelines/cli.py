@@ -46,6 +46,9 @@ def _add_protect(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--engine", choices=["ray", "reference"], default="ray",
                         help="ray (default): BEO distributed and resumable, a baseline as one Ray task; "
                              "reference: ue_core's one-process method here")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where the reference engine runs: auto (default: CUDA when available), cpu or cuda; "
+                             "the Ray engine uses the GPUs Ray gives its workers")
     parser.add_argument("--work-dir", help="where an interrupted job resumes from (default: .OUT.work beside --out)")
     _add_job_options(parser, "replace an existing release at --out")
 
@@ -63,7 +66,7 @@ def _protect(args: argparse.Namespace) -> int:
     config = load_protect_config(args.preset, args.config, overrides)
     summary = protect(
         args.source, args.out, config, engine=args.engine, overwrite=args.overwrite, progress=not args.no_progress,
-        work_dir=args.work_dir, ray_address=args.ray_address, tracking_uri=args.tracking_uri,
+        work_dir=args.work_dir, ray_address=args.ray_address, tracking_uri=args.tracking_uri, device=args.device,
     )
     print(summary.line())
     return 0

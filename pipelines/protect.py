@@ -2,11 +2,12 @@
 
 Engines:
     ray        (default) ingest → rounds on Ray (pipelines/ray_engine/) → finish and publish; resumable.
-    reference  ue_core's one-process BEO, the ground truth the Ray engine is tested against.
+    reference  ue_core's one-process BEO, the ground truth the Ray engine is tested against, on ``device``
+               ("auto": CUDA when this machine has it, else the CPU; ue_core.training.resolve_device).
 
 Methods (config key ``method``): BEO, or a baseline to compare it with (random noise, EM, TAP). A baseline
 runs ue_core's one-process method: in this process (engine reference) or as one Ray task on the cluster
-(engine ray; on a GPU when the cluster has one). Baselines are comparison points, not the product's
+(engine ray; on a GPU when the cluster has one), or here on ``device`` (engine reference). Baselines are comparison points, not the product's
 sharded job, and they are not resumable.
 
 Both check the inputs before any work (existing output, readable source, writable destination), track
@@ -31,6 +32,7 @@ from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError
 from ue_core.quality import psnr, ssim
 from ue_core.release import check_release_target, snapshot_uri, write_release
+from ue_core.training import resolve_device
 
 ENGINES = ("ray", "reference")
 QUALITY_KEYS = ("psnr_db", "ssim")
@@ -92,8 +94,10 @@ def protect(
     ray_address: str | None = None,
     tracking_uri: str | None = None,
     experiment: str = "ue-protect",
+    device: str = "auto",
 ) -> ProtectSummary:
-    """Protect ``source`` and publish the release at ``out``; see the module docstring."""
+    """Protect ``source`` and publish the release at ``out``; see the module docstring. ``device`` serves
+    the reference engine only: the Ray engine uses the devices Ray gives its workers."""
     if engine not in ENGINES:
         raise InvalidInputError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     started = time.perf_counter()
@@ -118,7 +122,7 @@ def protect(
                 clean, result = protect_in_one_task(source, config, ray_address, progress)
             else:
                 clean = load_training_set(source, config)
-                result = config.build(test).protect(clean, progress=progress)
+                result = config.build(test, str(resolve_device(device))).protect(clean, progress=progress)
             release, history, summary, snapshots = result.release, result.history, result.summary, result.snapshots
             for step, record in enumerate(history):
                 tracker.log_metrics(record, step=step)

@@ -83,6 +83,10 @@ class KernelStats:
         """Stack the stats of consecutive blocks."""
         return KernelStats(*(torch.cat([getattr(p, name) for p in parts]) for name in STATS_FIELDS))
 
+    def to(self, device: torch.device | str) -> KernelStats:
+        """The same stats on ``device``."""
+        return KernelStats(*(getattr(self, name).to(device) for name in STATS_FIELDS))
+
     def take(self, rows: torch.Tensor) -> KernelStats:
         """The stats of the samples at positions ``rows``."""
         return KernelStats(*(getattr(self, name)[rows] for name in STATS_FIELDS))
@@ -272,14 +276,14 @@ def block_stats(
     row_sum = rows.new_empty(len(rows))
     predicted_mass = rows.new_empty(len(rows))
     top_mass = rows.new_empty(len(rows))
-    predicted = torch.empty(len(rows), dtype=torch.long)
+    predicted = torch.empty(len(rows), dtype=torch.long, device=rows.device)
     for start, stop, kernel in _BankKernel(bank, sigma, memory_budget).chunks(rows, self_positions):
         masses = kernel @ one_hot_and_ones  # class masses and, in the last column, the row sum
         torch.max(masses[:, :num_classes], 1, out=(top_mass[start:stop], predicted[start:stop]))
         row_sum[start:stop] = masses[:, num_classes]
         if row_targets is not None:  # the objective reads the target's mass, β̂ still the top one
             predicted[start:stop] = row_targets[start:stop]
-            predicted_mass[start:stop] = masses[torch.arange(stop - start), row_targets[start:stop]]
+            predicted_mass[start:stop] = masses[torch.arange(stop - start, device=rows.device), row_targets[start:stop]]
     if row_targets is None:
         predicted_mass = top_mass
     return KernelStats(row_sum.add_(EPS_Z), predicted_mass, predicted, top_mass)

@@ -12,6 +12,7 @@ in eval mode and restore its previous mode afterwards; none of them touches the 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ RowTransform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """A per-row image transform: (images (B, C, H, W), their row positions (B,)) → images (B, C, H, W)."""
 
 Device = torch.device | str
+
 BatchTransform = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 """(x, targets, generator) → (x, targets), applied to every training batch after augmentation.
 
@@ -37,6 +39,18 @@ x is float (B, C, H, W) in [0, 1] on the training device, targets int64 (B,) or 
 (B, num_classes) (e.g. after mixup); the transform draws its randomness from the CPU generator it is given."""
 
 SCHEDULES = ("cosine", "constant")
+
+
+def resolve_device(name: Device) -> torch.device:
+    """The torch device a device name means: "cpu", "cuda", "cuda:N", or "auto" (CUDA when
+    ``torch.cuda.is_available()``, else the CPU). A torch.device is returned as it is."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not re.fullmatch(r"cuda(:\d+)?", name):
+        raise InvalidInputError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N")
+    return torch.device(name)
 
 
 @dataclass(frozen=True)

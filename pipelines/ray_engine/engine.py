@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from pipelines.config import ProtectConfig
 from pipelines.ray_engine.probe import EfficacyProbe
-from pipelines.ray_engine.resources import Resources
+from pipelines.ray_engine.resources import Resources, actor_device
 from pipelines.ray_engine.rounds import run_round
 from pipelines.ray_engine.state import (
     DatasetInfo,
@@ -114,13 +114,11 @@ def protect_on_ray(
 
 
 @ray.remote
-def _protect_task(
-    source: str, config: dict[str, Any], threads: int, on_gpu: bool
-) -> tuple[ImageDataset, ProtectionResult]:
+def _protect_task(source: str, config: dict[str, Any], threads: int) -> tuple[ImageDataset, ProtectionResult]:
     torch.set_num_threads(threads)
     protect_config = from_dict(ProtectConfig, config)
     train = load_training_set(source, protect_config)
-    return train, protect_config.build(device="cuda" if on_gpu else "cpu").protect(train)
+    return train, protect_config.build(device=str(actor_device())).protect(train)
 
 
 def protect_in_one_task(
@@ -131,8 +129,7 @@ def protect_in_one_task(
     connect(address, progress)
     resources = Resources.from_cluster()
     task = _protect_task.options(num_cpus=resources.task_cpus, num_gpus=resources.gpus_per_actor)
-    on_gpu = resources.gpus_per_actor > 0
     with tqdm(total=1, desc=f"{config.method} (one Ray task)", unit="job", disable=not progress) as bar:
-        train, result = unwrap(task.remote(source, to_dict(config), resources.task_threads, on_gpu))
+        train, result = unwrap(task.remote(source, to_dict(config), resources.task_threads))
         bar.update()
     return train, result

@@ -10,7 +10,7 @@ import numpy as np
 import ray
 import torch
 
-from pipelines.ray_engine.resources import Resources
+from pipelines.ray_engine.resources import Resources, actor_device, on_gpu
 from pipelines.ray_utils import unwrap
 from ue_core import bayes_error
 from ue_core.config import from_dict, to_dict
@@ -31,8 +31,10 @@ def _stats_block(
 ) -> tuple[np.ndarray, ...]:
     torch.set_num_threads(threads)
     config = from_dict(EstimatorConfig, estimator)
-    stats = exact_stats(torch.from_numpy(bank), torch.from_numpy(labels), num_classes, config, sigma, start, stop)
-    return stats.to_arrays()
+    device = actor_device()
+    stats = exact_stats(torch.from_numpy(bank), torch.from_numpy(labels), num_classes, config, sigma, start, stop,
+                        device)
+    return (*stats.to_arrays(), on_gpu(device))
 
 
 @ray.remote
@@ -43,7 +45,8 @@ def _gradient_block(
     torch.set_num_threads(threads)
     config = from_dict(EstimatorConfig, estimator)
     every = bayes_error.KernelStats.from_arrays(stats)
-    return exact_gradient(torch.from_numpy(bank), torch.from_numpy(labels), every, config, sigma, start, stop).numpy()
+    return exact_gradient(torch.from_numpy(bank), torch.from_numpy(labels), every, config, sigma, start, stop,
+                          actor_device()).numpy()
 
 
 @ray.remote
@@ -75,12 +78,14 @@ def feature_gradient(
     step: int,
     resources: Resources,
     anchors: np.ndarray | None = None,
-) -> tuple[float, float, np.ndarray]:
-    """β̂, the step's bandwidth σ and the objective's gradient (N, D) for normalised features z sorted by index
-    (and, under ``estimator.anchors: clean``, the clean copies' normalised features in the same order).
+) -> tuple[float, float, np.ndarray, float]:
+    """β̂, the step's bandwidth σ, the objective's gradient (N, D) for normalised features z sorted by index
+    (and, under ``estimator.anchors: clean``, the clean copies' normalised features in the same order), and
+    1.0 when the estimator ran on GPUs, else 0.0.
 
-    The exact estimator runs as two passes of tasks over row blocks (stats, then gradient); the cheap
-    "batch" and "reference" estimators are O(N·b), and the anchored one O((2N)²) so far, and run as one task.
+    The exact estimator runs as two passes of tasks over row blocks (stats, then gradient), each task on a GPU
+    when the cluster has them (resources.actor_device); the cheap "batch" and "reference" estimators are
+    O(N·b), and the anchored one O((2N)²) so far, and run as one task on the CPU.
     """
     estimator = config.estimator
     generator_seed = (config.seed, round_index, step)
@@ -92,22 +97,22 @@ def feature_gradient(
         value, gradient = unwrap(task.remote(
             bank, bank_labels, anchors, num_classes, to_dict(estimator), sigma, generator_seed, threads
         ))
-        return value, sigma, gradient
+        return value, sigma, gradient, 0.0
     settings = to_dict(estimator)
     blocks = np.array_split(np.arange(len(features)), max(1, min(len(features), resources.blocks)))
     bounds = [(int(b[0]), int(b[-1]) + 1) for b in blocks if len(b)]
-    options = {"num_cpus": resources.task_cpus, "scheduling_strategy": "SPREAD"}
+    options = {"num_cpus": resources.task_cpus, "num_gpus": resources.gpus_per_actor, "scheduling_strategy": "SPREAD"}
     stats_task = _stats_block.options(**options)
     parts = unwrap(
         [stats_task.remote(bank, bank_labels, num_classes, settings, sigma, a, b, threads) for a, b in bounds]
     )
-    stats = bayes_error.KernelStats.concat([bayes_error.KernelStats.from_arrays(p) for p in parts])
+    stats = bayes_error.KernelStats.concat([bayes_error.KernelStats.from_arrays(p[:-1]) for p in parts])
     bayes_error.check_support(stats, sigma)
     stats_ref = ray.put(stats.to_arrays())
     gradient_task = _gradient_block.options(**options)
     rows = unwrap(
         [gradient_task.remote(bank, bank_labels, stats_ref, settings, sigma, a, b, threads) for a, b in bounds]
     )
-    return float(stats.errors.mean()), sigma, np.concatenate(rows)
+    return float(stats.errors.mean()), sigma, np.concatenate(rows), min(p[-1] for p in parts)
 
 

@@ -1,5 +1,7 @@
 """The two Ray Data actors of a round: the feature pass and the ascent pass, each running ue_core's step on
-its batches where the state is."""
+its batches where the state is, on the actor's device (resources.actor_device: CUDA when Ray gave the actor
+a GPU). The state stays on the host; batches move to the device and results come back. Each output row
+carries ``on_gpu`` (1.0 on CUDA), which the round's history records per pass."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.ray_engine.resources import actor_device, on_gpu
 from pipelines.ray_engine.state import MOMENT_COLUMNS, images_and_delta, load_model
 from pipelines.ray_utils import Shared
 from ue_core.config import from_dict
@@ -19,13 +22,14 @@ from ue_core.training import compute_features
 class FeaturePass:
     """Ray Data actor: penultimate features φ(v(x + δ)) of each batch under view ``view`` of the step
     (ue_core.methods.beo.step_views; the images as they are without ``beo.augment``); output columns index,
-    label, features, and under ``estimator.anchors: clean`` also φ(v(x)), the clean copies' features."""
+    label, features, on_gpu, and under ``estimator.anchors: clean`` also φ(v(x)), the clean copies' features."""
 
     def __init__(
         self, surrogate: Shared, beo: dict[str, Any], round_index: int, step: int, view: int, threads: int = 1
     ) -> None:
         torch.set_num_threads(threads)
-        self.model = load_model(surrogate.get())
+        self.device = actor_device()
+        self.model = load_model(surrogate.get()).to(self.device)
         self.config = from_dict(BEOConfig, beo)
         self.round_index, self.step, self.view = round_index, step, view
 
@@ -33,10 +37,12 @@ class FeaturePass:
         x, delta = images_and_delta(batch)
         view = step_views(self.config, batch["index"], self.round_index, self.step)[self.view]
         size = self.config.batch_size
-        features = compute_features(self.model, x + delta, batch_size=size, transform=view)
-        result = {"index": batch["index"], "label": batch["label"], "features": features.numpy()}
+        features = compute_features(self.model, x + delta, batch_size=size, transform=view, device=self.device)
+        result = {"index": batch["index"], "label": batch["label"], "features": features.numpy(),
+                  "on_gpu": np.full(len(x), on_gpu(self.device))}
         if self.config.estimator.anchors == "clean":
-            result["anchors"] = compute_features(self.model, x, batch_size=size, transform=view).numpy()
+            result["anchors"] = compute_features(self.model, x, batch_size=size, transform=view,
+                                                 device=self.device).numpy()
         return result
 
 
@@ -50,7 +56,8 @@ class AscentPass:
         gradients: list[Shared], threads: int = 1,
     ) -> None:
         torch.set_num_threads(threads)
-        self.model = load_model(surrogate.get())
+        self.device = actor_device()
+        self.model = load_model(surrogate.get()).to(self.device)
         self.config = from_dict(BEOConfig, beo)
         self.budget = from_dict(Budget, budget, "budget")
         self.pga = self.config.pga
@@ -72,7 +79,7 @@ class AscentPass:
         )
         state = PixelState(delta, exp_avg, exp_avg_sq, torch.from_numpy(batch["steps"].astype(np.int64)))
         state = pixel_step(self.model, x, state, feature_gradients, views, self.budget, self.pga,
-                           self.config.batch_size)
+                           self.config.batch_size, self.device)
         size = state.delta.abs().flatten(1)
         return {
             **{c: batch[c] for c in ("index", "label", "image")},
@@ -81,6 +88,7 @@ class AscentPass:
             "steps": state.steps.numpy(),
             "delta_abs_max": size.max(1).values.numpy(),  # per-row |δ| summaries for the round's metrics
             "delta_abs_mean": size.mean(1).numpy(),
+            "on_gpu": np.full(len(x), on_gpu(self.device)),
         }
 
 

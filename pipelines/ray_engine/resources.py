@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import ray
+import torch
 
 from ue_core.errors import InvalidInputError
 
@@ -67,3 +68,15 @@ class Resources:
         return Resources(
             actors=actors, cpus_per_actor=0.5 * usable / actors, gpus_per_actor=0, threads_per_actor=threads, **common
         )
+
+
+def actor_device() -> torch.device:
+    """Where a Ray actor or task runs its torch work: "cuda" (the GPU Ray assigned it, which Ray makes the
+    process's only visible one) when Ray gave it a GPU, else "cpu". The one place the Ray engine's actors and
+    tasks choose a device; the surrogate's Train worker takes ``ray.train.torch.get_device()``."""
+    return torch.device("cuda" if ray.get_gpu_ids() else "cpu")
+
+
+def on_gpu(device: torch.device) -> float:
+    """1.0 for a CUDA device, else 0.0: how a round's history records where each pass ran (a metric)."""
+    return float(device.type == "cuda")

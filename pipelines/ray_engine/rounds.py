@@ -52,7 +52,9 @@ def run_round(
     seconds_read (reading and laying out a lazy state, 0 when handed on in memory), seconds_surrogate
     (training and the test accuracy; the train accuracy comes from step 0's features), then per step
     seconds_features, seconds_estimator, seconds_ascent, and seconds_write (the new state in its layout,
-    its Parquet shards, the surrogate and round.json).
+    its Parquet shards, the surrogate and round.json). Where each pass ran goes in too, 1.0 on a GPU and 0.0
+    on the CPU: on_gpu_surrogate (when trained this round), and per step on_gpu_features, on_gpu_estimator
+    and on_gpu_ascent (the minimum over the pass's actors or tasks and the step's views).
     """
     started = time.perf_counter()
     columns = state_columns(config.pga)
@@ -76,7 +78,7 @@ def run_round(
     anchored = config.estimator.anchors == "clean"
     for step in range(config.steps_per_round):
         timings = {"seconds_features": 0.0, "seconds_estimator": 0.0}
-        values, sigmas, gradients = [], [], []
+        values, sigmas, gradients, devices = [], [], [], {"on_gpu_features": 1.0, "on_gpu_estimator": 1.0}
         for view in range(config.augment.passes):  # the step's views (ue_core.methods.beo.step_views)
             t0 = time.perf_counter()
             features = collect(
@@ -86,8 +88,9 @@ def run_round(
                                            "step": step, "view": view, "threads": threads},
                     **actor_options,
                 ),
-                ["index", "label", "features", *(["anchors"] if anchored else [])],
+                ["index", "label", "features", "on_gpu", *(["anchors"] if anchored else [])],
             )
+            devices["on_gpu_features"] = min(devices["on_gpu_features"], float(features["on_gpu"].min()))
             if step == 0 and view == 0:  # the round's protected images, scored from their features, as the reference
                 round_metrics["surrogate_train_accuracy"] = feature_accuracy(
                     model, torch.from_numpy(features["features"]), torch.from_numpy(features["label"])
@@ -97,10 +100,11 @@ def run_round(
             z, anchors, scale = normalise_with_anchors(
                 torch.from_numpy(features["features"]), torch.from_numpy(features["anchors"]) if anchored else None
             )
-            value, sigma, gradient = feature_gradient(
+            value, sigma, gradient, estimator_on_gpu = feature_gradient(
                 z.numpy(), features["label"], info.num_classes, config, round_index, step, resources,
                 None if anchors is None else anchors.numpy(),
             )
+            devices["on_gpu_estimator"] = min(devices["on_gpu_estimator"], estimator_on_gpu)
             values.append(value)
             sigmas.append(sigma)
             gradients.append(Shared.put((features["index"], (gradient / scale).astype(np.float32))))
@@ -113,7 +117,7 @@ def run_round(
                                    "threads": threads},
             **actor_options,
         ).materialize()
-        sizes = collect(state, ["index", "delta_abs_max", "delta_abs_mean"])
+        sizes = collect(state, ["index", "delta_abs_max", "delta_abs_mean", "on_gpu"])
         timings["seconds_ascent"] = time.perf_counter() - t0
         records.append(
             {
@@ -124,6 +128,8 @@ def run_round(
                 "delta_max_abs": float(sizes["delta_abs_max"].max()),
                 "delta_mean_abs": float(sizes["delta_abs_mean"].mean()),
                 **timings,
+                **devices,
+                "on_gpu_ascent": float(sizes["on_gpu"].min()),
             }
         )
         state = state.select_columns(columns)

@@ -11,7 +11,7 @@ import ray
 import torch
 from ray.data.dataset import MaterializedDataset
 
-from pipelines.ray_engine.resources import Resources
+from pipelines.ray_engine.resources import Resources, on_gpu
 from pipelines.ray_engine.state import DatasetInfo, images_and_delta, load_model, state_rows
 from pipelines.ray_utils import Shared
 from pipelines.storage import WorkDir, pyarrow_filesystem
@@ -27,13 +27,17 @@ def _surrogate_loop(loop_config: dict[str, Any]) -> None:
     A request names the round, last round's surrogate and the round's state blocks; the reply holds the
     trained weights and the accuracies. Tensors travel as object-store references, never inside a message:
     a queue actor that unpickles a tensor imports torch first (~1.5 s, then ~300 MB for the job). Each
-    round ends with one ``ray.train.report``, so the worker reports once per round.
+    round ends with one ``ray.train.report``, so the worker reports once per round. It trains on the device
+    Ray Train gives it (``ray.train.torch.get_device()``: its GPU under ``use_gpu``, else the CPU) and records
+    it in the metrics as on_gpu_surrogate.
     """
     import ray.train
+    import ray.train.torch
 
     config = from_dict(BEOConfig, loop_config["beo"])
     torch.set_num_threads(loop_config["threads"])
     inbox, outbox = loop_config["inbox"], loop_config["outbox"]
+    device = ray.train.torch.get_device()
     while (request := inbox.get()) is not None:
         data = state_rows(ray.get(request["blocks"]), ("index", "label", "image", "delta"))
         x, delta = images_and_delta(data)
@@ -42,13 +46,13 @@ def _surrogate_loop(loop_config: dict[str, Any]) -> None:
         previous = load_model(ray.get(request["previous"])) if request["previous"] is not None else None
         model = train_surrogate(
             previous, training_images, y, loop_config["num_classes"], config.surrogate,
-            seed=round_seed(config.seed, request["round"]),
+            seed=round_seed(config.seed, request["round"]), device=device,
         )
-        metrics = {}  # the train accuracy comes from the round's first feature pass (run_round)
+        metrics = {"on_gpu_surrogate": on_gpu(device)}  # the train accuracy: from the round's first feature pass
         if loop_config["test"] is not None:
             test_x, test_y = loop_config["test"].get()
             metrics["surrogate_test_accuracy"] = evaluate(
-                model, torch.from_numpy(test_x), torch.from_numpy(test_y), config.batch_size
+                model, torch.from_numpy(test_x), torch.from_numpy(test_y), config.batch_size, device
             )
         state_dict = {k: v.cpu() for k, v in model.state_dict().items()}
         outbox.put({"round": request["round"], "state_dict": ray.put(state_dict), "metrics": metrics})

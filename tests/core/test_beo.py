@@ -155,3 +155,17 @@ def test_a_robust_surrogate_is_the_adversarially_fitted_model(fashion_subset):
     for name, weight in robust.state_dict().items():
         assert torch.equal(weight, expected.state_dict()[name]), name
     assert not all(torch.equal(w, standard.state_dict()[n]) for n, w in robust.state_dict().items())
+
+
+def test_cpu_and_auto_devices_give_the_default_release_bit_for_bit(fashion_subset):
+    """`device="cpu"` and (on this machine, which has no CUDA) `"auto"` are the default run, exactly."""
+    small = balanced_subset(fashion_subset, 100, seed=1)
+    config = tiny_config(rounds=1, surrogate=SurrogateConfig(model="small_cnn", epochs=1, lr=0.05, batch_size=50),
+                         estimator=EstimatorConfig(kind="exact", bandwidth="nearest-neighbour"))
+    default = BEO(BUDGET, config).protect(small)
+    for device in ("cpu", "auto"):
+        method = BEO(BUDGET, config, device)
+        assert method.device == "cpu"
+        result = method.protect(small)
+        np.testing.assert_array_equal(result.release.images, default.release.images)
+        assert result.summary == default.summary

@@ -23,6 +23,7 @@ from ue_core.training import (
     pgd_attack,
     recalibrate_batch_norm,
     recipe,
+    resolve_device,
     robust_accuracy,
     train_one_epoch,
 )
@@ -381,3 +382,12 @@ def test_short_fit_has_matching_eval_and_train_mode_accuracy():
         train_mode = (model(x).argmax(1) == y).float().mean().item()
     assert history[-1]["accuracy"] > 0.5
     assert evaluate(model, x, y) == pytest.approx(train_mode, abs=0.05)
+
+
+def test_device_names_resolve_and_auto_is_the_cpu_without_cuda():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)  # a name only: nothing touches CUDA
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InvalidInputError, match="unknown device 'gpu'"):
+        resolve_device("gpu")

@@ -29,7 +29,7 @@ def test_distributed_estimator_matches_one_process(local_ray, kind, blocks):
     features = torch.randn(4, 16, generator=generator)[labels] + 0.8 * torch.randn(300, 16, generator=generator)
     z, _ = bayes_error.normalise_features(torch.relu(features))
     config = BEOConfig(estimator=EstimatorConfig(kind=kind, batch_size=64, reference_size=80))
-    value, _, gradient = feature_gradient(z.numpy(), labels.numpy(), 4, config, round_index=2, step=0,
+    value, _, gradient, _ = feature_gradient(z.numpy(), labels.numpy(), 4, config, round_index=2, step=0,
                                        resources=resources)
     expected = bayes_error.estimate(z, labels, 4, sigma=0.3, estimator=kind, batch_size=64, reference_size=80,
                                     generator=estimator_generator(config.estimator, config.seed, 2, 0))

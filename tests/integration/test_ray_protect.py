@@ -251,3 +251,12 @@ def test_a_baseline_runs_as_one_ray_task_and_matches_the_reference(job, tmp_path
     assert "beo.rounds" not in run.data.params and "tap.steps" not in run.data.params
     accuracy = mlflow.MlflowClient().get_metric_history(ours.mlflow_run, "accuracy_on_protected")
     assert [m.step for m in accuracy] == [0, 1]
+
+
+def test_every_pass_records_the_device_ray_gave_it(ray_release):
+    """The surrogate's Train worker, the feature and ascent actors and the estimator's tasks each record where
+    they ran (on_gpu_*, 1.0 on CUDA): on this machine, with no GPU in the local Ray, every pass is on the CPU."""
+    out, _ = ray_release
+    history = read_manifest(out)["history"]
+    passes = ("on_gpu_surrogate", "on_gpu_features", "on_gpu_estimator", "on_gpu_ascent")
+    assert all(record[key] == 0.0 for record in history for key in passes), history

@@ -39,7 +39,17 @@ from ue_core.errors import InvalidInputError
 from ue_core.methods.base import ProtectionMethod, ProtectionResult, release_of
 from ue_core.models import MODEL_NAMES, Classifier, build_model
 from ue_core.pga import Budget, PGAConfig, PixelState, ascent_step
-from ue_core.training import PGDConfig, compute_features, evaluate, feature_accuracy, feature_vjp, fit, recipe
+from ue_core.training import (
+    Device,
+    PGDConfig,
+    compute_features,
+    evaluate,
+    feature_accuracy,
+    feature_vjp,
+    fit,
+    recipe,
+    resolve_device,
+)
 from ue_core.views import AugmentConfig, View, view_key
 
 SurrogateMode = Literal["retrain", "finetune", "fixed"]
@@ -214,6 +224,7 @@ def train_surrogate(
     num_classes: int,
     config: SurrogateConfig,
     seed: int,
+    device: Device = "cpu",
 ) -> Classifier:
     """The surrogate for this round: trained now, or the previous one in mode "fixed".
 
@@ -223,6 +234,7 @@ def train_surrogate(
             clean ones for mode "fixed".
         labels: int64 (N,).
         seed: seeds the initialisation and the data order of this round's training.
+        device: where it trains (images stay where they are, batches move); the model is returned on it.
     """
     if previous is not None and config.mode == "fixed":
         return previous
@@ -234,7 +246,7 @@ def train_surrogate(
         )
         epochs = config.epochs
     training = recipe(config.recipe, epochs=epochs, lr=config.lr, batch_size=config.batch_size)
-    fit(model, images, labels, training, seed=seed, adversarial=config.adversarial)
+    fit(model, images, labels, training, seed=seed, adversarial=config.adversarial, device=device)
     return model
 
 
@@ -257,6 +269,7 @@ def pixel_step(
     budget: Budget,
     pga: PGAConfig,
     batch_size: int,
+    device: Device = "cpu",
 ) -> PixelState:
     """One update of δ for a block of rows: g = mean over the step's views v of J_{φ∘v}(x + δ)ᵀ (∂objective_v/∂z
     / s_v), then ascent by the rule ``pga`` and projection onto ``budget``.
@@ -266,10 +279,12 @@ def pixel_step(
         feature_gradients: per view, the objective's gradient with respect to the normalised features
             divided by the normalisation s, (B, D): the gradient with respect to the raw features.
         views: the views, drawn for these rows (:func:`step_views`; ``[None]`` without augmentation).
+        device: where ``model`` is and the VJP runs, batch by batch; images, δ, the optimiser state and the
+            update stay on the host.
     """
     protected = images + state.delta
     gradients = [
-        feature_vjp(model, protected, feature_gradient, batch_size=batch_size, transform=view)
+        feature_vjp(model, protected, feature_gradient, batch_size=batch_size, transform=view, device=device)
         for feature_gradient, view in zip(feature_gradients, views, strict=True)
     ]
     gradient = gradients[0] if len(gradients) == 1 else torch.stack(gradients).mean(dim=0)
@@ -284,13 +299,17 @@ def measure_bayes_error(
     config: EstimatorConfig,
     batch_size: int = 256,
     seed: int = 0,
+    device: Device = "cpu",
 ) -> float:
     """β̂ of ``images`` (N, C, H, W) in ``model``'s normalised penultimate feature space, with the bandwidth
-    ``config`` gives these features (under "nearest-neighbour": from their own distances)."""
-    features, _ = bayes_error.normalise_features(compute_features(model, images, batch_size=batch_size))
+    ``config`` gives these features (under "nearest-neighbour": from their own distances); ``model`` is on
+    ``device``, where the features and the exact estimator's blocks are computed."""
+    features, _ = bayes_error.normalise_features(
+        compute_features(model, images, batch_size=batch_size, device=device)
+    )
     generator = estimator_generator(config, seed)
     sigma = config.step_sigma(features, (seed, 0, 0))
-    return float(estimate_step(features, labels, num_classes, config, sigma, generator, False).value)
+    return float(estimate_step(features, labels, num_classes, config, sigma, generator, False, device=device).value)
 
 
 def estimator_generator(config: EstimatorConfig, seed: int, round_index: int = 0, step: int = 0) -> torch.Generator:
@@ -316,27 +335,31 @@ def normalise_with_anchors(
 
 def exact_stats(
     bank: torch.Tensor, labels: torch.Tensor, num_classes: int, config: EstimatorConfig, sigma: float,
-    start: int, stop: int,
+    start: int, stop: int, device: Device = "cpu",
 ) -> bayes_error.KernelStats:
     """Pass 1 of the exact estimator for rows ``start:stop`` of the bank z (N, D), labels (N,): each row's
-    kernel statistics against every other sample (four numbers per row, :class:`bayes_error.KernelStats`)."""
-    rows = torch.arange(start, stop)
+    kernel statistics against every other sample (four numbers per row, :class:`bayes_error.KernelStats`),
+    computed on ``device`` (the bank is copied there) and returned on the host."""
+    bank, labels = bank.to(device), labels.to(device)
+    rows = torch.arange(start, stop, device=device)
     targets = None
     if config.objective == "target":
         targets = bayes_error.target_classes(labels[start:stop], num_classes, config.target_shift)
     return bayes_error.block_stats(bank[start:stop], bank, labels, num_classes, sigma, rows,
-                                   config.memory_budget_mb * 2**20, targets)
+                                   config.memory_budget_mb * 2**20, targets).to("cpu")
 
 
 def exact_gradient(
     bank: torch.Tensor, labels: torch.Tensor, stats: bayes_error.KernelStats, config: EstimatorConfig,
-    sigma: float, start: int, stop: int,
+    sigma: float, start: int, stop: int, device: Device = "cpu",
 ) -> torch.Tensor:
     """Pass 2 of the exact estimator: the objective's gradient (stop − start, D) for rows ``start:stop`` of
-    the bank z (N, D), given every sample's stats (N rows, checked with :func:`bayes_error.check_support`)."""
-    rows = torch.arange(start, stop)
+    the bank z (N, D), given every sample's stats (N rows, checked with :func:`bayes_error.check_support`),
+    computed on ``device`` and returned on the host."""
+    bank, labels, stats = bank.to(device), labels.to(device), stats.to(device)
+    rows = torch.arange(start, stop, device=device)
     return bayes_error.block_gradient(bank[rows], labels[rows], stats.take(rows), bank, labels, stats, sigma,
-                                      len(bank), rows, config.memory_budget_mb * 2**20, config.objective)
+                                      len(bank), rows, config.memory_budget_mb * 2**20, config.objective).cpu()
 
 
 def estimate_step(
@@ -348,15 +371,19 @@ def estimate_step(
     generator: torch.Generator,
     with_gradient: bool,
     anchors: torch.Tensor | None = None,
+    device: Device = "cpu",
 ) -> bayes_error.Estimate:
     """β̂ and the objective's gradient (N, D) of one step on normalised features z (N, D), labels (N,),
     with bandwidth ``sigma`` (:meth:`EstimatorConfig.step_sigma`) and, under ``anchors: clean``, the clean
-    copies' normalised features (N, D) as fixed partners (β̂ is then that of the 2N-sample mixture)."""
+    copies' normalised features (N, D) as fixed partners (β̂ is then that of the 2N-sample mixture).
+    The exact estimator's two passes run on ``device``; the others, and the anchored one, on the host.
+    Everything returned is on the host."""
     if anchors is None and config.kind == "exact":  # the two passes the Ray engine runs over row blocks
-        stats = exact_stats(features, labels, num_classes, config, sigma, 0, len(features))
+        stats = exact_stats(features, labels, num_classes, config, sigma, 0, len(features), device)
         bayes_error.check_support(stats, sigma)
         errors = stats.errors
-        gradient = exact_gradient(features, labels, stats, config, sigma, 0, len(features)) if with_gradient else None
+        gradient = (exact_gradient(features, labels, stats, config, sigma, 0, len(features), device)
+                    if with_gradient else None)
         return bayes_error.Estimate(errors.mean(), errors, gradient)
     if anchors is not None:
         return bayes_error.anchored_estimate(
@@ -388,10 +415,12 @@ class BEO(ProtectionMethod):
     def __init__(
         self, budget: Budget, config: BEOConfig, device: str = "cpu", *, test_set: ImageDataset | None = None
     ) -> None:
-        """``budget`` bounds δ, ``config`` sets the rest. ``device`` is stored but not used yet: every step
-        runs on the CPU (another issue plumbs it). ``test_set``, when given, serves only the surrogate's
-        test accuracy per round and, with ``config.probe``, the mixed efficacy probe."""
-        super().__init__(budget, device)
+        """``budget`` bounds δ, ``config`` sets the rest. ``device`` ("cpu", "cuda", "cuda:N" or "auto",
+        :func:`ue_core.training.resolve_device`) runs the surrogate's training, the features, the exact
+        estimator and the feature VJP; images, δ and the optimiser state stay on the host and batches move.
+        ``test_set``, when given, serves only the surrogate's test accuracy per round and, with
+        ``config.probe``, the mixed efficacy probe (which trains its own models on the CPU)."""
+        super().__init__(budget, str(resolve_device(device)))
         self.config = config
         self.test_set = test_set
         self._clean_only_probe: float | None = None
@@ -415,7 +444,7 @@ class BEO(ProtectionMethod):
             training_images = images if config.surrogate.mode == "fixed" else protected
             surrogate = train_surrogate(
                 surrogate, training_images, labels, dataset.num_classes, config.surrogate,
-                seed=round_seed(config.seed, round_index),
+                seed=round_seed(config.seed, round_index), device=self.device,
             )
             # seconds_surrogate: training and the test accuracy, as the Ray engine's surrogate step measures it
             round_metrics = {"round": round_index, **self._test_accuracy(surrogate),
@@ -426,12 +455,14 @@ class BEO(ProtectionMethod):
                 views = step_views(config, dataset.index, round_index, step)
                 values, sigmas, feature_gradients = [], [], []
                 for view in views:
-                    raw = compute_features(surrogate, protected, batch_size=config.batch_size, transform=view)
+                    raw = compute_features(surrogate, protected, batch_size=config.batch_size, transform=view,
+                                           device=self.device)
                     if step == 0 and view is views[0]:  # the round's protected images (first view), no second pass
                         round_metrics["surrogate_train_accuracy"] = feature_accuracy(surrogate, raw, labels)
                     raw_anchors = None
                     if config.estimator.anchors == "clean":
-                        raw_anchors = compute_features(surrogate, images, batch_size=config.batch_size, transform=view)
+                        raw_anchors = compute_features(surrogate, images, batch_size=config.batch_size, transform=view,
+                                                   device=self.device)
                     features, anchors, scale = normalise_with_anchors(raw, raw_anchors)
                     # from the protected features alone: with anchors, an image's nearest one is its own clean copy
                     # (at distance 0 in the first round), which is never its partner
@@ -439,12 +470,13 @@ class BEO(ProtectionMethod):
                     result = estimate_step(
                         features, labels, dataset.num_classes, config.estimator, sigma,
                         estimator_generator(config.estimator, config.seed, round_index, step), True, anchors,
+                        self.device,
                     )
                     values.append(float(result.value))
                     sigmas.append(sigma)
                     feature_gradients.append(result.gradient / scale)
                 state = pixel_step(surrogate, images, state, feature_gradients, views, self.budget, config.pga,
-                                   config.batch_size)
+                                   config.batch_size, self.device)
                 history.append({
                     **round_metrics,
                     "step": step,
@@ -474,25 +506,26 @@ class BEO(ProtectionMethod):
         if self.test_set is None:
             return {}
         images, labels = self.test_set.tensors()
-        return {"surrogate_test_accuracy": evaluate(surrogate, images, labels, batch_size=self.config.batch_size)}
+        return {"surrogate_test_accuracy": evaluate(surrogate, images, labels, batch_size=self.config.batch_size,
+                                                    device=self.device)}
 
     def protect(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
         """Release as the base class does, then measure β̂ of the clean data and of the uint8 release in
         the final surrogate's feature space (summary keys bayes_error_clean, bayes_error_release)."""
         result = super().protect(dataset, progress)
-        result.summary |= release_summary(result.surrogate, dataset, result.release, self.config)
+        result.summary |= release_summary(result.surrogate, dataset, result.release, self.config, self.device)
         return result
 
 
 def release_summary(
-    surrogate: Classifier, clean: ImageDataset, release: ImageDataset, config: BEOConfig
+    surrogate: Classifier, clean: ImageDataset, release: ImageDataset, config: BEOConfig, device: Device = "cpu"
 ) -> dict[str, float]:
     """Finishing a job: β̂ of the clean images and of the checked uint8 release in the final surrogate's
-    feature space, keys bayes_error_clean and bayes_error_release."""
+    feature space (the surrogate on ``device``), keys bayes_error_clean and bayes_error_release."""
     summary = {}
     for name, data in (("clean", clean), ("release", release)):
         images, labels = data.tensors()
         summary[f"bayes_error_{name}"] = measure_bayes_error(
-            surrogate, images, labels, data.num_classes, config.estimator, config.batch_size, config.seed
+            surrogate, images, labels, data.num_classes, config.estimator, config.batch_size, config.seed, device
         )
     return summary
