@@ -51,6 +51,18 @@ def test_protect_publishes_a_verified_release(release_dir, fashion_mnist_root):
     np.testing.assert_array_equal(png.sorted_by_index().images, release.sorted_by_index().images)
 
 
+def test_device_cpu_publishes_the_default_release_bit_for_bit(release_dir, fashion_mnist_root, tmp_path):
+    """`--device cpu` equals the default (auto, which is the CPU on a machine without CUDA)."""
+    out = tmp_path / "cpu"
+    result = ue("protect", "--preset", "fashion-mnist", "--source", str(fashion_mnist_root), "--out", str(out),
+                *TINY, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    ours, default = read_release(out).sorted_by_index(), read_release(release_dir).sorted_by_index()
+    np.testing.assert_array_equal(ours.index, default.index)
+    np.testing.assert_array_equal(ours.images, default.images)
+    assert read_manifest(out)["summary"] == read_manifest(release_dir)["summary"]
+
+
 def test_verify_detects_a_modified_file(release_dir, tmp_path):
     copy = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(release_dir), str(copy)], check=True)
