@@ -143,9 +143,9 @@ def consistency(data: ImageDataset, device: torch.device, size: int) -> dict[str
 
 def markdown(device: torch.device, timings: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
     """The timings and the consistency checks as Markdown tables."""
-    lines = [f"Device: {device}", "",
-             "| data | model | N | surrogate s (img/s) | features s (img/s) | estimator s (img/s) "
-             "| ascent s (img/s) | peak GiB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    header = ("| data | model | N | surrogate s (img/s) | features s (img/s) | estimator s (img/s) "
+              "| ascent s (img/s) | peak GiB |")
+    lines = [f"Device: {device}", "", header, "|---|---|---:|---:|---:|---:|---:|---:|"]
     for t in timings:
         cells = [f"{t['seconds'][p]:.2f} ({t['images_per_second'][p]:,.0f})" for p in t["seconds"]]
         lines.append(f"| {t['dataset']} | {t['model']} | {t['images']:,} | {' | '.join(cells)} "

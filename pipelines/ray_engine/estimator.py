@@ -28,7 +28,8 @@ from ue_core.methods.beo import (
 def _stats_block(
     bank: np.ndarray, labels: np.ndarray, num_classes: int, estimator: dict[str, Any], sigma: float,
     start: int, stop: int, threads: int,
-) -> tuple[np.ndarray, ...]:
+) -> tuple[np.ndarray | float, ...]:
+    """The four stats arrays of rows ``start:stop`` (bayes_error.KernelStats.to_arrays), then on_gpu."""
     torch.set_num_threads(threads)
     config = from_dict(EstimatorConfig, estimator)
     device = actor_device()
