@@ -6,9 +6,9 @@ Engines:
                ("auto": CUDA when this machine has it, else the CPU; ue_core.training.resolve_device).
 
 Methods (config key ``method``): BEO, or a baseline to compare it with (random noise, EM, TAP). A baseline
-runs ue_core's one-process method: in this process (engine reference) or as one Ray task on the cluster
-(engine ray; on a GPU when the cluster has one), or here on ``device`` (engine reference). Baselines are comparison points, not the product's
-sharded job, and they are not resumable.
+runs ue_core's one-process method: in this process on ``device`` (engine reference) or as one Ray task on
+the cluster (engine ray; on a GPU when the cluster has one). Baselines are comparison points, not the
+product's sharded job, and they are not resumable.
 
 Both check the inputs before any work (existing output, readable source, writable destination), track
 the job in MLflow, and publish atomically with manifest.json last (ue_core.release).
