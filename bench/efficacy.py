@@ -76,12 +76,17 @@ def fixed_space(clean: ImageDataset, epochs: int, cache: Path) -> torch.nn.Modul
     return model.eval()
 
 
+def hit_rate(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of ``images`` (N, C, H, W) that ``model`` classifies as ``targets`` (N,)."""
+    with torch.no_grad():
+        predicted = torch.cat([model(batch).argmax(1) for batch in images.split(256)])
+    return float((predicted == targets).float().mean())
+
+
 def target_rate(model: torch.nn.Module, release: ImageDataset) -> float:
     """Fraction of the release's images that ``model`` puts in the class (y + 1) mod C."""
     images, labels = release.tensors()
-    with torch.no_grad():
-        predicted = torch.cat([model(batch).argmax(1) for batch in images.split(256)])
-    return float((predicted == (labels + 1) % release.num_classes).float().mean())
+    return hit_rate(model, images, (labels + 1) % release.num_classes)
 
 
 def main() -> None:

@@ -24,7 +24,12 @@ import time
 from pathlib import Path
 
 import torch
-from efficacy import clean_references, fixed_space, train_victim  # bench/efficacy.py, beside this script
+from efficacy import (  # bench/efficacy.py, beside this script
+    clean_references,
+    fixed_space,
+    hit_rate,
+    train_victim,
+)
 
 from ue_core.config import parse_fraction
 from ue_core.data import read_dataset
@@ -47,13 +52,6 @@ def target_classes(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> tor
     confusion = torch.zeros(num_classes, num_classes).index_put_(
         (labels, runner_up), torch.ones(len(labels)), accumulate=True)
     return confusion.argmax(1)[labels]
-
-
-def hit_rate(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> float:
-    """Percentage of ``images`` (N, C, H, W) that ``model`` classifies as ``targets`` (N,)."""
-    with torch.no_grad():
-        predicted = torch.cat([model(batch).argmax(1) for batch in images.split(256)])
-    return 100.0 * float((predicted == targets).float().mean())
 
 
 def main() -> None:
@@ -91,8 +89,8 @@ def main() -> None:
     images = release.tensors()[0]
     record = {"eps": round(eps * 255, 3), "target": args.target, "steps": args.steps,
               "surrogate_adversarial_eps": round(robust_eps * 255, 3), "size": args.size,
-              "white_box_hit_rate": round(hit_rate(surrogate, images, targets), 2),
-              "transfer_hit_rate": round(hit_rate(space, images, targets), 2),
+              "white_box_hit_rate": round(100 * hit_rate(surrogate, images, targets), 2),
+              "transfer_hit_rate": round(100 * hit_rate(space, images, targets), 2),
               "seconds_attack": round(time.perf_counter() - started, 1)}
     print(json.dumps(record), flush=True)
     for seed in args.seeds:
