@@ -8,7 +8,8 @@
     ue presets                                    # list the shipped presets and sweeps
     ue submit --address http://head:8265 -- protect …   # any of these on a Ray cluster; ue jobs; ue logs ID
 
-Errors the user can act on print one line, ``error: …``, and exit with status 2.
+Errors the user can act on print one line, ``error: …``, and exit with status 2 — a command that needs the
+``[ray]`` extra (Ray, MLflow, s3fs, matplotlib) on a base install among them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pipelines import DISTRIBUTION, __version__
 from ue_core.errors import UEError
+
+# The top-level modules of the [ray] extra (pyproject.toml): a base install lacks them.
+RAY_EXTRA_MODULES = frozenset({"ray", "mlflow", "s3fs", "boto3", "matplotlib"})
 
 
 def _add_job_options(parser: argparse.ArgumentParser, overwrite_help: str) -> None:
@@ -212,6 +217,7 @@ def _presets(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ue", description="Unlearnable examples by Bayes-error optimisation.")
+    parser.add_argument("--version", action="version", version=f"ue {__version__}")
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL for s3:// URIs (sets AWS_ENDPOINT_URL)")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_protect(commands)
@@ -239,6 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return HANDLERS[args.command](args)
     except UEError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        missing = (error.name or "").partition(".")[0]
+        if missing not in RAY_EXTRA_MODULES:
+            raise
+        print(f"error: `ue {args.command}` needs the [ray] extra ({missing} is not installed): "
+              f"pip install '{DISTRIBUTION}[ray]'", file=sys.stderr)
         return 2
 
 

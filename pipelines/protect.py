@@ -20,10 +20,10 @@ import platform
 import subprocess
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipelines import __version__
 from pipelines.config import ProtectConfig
 from pipelines.sources import load_test_set, load_training_set
 from pipelines.storage import WorkDir, check_readable, check_writable, remove
@@ -72,7 +72,7 @@ class ProtectSummary:
 
 def code_version() -> str:
     """The package version, plus the git commit when running from a checkout."""
-    version = metadata.version("unlearnable-beo")
+    version = __version__
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
