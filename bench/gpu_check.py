@@ -14,15 +14,16 @@ passes of one BEO step as ue_core.methods.beo runs them on ``--device``: surroga
 recipe, batch 128), features, the exact estimator (value and gradient, bandwidth "nearest-neighbour") and
 the ascent (feature VJP on the device, the update on the host), each in seconds and images/s, plus the
 device's peak memory (torch.cuda.max_memory_allocated, GiB; 0 on the CPU). Images, δ and the optimiser state
-stay on the host; batches move.
+stay on the host; batches move (pinned on CUDA). The surrogates in ``--fast-models`` (default resnet18) are
+timed a second time with channels-last memory and bf16 autocast (ue_core.compute; column "compute").
 
 Consistency: per shape, BEO (small_cnn, 1 epoch, 1 round, sign steps) on ``--consistency-size`` images runs
 on the CPU and on the device, TF32 off on the device; β̂ (each step's and the release's) must agree within
 BETA_TOLERANCE and at most PIXEL_TOLERANCE of the release's pixels may differ (a feature gradient entry
 near 0 can change sign with the order of floating-point sums). Exit status 1 when a check fails.
 
-Expected time on one H200: about 3–5 minutes for the defaults (the ResNet-18 epochs and VJPs dominate; the
-60,000² exact kernel is two GEMM passes), within the 8 minutes this check is sized for; the first row's
+Expected time on one H200: about 4–6 minutes for the defaults (the ResNet-18 epochs and VJPs dominate, timed
+twice; the 60,000² exact kernel is two GEMM passes), within the 8 minutes this check is sized for; the first row's
 times include CUDA's start-up (context, cuDNN autotuning). Prints a Markdown
 table and writes everything to ``--out`` (JSON).
 """
@@ -40,6 +41,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from ue_core.compute import Compute
 from ue_core.data import read_dataset
 from ue_core.data.dataset import ImageDataset, balanced_subset
 from ue_core.methods.beo import (
@@ -89,18 +91,21 @@ def timed(device: torch.device, work: Callable[[], T]) -> tuple[T, float]:
     return result, time.perf_counter() - started
 
 
-def time_passes(data: ImageDataset, model: str, device: torch.device) -> dict[str, Any]:
-    """Seconds and images/s of each pass of one BEO step on ``data`` with surrogate ``model`` on ``device``,
-    and the device's peak memory in GiB."""
+FAST = Compute(channels_last=True, bf16=True)
+
+
+def time_passes(data: ImageDataset, model: str, device: torch.device, compute: Compute = Compute()) -> dict[str, Any]:
+    """Seconds and images/s of each pass of one BEO step on ``data`` with surrogate ``model`` on ``device``
+    under ``compute``, and the device's peak memory in GiB."""
     config = BEOConfig(rounds=1, surrogate=SurrogateConfig(model=model, epochs=1),
-                       estimator=EstimatorConfig(kind="exact", bandwidth="nearest-neighbour"))
+                       estimator=EstimatorConfig(kind="exact", bandwidth="nearest-neighbour"), compute=compute)
     images, labels = data.tensors()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     surrogate, seconds_surrogate = timed(device, lambda: train_surrogate(
-        None, images, labels, data.num_classes, config.surrogate, seed=0, device=device))
+        None, images, labels, data.num_classes, config.surrogate, seed=0, device=device, compute=compute))
     raw, seconds_features = timed(device, lambda: compute_features(
-        surrogate, images, batch_size=config.batch_size, device=device))
+        surrogate, images, batch_size=config.batch_size, device=device, compute=compute))
 
     def estimator() -> tuple[Any, float]:
         features, _, scale = normalise_with_anchors(raw, None)
@@ -111,11 +116,13 @@ def time_passes(data: ImageDataset, model: str, device: torch.device) -> dict[st
     (estimate, scale), seconds_estimator = timed(device, estimator)
     state = PixelState.zeros(tuple(images.shape))
     _, seconds_ascent = timed(device, lambda: pixel_step(
-        surrogate, images, state, [estimate.gradient / scale], [None], BUDGET, config.pga, config.batch_size, device))
+        surrogate, images, state, [estimate.gradient / scale], [None], BUDGET, config.pga, config.batch_size, device,
+        compute))
     seconds = {"surrogate": seconds_surrogate, "features": seconds_features, "estimator": seconds_estimator,
                "ascent": seconds_ascent}
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    return {"dataset": data.name, "model": model, "images": len(data), "seconds": seconds,
+    name = "+".join(k for k in ("channels_last", "bf16") if getattr(compute, k)) or "float32"
+    return {"dataset": data.name, "model": model, "compute": name, "images": len(data), "seconds": seconds,
             "images_per_second": {k: len(data) / v for k, v in seconds.items()}, "peak_memory_gib": peak,
             "bayes_error": float(estimate.value)}
 
@@ -143,12 +150,12 @@ def consistency(data: ImageDataset, device: torch.device, size: int) -> dict[str
 
 def markdown(device: torch.device, timings: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
     """The timings and the consistency checks as Markdown tables."""
-    header = ("| data | model | N | surrogate s (img/s) | features s (img/s) | estimator s (img/s) "
+    header = ("| data | model | compute | N | surrogate s (img/s) | features s (img/s) | estimator s (img/s) "
               "| ascent s (img/s) | peak GiB |")
-    lines = [f"Device: {device}", "", header, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"Device: {device}", "", header, "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for t in timings:
         cells = [f"{t['seconds'][p]:.2f} ({t['images_per_second'][p]:,.0f})" for p in t["seconds"]]
-        lines.append(f"| {t['dataset']} | {t['model']} | {t['images']:,} | {' | '.join(cells)} "
+        lines.append(f"| {t['dataset']} | {t['model']} | {t['compute']} | {t['images']:,} | {' | '.join(cells)} "
                      f"| {t['peak_memory_gib']:.2f} |")
     lines += ["", f"CPU vs {device} (β̂ within {BETA_TOLERANCE:g}, ≤ {PIXEL_TOLERANCE:.1%} of pixels differing):", "",
               "| data | N | β̂ CPU | β̂ device | max Δβ̂ | pixels differing | passed |", "|---|---:|---:|---:|---:|---:|---|"]
@@ -164,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, help="images per shape (default: 60000 Fashion-MNIST, 50000 CIFAR)")
     parser.add_argument("--fashion-mnist", help="a Fashion-MNIST folder (ue_core.data.read_dataset); else synthetic")
     parser.add_argument("--models", default="small_cnn,resnet18", help="surrogates to time, comma-separated")
+    parser.add_argument("--fast-models", default="resnet18",
+                        help="surrogates also timed with channels-last and bf16, comma-separated ('' for none)")
     parser.add_argument("--consistency-size", type=int, default=256, help="images of the CPU-vs-device check")
     parser.add_argument("--out", default="gpu_check.json", help="the JSON file to write")
     args = parser.parse_args(argv)
@@ -172,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     for shape in SHAPES:
         data = dataset(shape, args.size, args.fashion_mnist)
         for model in args.models.split(","):
-            timings.append(time_passes(data, model, device))
-            print(f"{data.name} {model}: {timings[-1]['seconds']}", file=sys.stderr)
+            for compute in (Compute(), FAST) if model in args.fast_models.split(",") else (Compute(),):
+                timings.append(time_passes(data, model, device, compute))
+                print(f"{data.name} {model} {timings[-1]['compute']}: {timings[-1]['seconds']}", file=sys.stderr)
         checks.append(consistency(data, device, min(args.consistency_size, len(data))))
     report = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -103,7 +103,8 @@ def _victim_loop(loop: dict[str, Any]) -> None:
     shape, num_classes = tuple(loop["image_shape"]), loop["num_classes"]
     x, y = _shard_tensors(ray.train.get_dataset_shard("train"), shape)
     device = ray.train.torch.get_device()
-    model = config.victim.build(num_classes, shape, seed=config.seed)
+    compute = config.victim.compute
+    model = compute.prepare(config.victim.build(num_classes, shape, seed=config.seed))  # before the DDP wrap
     model = ray.train.torch.prepare_model(model)
     test_x, test_y = (torch.from_numpy(a) for a in loop["test"].get())
     purify = purification(config.defence)
@@ -121,7 +122,7 @@ def _victim_loop(loop: dict[str, Any]) -> None:
             "lr": record["lr"], "epoch_seconds": record["seconds"], "train_images": train_images,
         }
         if rank == 0:
-            metrics["test_accuracy"] = evaluate(bare_model(model), test_x, test_y, device=device)
+            metrics["test_accuracy"] = evaluate(bare_model(model), test_x, test_y, device=device, compute=compute)
             best = max(best, metrics["test_accuracy"])
             if run is not None:
                 run.log_metrics(metrics, step=int(record["epoch"]))
@@ -130,11 +131,11 @@ def _victim_loop(loop: dict[str, Any]) -> None:
     fit(
         model, x, y, config.victim.to_recipe(world), seed=config.seed + rank * RANK_SEED_STRIDE,
         adversarial=adversarial_training(config.defence), device=device,
-        batch_transform=train_transform(config.defence, num_classes), on_epoch_end=report_epoch,
+        batch_transform=train_transform(config.defence, num_classes), on_epoch_end=report_epoch, compute=compute,
     )
     final: dict[str, float] = {"epoch": config.victim.epochs, "train_images": train_images}
     if rank == 0:  # after fit's batch-norm recalibration: the weights that are checkpointed
-        final["final_test_accuracy"] = evaluate(bare_model(model), test_x, test_y, device=device)
+        final["final_test_accuracy"] = evaluate(bare_model(model), test_x, test_y, device=device, compute=compute)
         final["best_test_accuracy"] = max(best, final["final_test_accuracy"])
         if config.robust_accuracy:
             generator = torch.Generator().manual_seed(config.seed)

@@ -3,7 +3,9 @@
 Conventions: images are float (N, C, H, W) in [0, 1], labels int64 (N,). Every random draw (shuffle,
 augmentation, PGD start, batch transforms) comes from a CPU ``torch.Generator``, so a run is a function of its
 seed: on the CPU the same seed gives bit-identical weights. Batches are moved to ``device`` one at a time, so the
-full tensors may stay in host memory; functions that return tensors return them on the device of ``x``.
+full tensors may stay in host memory; functions that return tensors return them on the device of ``x``. A
+``compute`` (:class:`ue_core.compute.Compute`) asks for channels-last memory and bf16 autocast of the model's
+passes; the default is neither.
 
 Functions that only read a model (``evaluate``, ``compute_features``, ``feature_vjp``, ``pgd_attack``) run it
 in eval mode and restore its previous mode afterwards; none of them touches the parameters' ``.grad``.
@@ -24,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ue_core.checks import check_images
+from ue_core.compute import Compute
 from ue_core.errors import InvalidInputError
 from ue_core.models import Classifier
 
@@ -295,6 +298,7 @@ def train_one_epoch(
     device: Device = "cpu",
     batch_transform: BatchTransform | None = None,
     progress: bool = False,
+    compute: Compute = Compute(),
 ) -> dict[str, float]:
     """One pass over (x, y) in a seeded random order, one optimiser and scheduler step per batch.
 
@@ -311,6 +315,7 @@ def train_one_epoch(
         device: where the model runs.
         batch_transform: optional per-batch defence or augmentation, see :data:`BatchTransform`.
         progress: show a tqdm bar over the batches.
+        compute: memory format and autocast of the forward pass (PGD examples are made without autocast).
 
     Returns:
         {"loss": mean cross-entropy in nats, "accuracy": fraction in [0, 1]} over the training batches as
@@ -328,15 +333,16 @@ def train_one_epoch(
         disable=not progress,
     )
     for batch in batches:
-        inputs, targets = x[batch].to(device), y[batch].to(device)
+        inputs, targets = compute.move(x[batch], device), compute.move(y[batch], device)
         if recipe.augment:
             inputs = augment_batch(inputs, generator, recipe.crop_padding)
         if batch_transform is not None:
             inputs, targets = batch_transform(inputs, targets, generator)
         if adversarial is not None:
             inputs = pgd_attack(bare_model(model), inputs, targets, adversarial, generator)
-        logits = model(inputs)
-        loss = F.cross_entropy(logits, targets)
+        with compute.autocast(device):  # the loss too: autocast computes cross-entropy in float32
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -349,7 +355,8 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, device: Device = "cpu"
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, device: Device = "cpu",
+    compute: Compute = Compute(),
 ) -> float:
     """Top-1 accuracy, a fraction in [0, 1], of ``model`` (on ``device``, run in eval mode) on x (N, C, H, W),
     y int64 (N,)."""
@@ -357,7 +364,8 @@ def evaluate(
     correct = 0
     with eval_mode(model):
         for batch in torch.arange(len(x)).split(batch_size):
-            logits = model(x[batch].to(device))
+            with compute.autocast(device):
+                logits = model(compute.move(x[batch], device))
             correct += (logits.argmax(dim=1) == y[batch].to(device)).sum().item()
     return correct / len(x)
 
@@ -394,6 +402,7 @@ def fit(
     device: Device = "cpu",
     batch_transform: BatchTransform | None = None,
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+    compute: Compute = Compute(),
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on (x, y) with ``recipe``: SGD and a per-step schedule made here, seeded.
 
@@ -409,6 +418,7 @@ def fit(
         batch_transform: optional per-batch defence or augmentation, see :data:`BatchTransform`.
         on_epoch_end: called with each epoch's record (below) as soon as the epoch ends, e.g. to report it;
             it may add keys to the record. Batch-norm recalibration comes after the last call.
+        compute: memory format and autocast of the model's passes (the model is converted in place).
 
     ``model`` may be wrapped in DistributedDataParallel (one process per rank, each with its own x, y and
     seed): optimiser steps go through the wrapper, attacks, evaluation and recalibration use the bare module.
@@ -421,7 +431,7 @@ def fit(
     _check_images_labels(module, x, y)
     if eval_data is not None:
         _check_images_labels(module, *eval_data)
-    model.to(device)
+    compute.prepare(model.to(device))
     generator = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe, recipe.epochs * math.ceil(len(x) / recipe.batch_size))
@@ -442,10 +452,11 @@ def fit(
             device=device,
             batch_transform=batch_transform,
             progress=progress,
+            compute=compute,
         )
         record["lr"] = optimizer.param_groups[0]["lr"]
         if eval_data is not None:
-            record["eval_accuracy"] = evaluate(module, *eval_data, device=device)
+            record["eval_accuracy"] = evaluate(module, *eval_data, device=device, compute=compute)
         record["seconds"] = time.perf_counter() - start
         if on_epoch_end is not None:
             on_epoch_end(record)
@@ -456,7 +467,7 @@ def fit(
         if batch_transform is not None:
             transform_generator = torch.Generator().manual_seed(seed)
             transform = lambda images, labels: batch_transform(images, labels, transform_generator)[0]
-        recalibrate_batch_norm(module, x, y, recipe.batch_size, device, transform)
+        recalibrate_batch_norm(module, x, y, recipe.batch_size, device, transform, compute)
     return history
 
 
@@ -468,6 +479,7 @@ def recalibrate_batch_norm(
     batch_size: int = 256,
     device: Device = "cpu",
     transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    compute: Compute = Compute(),
 ) -> None:
     """Reset every batch-norm layer's running statistics to their average over (x, y) in batches.
 
@@ -484,8 +496,9 @@ def recalibrate_batch_norm(
     was_training = model.training
     model.train()
     for batch in torch.arange(len(x)).split(batch_size):
-        images = x[batch].to(device)
-        model(images if transform is None else transform(images, y[batch].to(device)))
+        images = compute.move(x[batch], device)
+        with compute.autocast(device):
+            model(images if transform is None else transform(images, y[batch].to(device)))
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     model.train(was_training)
@@ -498,9 +511,10 @@ def compute_features(
     batch_size: int = 256,
     device: Device = "cpu",
     transform: RowTransform | None = None,
+    compute: Compute = Compute(),
 ) -> torch.Tensor:
-    """Penultimate features φ(x), or φ(t(x)) with a per-row ``transform`` t, float (N, feature_dim) on the
-    device of x, with the model in eval mode.
+    """Penultimate features φ(x), or φ(t(x)) with a per-row ``transform`` t, (N, feature_dim) of x's dtype on
+    the device of x, with the model in eval mode.
 
     Args:
         model: on ``device``.
@@ -511,8 +525,10 @@ def compute_features(
     with eval_mode(model):
         features = []
         for batch in torch.arange(len(x)).split(batch_size):
-            inputs = x[batch].to(device)
-            features.append(model.features(inputs if transform is None else transform(inputs, batch)).to(x.device))
+            inputs = compute.move(x[batch], device)
+            with compute.autocast(device):
+                batch_features = model.features(inputs if transform is None else transform(inputs, batch))
+            features.append(batch_features.to(x.device, x.dtype))
         return torch.cat(features)
 
 
@@ -536,6 +552,7 @@ def feature_vjp(
     batch_size: int = 128,
     device: Device = "cpu",
     transform: RowTransform | None = None,
+    compute: Compute = Compute(),
 ) -> torch.Tensor:
     """Vector-Jacobian product J_φ(x)ᵀ g of the penultimate features, per image, with the model in eval mode
     (of x ↦ φ(t(x)) with a per-row ``transform`` t, as in :func:`compute_features`).
@@ -561,8 +578,9 @@ def feature_vjp(
     pixel_gradients = []
     with eval_mode(model):
         for batch in torch.arange(len(x)).split(batch_size):
-            inputs = x[batch].detach().to(device).requires_grad_(True)
-            features = model.features(inputs if transform is None else transform(inputs, batch))
-            (gradient,) = torch.autograd.grad(features, inputs, grad_outputs=grad_features[batch].to(device))
+            inputs = compute.move(x[batch].detach(), device).requires_grad_(True)
+            with compute.autocast(device):
+                features = model.features(inputs if transform is None else transform(inputs, batch))
+            (gradient,) = torch.autograd.grad(features.to(x.dtype), inputs, grad_outputs=grad_features[batch].to(device))
             pixel_gradients.append(gradient.to(x.device))
     return torch.cat(pixel_gradients)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.config.files import read_yaml
+from ue_core.compute import Compute
 from ue_core.config import from_dict, set_dotted
 from ue_core.data.mixing import MODES
 from ue_core.defences import DefenceConfig
@@ -28,6 +29,8 @@ class VictimConfig:
         batch_size: global batch size, split evenly over the workers (None: the recipe's, 128).
         workers: Ray Train workers, one DDP process each (None: one per GPU, else 1: on CPUs a second
             process on the same node only splits the same cores).
+        compute: channels-last memory and bf16 autocast for training and evaluation (ue_core.compute; off by
+            default, for GPUs).
     """
 
     model: str = "resnet18"
@@ -37,6 +40,7 @@ class VictimConfig:
     lr: float | None = None
     batch_size: int | None = None
     workers: int | None = None
+    compute: Compute = field(default_factory=Compute)
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_NAMES:

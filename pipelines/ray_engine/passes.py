@@ -29,20 +29,22 @@ class FeaturePass:
     ) -> None:
         torch.set_num_threads(threads)
         self.device = actor_device()
-        self.model = load_model(surrogate.get()).to(self.device)
         self.config = from_dict(BEOConfig, beo)
+        self.model = self.config.compute.prepare(load_model(surrogate.get()).to(self.device))
         self.round_index, self.step, self.view = round_index, step, view
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x, delta = images_and_delta(batch)
         view = step_views(self.config, batch["index"], self.round_index, self.step)[self.view]
         size = self.config.batch_size
-        features = compute_features(self.model, x + delta, batch_size=size, transform=view, device=self.device)
+        compute = self.config.compute
+        features = compute_features(self.model, x + delta, batch_size=size, transform=view, device=self.device,
+                                    compute=compute)
         result = {"index": batch["index"], "label": batch["label"], "features": features.numpy(),
                   "on_gpu": np.full(len(x), on_gpu(self.device))}
         if self.config.estimator.anchors == "clean":
             result["anchors"] = compute_features(self.model, x, batch_size=size, transform=view,
-                                                 device=self.device).numpy()
+                                                 device=self.device, compute=compute).numpy()
         return result
 
 
@@ -57,8 +59,8 @@ class AscentPass:
     ) -> None:
         torch.set_num_threads(threads)
         self.device = actor_device()
-        self.model = load_model(surrogate.get()).to(self.device)
         self.config = from_dict(BEOConfig, beo)
+        self.model = self.config.compute.prepare(load_model(surrogate.get()).to(self.device))
         self.budget = from_dict(Budget, budget, "budget")
         self.pga = self.config.pga
         self.round_index, self.step = round_index, step
@@ -79,7 +81,7 @@ class AscentPass:
         )
         state = PixelState(delta, exp_avg, exp_avg_sq, torch.from_numpy(batch["steps"].astype(np.int64)))
         state = pixel_step(self.model, x, state, feature_gradients, views, self.budget, self.pga,
-                           self.config.batch_size, self.device)
+                           self.config.batch_size, self.device, self.config.compute)
         size = state.delta.abs().flatten(1)
         return {
             **{c: batch[c] for c in ("index", "label", "image")},

@@ -46,13 +46,13 @@ def _surrogate_loop(loop_config: dict[str, Any]) -> None:
         previous = load_model(ray.get(request["previous"])) if request["previous"] is not None else None
         model = train_surrogate(
             previous, training_images, y, loop_config["num_classes"], config.surrogate,
-            seed=round_seed(config.seed, request["round"]), device=device,
+            seed=round_seed(config.seed, request["round"]), device=device, compute=config.compute,
         )
         metrics = {"on_gpu_surrogate": on_gpu(device)}  # the train accuracy: from the round's first feature pass
         if loop_config["test"] is not None:
             test_x, test_y = loop_config["test"].get()
             metrics["surrogate_test_accuracy"] = evaluate(
-                model, torch.from_numpy(test_x), torch.from_numpy(test_y), config.batch_size, device
+                model, torch.from_numpy(test_x), torch.from_numpy(test_y), config.batch_size, device, config.compute
             )
         state_dict = {k: v.cpu() for k, v in model.state_dict().items()}
         outbox.put({"round": request["round"], "state_dict": ray.put(state_dict), "metrics": metrics})

@@ -27,7 +27,8 @@ def test_help_runs():
 
 def test_a_cpu_dry_run_writes_timings_and_passes_its_consistency_check(tmp_path, fashion_mnist_root):
     out = tmp_path / "gpu_check.json"
-    arguments = ["--device", "cpu", "--size", "512", "--models", "small_cnn", "--consistency-size", "128",
+    arguments = ["--device", "cpu", "--size", "512", "--models", "small_cnn", "--fast-models", "small_cnn",
+                 "--consistency-size", "128",
                  "--fashion-mnist", str(fashion_mnist_root / "FashionMNIST" / "raw"), "--out", str(out)]
     result = subprocess.run([sys.executable, "-c", DRY_RUN, *arguments], cwd=ROOT, env=ENV,
                             capture_output=True, text=True, timeout=300, check=False)
@@ -36,8 +37,9 @@ def test_a_cpu_dry_run_writes_timings_and_passes_its_consistency_check(tmp_path,
     assert ran == {"status": 0, "imported": []}
     report = json.loads(out.read_text())
     assert report["device"] == "cpu"
-    assert [(t["dataset"], t["model"], t["images"]) for t in report["timings"]] == [
-        ("fashion-mnist", "small_cnn", 512), ("synthetic-cifar", "small_cnn", 512)]
+    assert [(t["dataset"], t["model"], t["compute"], t["images"]) for t in report["timings"]] == [
+        (name, "small_cnn", compute, 512) for name in ("fashion-mnist", "synthetic-cifar")
+        for compute in ("float32", "channels_last+bf16")]
     for timing in report["timings"]:
         assert set(timing["seconds"]) == {"surrogate", "features", "estimator", "ascent"}
         assert all(v > 0 for v in timing["images_per_second"].values()) and timing["peak_memory_gib"] == 0.0

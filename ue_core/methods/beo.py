@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ue_core import bayes_error
+from ue_core.compute import Compute
 from ue_core.data.dataset import ImageDataset
 from ue_core.efficacy import ProbeConfig, clean_only_probe, mixed_probe
 from ue_core.errors import InvalidInputError
@@ -191,6 +192,8 @@ class BEOConfig:
             ``rounds = k``.
         augment: augmentation-aware steps (ue_core.views; off by default): the objective on K crop/flip
             views of the data, the pixel gradient their mean.
+        compute: channels-last memory and bf16 autocast for the surrogate's training, features and pixel
+            gradients (ue_core.compute; off by default, for GPUs; the estimator and the update stay float32).
     """
 
     rounds: int = 10
@@ -203,6 +206,7 @@ class BEOConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     release_rounds: tuple[int, ...] = ()
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    compute: Compute = field(default_factory=Compute)
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.steps_per_round < 1:
@@ -225,6 +229,7 @@ def train_surrogate(
     config: SurrogateConfig,
     seed: int,
     device: Device = "cpu",
+    compute: Compute = Compute(),
 ) -> Classifier:
     """The surrogate for this round: trained now, or the previous one in mode "fixed".
 
@@ -235,6 +240,7 @@ def train_surrogate(
         labels: int64 (N,).
         seed: seeds the initialisation and the data order of this round's training.
         device: where it trains (images stay where they are, batches move); the model is returned on it.
+        compute: memory format and autocast of its training (:class:`ue_core.compute.Compute`).
     """
     if previous is not None and config.mode == "fixed":
         return previous
@@ -246,7 +252,7 @@ def train_surrogate(
         )
         epochs = config.epochs
     training = recipe(config.recipe, epochs=epochs, lr=config.lr, batch_size=config.batch_size)
-    fit(model, images, labels, training, seed=seed, adversarial=config.adversarial, device=device)
+    fit(model, images, labels, training, seed=seed, adversarial=config.adversarial, device=device, compute=compute)
     return model
 
 
@@ -270,6 +276,7 @@ def pixel_step(
     pga: PGAConfig,
     batch_size: int,
     device: Device = "cpu",
+    compute: Compute = Compute(),
 ) -> PixelState:
     """One update of δ for a block of rows: g = mean over the step's views v of J_{φ∘v}(x + δ)ᵀ (∂objective_v/∂z
     / s_v), then ascent by the rule ``pga`` and projection onto ``budget``.
@@ -281,10 +288,12 @@ def pixel_step(
         views: the views, drawn for these rows (:func:`step_views`; ``[None]`` without augmentation).
         device: where ``model`` is and the VJP runs, batch by batch; images, δ, the optimiser state and the
             update stay on the host.
+        compute: memory format and autocast of the VJP passes.
     """
     protected = images + state.delta
     gradients = [
-        feature_vjp(model, protected, feature_gradient, batch_size=batch_size, transform=view, device=device)
+        feature_vjp(model, protected, feature_gradient, batch_size=batch_size, transform=view, device=device,
+                    compute=compute)
         for feature_gradient, view in zip(feature_gradients, views, strict=True)
     ]
     gradient = gradients[0] if len(gradients) == 1 else torch.stack(gradients).mean(dim=0)
@@ -300,12 +309,13 @@ def measure_bayes_error(
     batch_size: int = 256,
     seed: int = 0,
     device: Device = "cpu",
+    compute: Compute = Compute(),
 ) -> float:
     """β̂ of ``images`` (N, C, H, W) in ``model``'s normalised penultimate feature space, with the bandwidth
     ``config`` gives these features (under "nearest-neighbour": from their own distances); ``model`` is on
-    ``device``, where the features and the exact estimator's blocks are computed."""
+    ``device``, where the features (with ``compute``) and the exact estimator's blocks are computed."""
     features, _ = bayes_error.normalise_features(
-        compute_features(model, images, batch_size=batch_size, device=device)
+        compute_features(model, images, batch_size=batch_size, device=device, compute=compute)
     )
     generator = estimator_generator(config, seed)
     sigma = config.step_sigma(features, (seed, 0, 0))
@@ -376,9 +386,10 @@ def estimate_step(
     """β̂ and the objective's gradient (N, D) of one step on normalised features z (N, D), labels (N,),
     with bandwidth ``sigma`` (:meth:`EstimatorConfig.step_sigma`) and, under ``anchors: clean``, the clean
     copies' normalised features (N, D) as fixed partners (β̂ is then that of the 2N-sample mixture).
-    The exact estimator's two passes run on ``device``; the others, and the anchored one, on the host.
-    Everything returned is on the host."""
+    The exact estimator's two passes run on ``device`` (the bank is copied there once); the others, and the
+    anchored one, on the host. Everything returned is on the host."""
     if anchors is None and config.kind == "exact":  # the two passes the Ray engine runs over row blocks
+        features, labels = features.to(device), labels.to(device)
         stats = exact_stats(features, labels, num_classes, config, sigma, 0, len(features), device)
         bayes_error.check_support(stats, sigma)
         errors = stats.errors
@@ -444,7 +455,7 @@ class BEO(ProtectionMethod):
             training_images = images if config.surrogate.mode == "fixed" else protected
             surrogate = train_surrogate(
                 surrogate, training_images, labels, dataset.num_classes, config.surrogate,
-                seed=round_seed(config.seed, round_index), device=self.device,
+                seed=round_seed(config.seed, round_index), device=self.device, compute=config.compute,
             )
             # seconds_surrogate: training and the test accuracy, as the Ray engine's surrogate step measures it
             round_metrics = {"round": round_index, **self._test_accuracy(surrogate),
@@ -456,13 +467,13 @@ class BEO(ProtectionMethod):
                 values, sigmas, feature_gradients = [], [], []
                 for view in views:
                     raw = compute_features(surrogate, protected, batch_size=config.batch_size, transform=view,
-                                           device=self.device)
+                                           device=self.device, compute=config.compute)
                     if step == 0 and view is views[0]:  # the round's protected images (first view), no second pass
                         round_metrics["surrogate_train_accuracy"] = feature_accuracy(surrogate, raw, labels)
                     raw_anchors = None
                     if config.estimator.anchors == "clean":
-                        raw_anchors = compute_features(surrogate, images, batch_size=config.batch_size, transform=view,
-                                                   device=self.device)
+                        raw_anchors = compute_features(surrogate, images, batch_size=config.batch_size,
+                                                       transform=view, device=self.device, compute=config.compute)
                     features, anchors, scale = normalise_with_anchors(raw, raw_anchors)
                     # from the protected features alone: with anchors, an image's nearest one is its own clean copy
                     # (at distance 0 in the first round), which is never its partner
@@ -476,7 +487,7 @@ class BEO(ProtectionMethod):
                     sigmas.append(sigma)
                     feature_gradients.append(result.gradient / scale)
                 state = pixel_step(surrogate, images, state, feature_gradients, views, self.budget, config.pga,
-                                   config.batch_size, self.device)
+                                   config.batch_size, self.device, config.compute)
                 history.append({
                     **round_metrics,
                     "step": step,
@@ -507,7 +518,7 @@ class BEO(ProtectionMethod):
             return {}
         images, labels = self.test_set.tensors()
         return {"surrogate_test_accuracy": evaluate(surrogate, images, labels, batch_size=self.config.batch_size,
-                                                    device=self.device)}
+                                                    device=self.device, compute=self.config.compute)}
 
     def protect(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
         """Release as the base class does, then measure β̂ of the clean data and of the uint8 release in
@@ -526,6 +537,7 @@ def release_summary(
     for name, data in (("clean", clean), ("release", release)):
         images, labels = data.tensors()
         summary[f"bayes_error_{name}"] = measure_bayes_error(
-            surrogate, images, labels, data.num_classes, config.estimator, config.batch_size, config.seed, device
+            surrogate, images, labels, data.num_classes, config.estimator, config.batch_size, config.seed, device,
+            config.compute,
         )
     return summary
