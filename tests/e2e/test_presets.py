@@ -11,6 +11,7 @@ from PIL import Image
 from pipelines.config import load_protect_config, preset_names
 from pipelines.protect import protect
 from ue_core.data import ImageDataset, ReleasedCIFAR10, ReleasedCIFAR100, read_dataset, write_cifar_batches
+from ue_core.config import to_dict
 from ue_core.data.dataset import balanced_subset
 from ue_core.release import read_release, verify_release
 
@@ -44,8 +45,17 @@ def write_tiny_imagenet(root, classes: int, per_class: int, seed: int) -> None:
 
 
 def test_every_preset_is_covered_here():
-    assert set(preset_names()) == {"fashion-mnist", "fashion-mnist-strong", "cifar10-paper", "cifar100-paper",
-                                   "tiny-imagenet-paper"}
+    assert set(preset_names()) == {"fashion-mnist", "fashion-mnist-demo", "fashion-mnist-strong", "cifar10-paper",
+                                   "cifar100-paper", "tiny-imagenet-paper"}
+
+
+def test_the_demo_preset_is_the_strong_setting_without_views():
+    """The demo (scripts/demo.sh) runs the strongest measured setting (docs/study.md) minus the crop/flip views,
+    for 10 rounds: the rows of the study its comment quotes."""
+    demo, strong = (to_dict(load_protect_config(name)) for name in ("fashion-mnist-demo", "fashion-mnist-strong"))
+    assert demo["beo"].pop("augment")["views"] == 0 and strong["beo"].pop("augment")["views"] == 4
+    assert (demo["beo"].pop("rounds"), strong["beo"].pop("rounds")) == (10, 20)
+    assert demo == strong
 
 
 def test_fashion_mnist_strong_preset_at_tiny_scale(tmp_path, fashion_mnist_root):
