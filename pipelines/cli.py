@@ -60,7 +60,6 @@ def _add_protect(commands: argparse._SubParsersAction) -> None:
 
 def _protect(args: argparse.Namespace) -> int:
     from pipelines.config import load_protect_config, parse_override
-    from pipelines.protect import protect
 
     overrides = dict(parse_override(text) for text in args.set)
     flags = (("method", args.method), ("budget.eps", args.eps), ("beo.rounds", args.rounds),
@@ -69,6 +68,7 @@ def _protect(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[key] = value
     config = load_protect_config(args.preset, args.config, overrides)
+    from pipelines.protect import protect  # after the config, so its errors come first
     summary = protect(
         args.source, args.out, config, engine=args.engine, overwrite=args.overwrite, progress=not args.no_progress,
         work_dir=args.work_dir, ray_address=args.ray_address, tracking_uri=args.tracking_uri, device=args.device,
@@ -102,7 +102,6 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from pipelines.config import load_evaluate_config, parse_override
-    from pipelines.evaluate import evaluate_release
     from ue_core.defences import parse_defences
 
     overrides = dict(parse_override(text) for text in args.set)
@@ -118,6 +117,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.robust:
         overrides["robust_accuracy"] = True
     config = load_evaluate_config(args.config, overrides)
+    from pipelines.evaluate import evaluate_release  # after the config, so its errors come first
     summary = evaluate_release(
         args.source, args.release, args.out, config, overwrite=args.overwrite, storage=args.storage,
         ray_address=args.ray_address, tracking_uri=args.tracking_uri, progress=not args.no_progress,
@@ -140,9 +140,9 @@ def _add_sweep(commands: argparse._SubParsersAction) -> None:
 
 def _sweep(args: argparse.Namespace) -> int:
     from pipelines.config import load_sweep_config, parse_override
-    from pipelines.sweep import sweep
 
     config = load_sweep_config(args.sweep, dict(parse_override(text) for text in args.set))
+    from pipelines.sweep import sweep  # after the config, so its errors come first
     summary = sweep(
         config, args.out, source=args.source, releases=args.releases, overwrite=args.overwrite,
         ray_address=args.ray_address, tracking_uri=args.tracking_uri, progress=not args.no_progress,

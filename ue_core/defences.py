@@ -58,7 +58,8 @@ def parse_defences(spec: str | Sequence[str]) -> tuple[str, ...]:
 
     Args:
         spec: "none" or "" (no defence); names joined by "+" or "," ("grayscale+jpeg", "jpeg, cutout");
-            or a sequence of names. Surrounding whitespace and case are ignored.
+            or a sequence of names or of such strings (a config's ``names: grayscale+jpeg`` arrives as a
+            list of one). Surrounding whitespace and case are ignored.
 
     Returns:
         The distinct names, ordered as in :data:`DEFENCE_NAMES`; () for no defence.
@@ -67,18 +68,15 @@ def parse_defences(spec: str | Sequence[str]) -> tuple[str, ...]:
         InvalidInputError: on an unknown or repeated name, an empty name ("jpeg+"), or "none" combined with
             other names; the message names the offending input.
     """
-    if isinstance(spec, str):
-        if spec.strip().lower() in ("", "none"):
-            return ()
-        tokens = re.split(r"[+,]", spec)
-    elif isinstance(spec, Sequence) and all(isinstance(token, str) for token in spec):
-        tokens = list(spec)
-        if [token.strip().lower() for token in tokens] in ([], ["none"]):
-            return ()
-    else:
+    if not isinstance(spec, str) and isinstance(spec, Sequence) and all(isinstance(s, str) for s in spec):
+        spec = "+".join(spec)
+    if not isinstance(spec, str):
         raise InvalidInputError(
             f"defence names: expected a string like 'grayscale+jpeg' or a list of names, got {spec!r}"
         )
+    if spec.strip().lower() in ("", "none"):
+        return ()
+    tokens = re.split(r"[+,]", spec)
     names = [token.strip().lower() for token in tokens]
     for name in names:
         if name not in DEFENCE_NAMES:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ue_core.data.atomic import check_output_free, staged_directory
 from ue_core.data.cifar import write_cifar_batches
@@ -29,7 +29,8 @@ from ue_core.data.shards import read_shards, write_shards
 from ue_core.errors import InvalidInputError, ReleaseCheckError
 
 MANIFEST_NAME = "manifest.json"
-RELEASE_FORMATS: tuple[str, ...] = ("parquet", "png", "cifar")
+ReleaseFormat = Literal["parquet", "png", "cifar"]
+RELEASE_FORMATS: tuple[str, ...] = get_args(ReleaseFormat)
 
 
 def write_release(

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ue_core.config import parse_fraction
+from ue_core.config import read_value
 from ue_core.errors import InvalidInputError
+from ue_core.pga import Budget
 
 
 def preset_names() -> list[str]:
@@ -43,6 +45,7 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 LEGACY_KEYS = {"beo.pga.eps": "budget.eps", "beo.pga.norm": "budget.norm"}
 """Protect-config keys of the layout before the budget became the job's own section → today's keys."""
+BUDGET_TYPES = typing.get_type_hints(Budget)
 
 
 def upgrade_keys(data: dict[str, Any]) -> dict[str, Any]:
@@ -57,9 +60,10 @@ def upgrade_keys(data: dict[str, Any]) -> dict[str, Any]:
         moves = [(data.pop(old), data, new)] if old in data else []
         if isinstance(pga, dict) and leaf in pga and isinstance(data.setdefault("budget", {}), dict):
             moves.append((pga.pop(leaf), data["budget"], leaf))
+        kind = BUDGET_TYPES[leaf]
         for value, target, key in moves:
-            same = key not in target or (
-                parse_fraction(target[key]) == parse_fraction(value) if leaf == "eps" else target[key] == value
+            same = key not in target or (  # compared as the config reads them: "8/255" is 8 / 255
+                read_value(kind, target[key], f"config.{new}") == read_value(kind, value, f"config.{old}")
             )
             if not same:
                 raise InvalidInputError(f"config {old} and {new} are one setting ({new} is its name now), given "

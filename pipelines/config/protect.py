@@ -19,7 +19,7 @@ from ue_core.methods.em import EMConfig
 from ue_core.methods.random_noise import RandomNoiseConfig
 from ue_core.methods.tap import TAPConfig
 from ue_core.pga import Budget
-from ue_core.release import RELEASE_FORMATS
+from ue_core.release import RELEASE_FORMATS, ReleaseFormat
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class ProtectConfig:
     random: RandomNoiseConfig = field(default_factory=RandomNoiseConfig)
     em: EMConfig = field(default_factory=EMConfig)
     tap: TAPConfig = field(default_factory=TAPConfig)
-    formats: tuple[str, ...] = ("parquet",)
+    formats: tuple[ReleaseFormat, ...] = ("parquet",)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -286,6 +286,7 @@ def test_parse_defences_canonical_order_separators_and_none():
     assert parse_defences("jpeg+grayscale") == ("grayscale", "jpeg")
     assert parse_defences(" bitdepth , Cutout ") == ("cutout", "bitdepth")
     assert parse_defences(["mixup", "adversarial"]) == ("adversarial", "mixup")
+    assert parse_defences(["jpeg+grayscale", "cutout"]) == ("cutout", "grayscale", "jpeg")
     assert parse_defences("+".join(reversed(DEFENCE_NAMES))) == DEFENCE_NAMES
     for nothing in ("none", "", "  ", "None", [], ["none"], ()):
         assert parse_defences(nothing) == ()
