@@ -24,8 +24,9 @@ from ue_core.data.atomic import check_output_free, staged_directory
 from ue_core.data.cifar import write_cifar_batches
 from ue_core.data.dataset import ImageDataset
 from ue_core.data.folder import write_png_folder
-from ue_core.data.fsutil import filesystem, join, read_bytes
-from ue_core.data.shards import read_shards, write_shards
+from ue_core.data.fsutil import contained, filesystem, join, read_bytes
+from ue_core.data.readers import read_release_shards
+from ue_core.data.shards import write_shards
 from ue_core.errors import InvalidInputError, ReleaseCheckError
 
 MANIFEST_NAME = "manifest.json"
@@ -110,7 +111,7 @@ def read_manifest(uri: str | os.PathLike) -> dict[str, Any]:
     """The manifest of the release at ``uri``; a folder without one is not a release."""
     uri = os.fspath(uri)
     fs, path = filesystem(uri)
-    manifest_path = join(path, MANIFEST_NAME)
+    manifest_path = contained(fs, path, MANIFEST_NAME, "file")
     if not fs.exists(manifest_path):
         raise ReleaseCheckError(f"no {MANIFEST_NAME} at {uri}: not a published release")
     try:
@@ -120,12 +121,16 @@ def read_manifest(uri: str | os.PathLike) -> dict[str, Any]:
 
 
 def verify_release(uri: str | os.PathLike) -> dict[str, Any]:
-    """Re-read every file listed in the manifest and compare its sha256; returns the manifest."""
+    """Re-read every file listed in the manifest and compare its sha256; returns the manifest.
+
+    A listed name that leaves the release (``..``, absolute, a URL, a symlink out of it) is an
+    InvalidInputError naming it (ue_core.data.fsutil.contained), raised before that file is read.
+    """
     uri = os.fspath(uri)
     manifest = read_manifest(uri)
     fs, path = filesystem(uri)
     for name, expected in manifest["files"].items():
-        file_path = join(path, name)
+        file_path = contained(fs, path, name, f"{MANIFEST_NAME} entry")
         if not fs.exists(file_path):
             raise ReleaseCheckError(f"release {uri} is missing {name}, listed in its manifest")
         if hashlib.sha256(read_bytes(fs, file_path)).hexdigest() != expected:
@@ -137,4 +142,4 @@ def read_release(uri: str | os.PathLike) -> ImageDataset:
     """The released images (from the Parquet shards) of a published release."""
     uri = os.fspath(uri)
     read_manifest(uri)
-    return read_shards(join(uri, "parquet"))
+    return read_release_shards(uri)

@@ -5,6 +5,13 @@ is ever visible under the target name.
 On a local disk the final step is a single ``rename`` (atomic). On other fsspec filesystems (``s3://``,
 ``memory://``) it is ``fs.mv``, which is a copy-then-delete: the target appears only after every file was
 written, but it is not filled in one step.
+
+Writers never follow symlinks. A target that is a symlink (dangling or not) is refused with an
+InvalidInputError, with or without overwrite: replacing it would either write through the link into
+wherever it points or silently turn a link someone made into a folder, and neither is what "write here"
+means. Nothing inside the staging directory can be a link: it is a fresh, randomly named directory created
+with ``exist_ok=False`` (a link already at that name fails the creation), and only the writers put files
+in it.
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ from ue_core.errors import InvalidInputError
 
 
 def check_output_free(fs: AbstractFileSystem, path: str, uri: str, overwrite: bool) -> None:
-    """Refuse an existing file or non-empty directory at ``path`` unless ``overwrite``."""
+    """Refuse a symlink at ``path`` (always), and an existing file or non-empty directory unless
+    ``overwrite``."""
+    if isinstance(fs, LocalFileSystem) and os.path.islink(path):
+        raise InvalidInputError(f"output is a symbolic link: {uri} (outputs are never written through links)")
     if overwrite or not fs.exists(path):
         return
     if not fs.isdir(path) or fs.ls(path, detail=False):
@@ -64,7 +74,7 @@ def _publish(fs: AbstractFileSystem, staging: str, path: str) -> None:
             old = f"{staging}.old"
             os.rename(path, old)
             os.rename(staging, path)
-            if os.path.isdir(old):
+            if os.path.isdir(old) and not os.path.islink(old):  # a link is removed, never followed
                 shutil.rmtree(old)
             else:
                 os.remove(old)

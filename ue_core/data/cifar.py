@@ -25,7 +25,7 @@ from fsspec import AbstractFileSystem
 
 from ue_core.data.atomic import staged_directory
 from ue_core.data.dataset import ImageDataset, sorted_with_dense_index
-from ue_core.data.fsutil import filesystem, first_line, join, read_bytes
+from ue_core.data.fsutil import contained_listing, filesystem, first_line, join, read_bytes
 from ue_core.errors import DatasetFormatError, InvalidInputError
 
 try:
@@ -126,19 +126,22 @@ def read_cifar(
     for name in variants:
         directory = find_cifar_dir(fs, path, name)
         if directory is not None:
-            return _read_split(fs, directory, name, split)
+            return _read_split(fs, path, directory, name, split)
     raise DatasetFormatError(
         f"no {' or '.join(LAYOUTS[v].folder for v in variants)} batches found at {source}"
     )
 
 
-def _read_split(fs: AbstractFileSystem, directory: str, variant: CifarVariant, split: str) -> ImageDataset:
-    """Concatenate the batches of one split, after checking each of them."""
+def _read_split(
+    fs: AbstractFileSystem, root: str, directory: str, variant: CifarVariant, split: str
+) -> ImageDataset:
+    """Concatenate the batches of one split in ``directory`` (``root`` or below it; every file read must
+    stay inside ``root``: ue_core.data.fsutil.contained), after checking each of them."""
     layout = LAYOUTS[variant]
-    meta_path = join(directory, layout.meta)
-    class_names = _class_names(load_pickle_safely(fs, meta_path), layout.names_key, meta_path)
     files = layout.train if split == "train" else (layout.test,)
-    batches = [_read_batch(fs, join(directory, f), layout.labels_key, len(class_names)) for f in files]
+    meta_path, *batch_paths = contained_listing(fs, root, [join(directory, f) for f in (layout.meta, *files)])
+    class_names = _class_names(load_pickle_safely(fs, meta_path), layout.names_key, meta_path)
+    batches = [_read_batch(fs, path, layout.labels_key, len(class_names)) for path in batch_paths]
     images = np.concatenate([images for images, _ in batches])
     labels = np.concatenate([labels for _, labels in batches])
     return ImageDataset(

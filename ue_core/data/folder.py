@@ -24,7 +24,7 @@ from fsspec import AbstractFileSystem
 
 from ue_core.data.atomic import staged_directory
 from ue_core.data.dataset import ImageDataset
-from ue_core.data.fsutil import filesystem, first_line, join, read_bytes
+from ue_core.data.fsutil import contained, contained_listing, filesystem, first_line, join, read_bytes
 from ue_core.data.images import decode_image_files, encode_png, is_image_file
 from ue_core.errors import DatasetFormatError, InvalidInputError
 
@@ -58,14 +58,17 @@ def is_class_folder(fs: AbstractFileSystem, path: str) -> bool:
 
 
 def read_class_folder(source: str | os.PathLike) -> ImageDataset:
-    """Read ``source/<class>/*`` images: uint8 (N, H, W, C), labels by sorted class name, index 0..N-1."""
+    """Read ``source/<class>/*`` images: uint8 (N, H, W, C), labels by sorted class name, index 0..N-1.
+
+    A listed file (or class folder) that is a symlink out of ``source`` is an InvalidInputError naming it.
+    """
     source = os.fspath(source)
     fs, root = filesystem(source)
     class_dirs = _class_dirs(fs, root) if fs.isdir(root) else []
     files = [_image_files(fs, d) for d in class_dirs]
     if not any(files):
         raise DatasetFormatError(f"no <class>/<image> files found at {source}")
-    paths = [p for class_files in files for p in class_files]
+    paths = contained_listing(fs, root, [p for class_files in files for p in class_files])
     labels = np.concatenate([np.full(len(f), label, dtype=np.int64) for label, f in enumerate(files)])
     return ImageDataset(
         images=decode_image_files(fs, paths),
@@ -113,14 +116,17 @@ def write_png_folder(dataset: ImageDataset, root: str | os.PathLike, overwrite: 
 def read_png_folder(source: str | os.PathLike) -> ImageDataset:
     """Read a PNG folder written by :func:`write_png_folder` (or any folder with such a labels.csv).
 
-    Returns rows in labels.csv order with the index and label it gives; images uint8 (N, H, W, C).
+    Returns rows in labels.csv order with the index and label it gives; images uint8 (N, H, W, C). Every
+    file name must stay inside the folder (ue_core.data.fsutil.contained); one that leaves it is an
+    InvalidInputError naming it, raised before any image is read.
     """
     source = os.fspath(source)
     fs, root = filesystem(source)
-    csv_path = join(root, LABELS_CSV)
+    csv_path = contained(fs, root, LABELS_CSV, "file")
     file_names, index, labels = _read_labels_csv(fs, csv_path)
     name, num_classes, class_names = _read_description(fs, root, labels)
-    images = decode_image_files(fs, [join(root, f) for f in file_names])
+    paths = [contained(fs, root, f, f"{LABELS_CSV} entry") for f in file_names]
+    images = decode_image_files(fs, paths)
     try:
         return ImageDataset(
             images=images,
@@ -158,7 +164,7 @@ def _read_description(
     fs: AbstractFileSystem, root: str, labels: np.ndarray
 ) -> tuple[str, int, tuple[str, ...]]:
     """(name, num_classes, class_names) from dataset.json, or defaults derived from the labels."""
-    path = join(root, DATASET_JSON)
+    path = contained(fs, root, DATASET_JSON, "file")
     if not fs.isfile(path):
         num_classes = int(labels.max()) + 1
         return _basename(root), num_classes, tuple(str(c) for c in range(num_classes))

@@ -5,7 +5,8 @@ then one uint32 per dimension, then the uint8 values. Images are N×rows×cols g
 uint8 (N, rows, cols, 1). Rows get ``index`` 0..N-1 in file order.
 
 The files are found in the given directory itself or in torchvision's layouts ``ROOT/FashionMNIST/raw`` and
-``ROOT/MNIST/raw``; when both a raw and a ``.gz`` copy exist, the raw one is read.
+``ROOT/MNIST/raw``; when both a raw and a ``.gz`` copy exist, the raw one is read. A file (or torchvision
+folder) that is a symlink out of the given directory is refused (ue_core.data.fsutil.contained).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fsspec import AbstractFileSystem
 
 from ue_core.data.atomic import staged_directory
 from ue_core.data.dataset import ImageDataset, sorted_with_dense_index
-from ue_core.data.fsutil import filesystem, first_line, join, read_bytes
+from ue_core.data.fsutil import contained_listing, filesystem, first_line, join, read_bytes
 from ue_core.errors import DatasetFormatError, InvalidInputError
 
 IMAGES_MAGIC = 0x00000803
@@ -71,7 +72,8 @@ def read_idx(source: str | os.PathLike, split: str = "train") -> ImageDataset:
     if directory is None:
         raise DatasetFormatError(f"no idx files (train-images-idx3-ubyte[.gz], ...) found at {source}")
     images_name, labels_name = idx_file_names(split)
-    images_path, labels_path = (_require(fs, directory, name) for name in (images_name, labels_name))
+    required = [_require(fs, directory, name) for name in (images_name, labels_name)]
+    images_path, labels_path = contained_listing(fs, path, required)
     images = _read_idx_array(fs, images_path, IMAGES_MAGIC, ndim=3)
     labels = _read_idx_array(fs, labels_path, LABELS_MAGIC, ndim=1)
     if len(images) != len(labels):

@@ -11,7 +11,7 @@ from fsspec import AbstractFileSystem
 from ue_core.data.cifar import find_cifar_dir, read_cifar
 from ue_core.data.dataset import ImageDataset
 from ue_core.data.folder import is_class_folder, is_png_folder, read_class_folder, read_png_folder
-from ue_core.data.fsutil import filesystem, join
+from ue_core.data.fsutil import contained, filesystem, join
 from ue_core.data.idx import find_idx_dir, read_idx
 from ue_core.data.shards import is_shard_set, read_shards
 from ue_core.data.tiny_imagenet import is_tiny_imagenet, read_tiny_imagenet
@@ -33,8 +33,17 @@ def is_release(fs: AbstractFileSystem, path: str) -> bool:
     return fs.isfile(join(path, "manifest.json")) and is_shard_set(fs, join(path, "parquet"))
 
 
+def read_release_shards(uri: str) -> ImageDataset:
+    """The images of the release at ``uri`` (its ``parquet/`` shards, which must stay inside it)."""
+    fs, path = filesystem(uri)
+    contained(fs, path, "parquet", "folder")
+    return read_shards(join(uri, "parquet"))
+
+
 LAYOUTS: tuple[Layout, ...] = (
-    Layout("release", "manifest.json + parquet/", is_release, lambda uri, split: read_shards(join(uri, "parquet"))),
+    Layout(
+        "release", "manifest.json + parquet/", is_release, lambda uri, split: read_release_shards(uri)
+    ),
     Layout("parquet", "*.parquet shards", is_shard_set, lambda uri, split: read_shards(uri)),
     Layout(
         "cifar10",

@@ -30,7 +30,7 @@ from fsspec import AbstractFileSystem
 
 from ue_core.data.atomic import staged_directory
 from ue_core.data.dataset import ImageDataset
-from ue_core.data.fsutil import filesystem, first_line, join
+from ue_core.data.fsutil import contained_listing, filesystem, first_line, join
 from ue_core.errors import DatasetFormatError, InvalidInputError
 
 METADATA_KEY = b"ue_core"
@@ -180,7 +180,7 @@ def _read_set(uri: str, with_extra: bool) -> tuple[ImageDataset, dict[str, np.nd
 
 
 def _shard_paths(fs: AbstractFileSystem, path: str, uri: str) -> list[str]:
-    """The shard files of a set, sorted by name."""
+    """The shard files of a set, sorted by name; in a directory, a symlink out of it is refused."""
     if fs.isfile(path):
         return [path]
     if not fs.isdir(path):
@@ -188,7 +188,7 @@ def _shard_paths(fs: AbstractFileSystem, path: str, uri: str) -> list[str]:
     paths = sorted(p for p in fs.ls(path, detail=False) if p.endswith(SHARD_SUFFIX))
     if not paths:
         raise DatasetFormatError(f"no {SHARD_SUFFIX} files in {uri}")
-    return paths
+    return contained_listing(fs, path, paths)
 
 
 def _read_shard(fs: AbstractFileSystem, path: str, with_extra: bool) -> _ShardContent:

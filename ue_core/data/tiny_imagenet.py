@@ -8,6 +8,10 @@ split has no labels, so "val" is the test split here ("test" is accepted as its 
 Labels follow the sorted wnids and the class names are the wnids. Images are converted to RGB: uint8
 (N, 64, 64, 3) for the real data (any size is accepted if all images share it). Rows are in sorted file
 order (train: by wnid then file name; val: by file name) and get ``index`` 0..N-1 in that order.
+
+Every file read must stay inside ROOT, and every annotated name inside ``val/images``
+(ue_core.data.fsutil.contained): a symlink out of ROOT or a name such as ``../../x.JPEG`` is an
+InvalidInputError naming it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 from fsspec import AbstractFileSystem
 
 from ue_core.data.dataset import ImageDataset
-from ue_core.data.fsutil import filesystem, join, read_bytes
+from ue_core.data.fsutil import contained, contained_listing, filesystem, join, read_bytes
 from ue_core.data.images import decode_image_files, is_image_file
 from ue_core.errors import DatasetFormatError, InvalidInputError
 
@@ -41,7 +45,7 @@ def read_tiny_imagenet(source: str | os.PathLike, split: str = "train") -> Image
     if split not in SPLIT_ALIASES:
         raise InvalidInputError(f"Tiny ImageNet split must be 'train' or 'val', got {split!r} for {source}")
     fs, root = filesystem(source)
-    wnids = _read_wnids(fs, join(root, "wnids.txt"))
+    wnids = _read_wnids(fs, contained(fs, root, "wnids.txt", "file"))
     label_of = {wnid: label for label, wnid in enumerate(wnids)}
     if SPLIT_ALIASES[split] == "train":
         paths, labels = _train_files(fs, root, label_of)
@@ -63,7 +67,7 @@ def _read_wnids(fs: AbstractFileSystem, path: str) -> tuple[str, ...]:
 
 
 def _train_files(fs: AbstractFileSystem, root: str, label_of: dict[str, int]) -> tuple[list[str], list[int]]:
-    """Image paths and labels of ``train/<wnid>/images/``, by wnid then file name."""
+    """Image paths and labels of ``train/<wnid>/images/``, by wnid then file name, each inside ``root``."""
     train = join(root, "train")
     if not fs.isdir(train):
         raise DatasetFormatError(f"missing directory {train}")
@@ -73,24 +77,21 @@ def _train_files(fs: AbstractFileSystem, root: str, label_of: dict[str, int]) ->
     paths: list[str] = []
     labels: list[int] = []
     for wnid, label in sorted(label_of.items()):
-        images_dir = join(train, f"{wnid}/images")
-        files = (
-            sorted(p for p in fs.ls(images_dir, detail=False) if is_image_file(p))
-            if fs.isdir(images_dir)
-            else []
-        )
+        files = _listed_images(fs, root, join(train, f"{wnid}/images"))
         paths += files
         labels += [label] * len(files)
     return paths, labels
 
 
 def _val_files(fs: AbstractFileSystem, root: str, label_of: dict[str, int]) -> tuple[list[str], list[int]]:
-    """Image paths of ``val/images/`` by file name, labelled by ``val/val_annotations.txt``."""
-    images_dir, annotations_path = join(root, "val/images"), join(root, "val/val_annotations.txt")
+    """Image paths of ``val/images/`` by file name (each inside ``root``), labelled by
+    ``val/val_annotations.txt`` (whose names must stay inside ``val/images``)."""
+    images_dir = join(root, "val/images")
+    files = _listed_images(fs, root, images_dir)
+    annotations_path = contained(fs, root, "val/val_annotations.txt", "file")
     wnid_of = _read_annotations(fs, annotations_path, label_of)
-    files = (
-        sorted(p for p in fs.ls(images_dir, detail=False) if is_image_file(p)) if fs.isdir(images_dir) else []
-    )
+    for name in wnid_of:
+        contained(fs, images_dir, name, "val_annotations.txt entry")
     names = [path.rsplit("/", 1)[-1] for path in files]
     unlabelled = [path for path, name in zip(files, names) if name not in wnid_of]
     if unlabelled:
@@ -99,6 +100,13 @@ def _val_files(fs: AbstractFileSystem, root: str, label_of: dict[str, int]) -> t
     if missing:
         raise DatasetFormatError(f"{annotations_path} lists {missing[0]}, which is not in {images_dir}")
     return files, [label_of[wnid_of[name]] for name in names]
+
+
+def _listed_images(fs: AbstractFileSystem, root: str, directory: str) -> list[str]:
+    """Sorted image files directly in ``directory`` (none if it is missing), each kept inside ``root``."""
+    if not fs.isdir(directory):
+        return []
+    return contained_listing(fs, root, sorted(p for p in fs.ls(directory, detail=False) if is_image_file(p)))
 
 
 def _read_annotations(fs: AbstractFileSystem, path: str, label_of: dict[str, int]) -> dict[str, str]:
