@@ -195,6 +195,10 @@ def _logs(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     from ue_core.data import fetch_fashion_mnist
 
+    if "://" in args.root:  # a URI: check it first, so a bad endpoint or bucket is one line naming it
+        from pipelines.storage import check_writable
+
+        check_writable(args.root)
     print(fetch_fashion_mnist(args.root))
     return 0
 
@@ -226,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_commands(commands)
     fetch = commands.add_parser("fetch", help="make a dataset available offline")
     fetch.add_argument("dataset", choices=["fashion-mnist"])
-    fetch.add_argument("--root", default="data", help="folder to hold it (default: data)")
+    fetch.add_argument("--root", default="data", help="folder or URI (s3://bucket/prefix) to hold it (default: data)")
     verify = commands.add_parser("verify", help="check a release's files against its manifest")
     verify.add_argument("uri")
     commands.add_parser("presets", help="list the shipped presets")

@@ -19,14 +19,21 @@ import csv
 import io
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from pipelines.config import EvaluateConfig
-from pipelines.storage import WorkDir, absolute, check_readable, check_writable, remove
+from pipelines.storage import (
+    WorkDir,
+    absolute,
+    basename,
+    check_readable,
+    check_writable,
+    claim_output,
+    remove,
+)
 from pipelines.tracking import Tracker
 from ue_core.config import to_dict
 from ue_core.data import read_dataset
@@ -206,62 +213,70 @@ def evaluate_release(
     check_output_free(fs, path, out, overwrite)
     check_readable(source)
     check_readable(release)
-    data = load_evaluation_data(source, release, config)
-    training_sets = arms(data, config)
+    if storage is not None:
+        check_writable(storage)
+    job = {"command": "evaluate", "source": source, "release": release, "config": to_dict(config)}
+    with claim_output(out, job, overwrite):
+        data = load_evaluation_data(source, release, config)
+        training_sets = arms(data, config)
 
-    from pipelines.ray_utils import Shared, connect
-    from pipelines.victims import train_victim
+        from pipelines.ray_utils import Shared, connect
+        from pipelines.victims import train_victim
 
-    connect(ray_address, progress)
-    test_images, test_labels = data.test.tensors()
-    test_ref = Shared.put((test_images.numpy(), test_labels.numpy()))
-    work = WorkDir.beside(out)
-    storage_uri = storage or work.path("checkpoints")
-    rows: list[ArmResult] = []
-    weights: dict[str, bytes] = {}
-    with Tracker(tracking_uri, experiment, run_name=f"evaluate {Path(release).name}") as parent:
-        method = read_manifest(release).get("method", "unknown")
-        parent.log_params({"source": source, "release": release, "release_method": method, "out": out,
-                           **to_dict(config)})
-        for mode, (train, protected) in training_sets.items():
-            with Tracker(tracking_uri, experiment, run_name=f"{mode} r={config.ratio:g}") as child:
-                child.log_params({"mode": mode, "train_images": len(train), "protected_images": len(protected),
-                                  "release": release, **to_dict(config)})
-                result = train_victim(
-                    train, test_ref, config, name=f"{mode}-{child.run_id}", storage_uri=storage_uri, run=child.remote()
-                )
-                rows.append(ArmResult(
-                    mode=mode, ratio=config.ratio, train_images=result.train_images, protected_images=len(protected),
-                    final_test_accuracy=result.final_test_accuracy, best_test_accuracy=result.best_test_accuracy,
-                    final_robust_accuracy=result.final_robust_accuracy, seconds=round(result.seconds, 1),
-                    mlflow_run=child.run_id, model=f"models/{mode}.pt",
-                ))
-                weights[mode] = read_bytes(*filesystem(f"{result.checkpoint}/model.pt"))
-        csv_text, markdown = results_table(rows)
-        bayes_error = None
-        if "clean-all" in weights:
-            bayes_error = fixed_space_bayes_error(data, weights["clean-all"], config)
-            markdown += (f"\nβ̂ in the clean-all victim's feature space ({bayes_error['images']:.0f} images): clean "
-                         f"{bayes_error['bayes_error_clean']:.4f}, release {bayes_error['bayes_error_release']:.4f}\n")
-            parent.log_metrics({f"fixed_space_{k}": v for k, v in bayes_error.items() if k != "images"})
-        drawn = np.sort(data.clean.index[protected_mask(data.clean.index, config.ratio, config.seed)])
-        figure = accuracy_plot(rows, f"{method} release, {config.victim.model}, ratio {config.ratio:g}, defence "
-                                     f"{'+'.join(config.defence.names) or 'none'}")
-        with staged_directory(out, overwrite) as (out_fs, staging):
-            publish_results(out_fs, staging, parent, csv_text, markdown, figure)
-            save_index_set(out_fs.unstrip_protocol(f"{staging}/index-set.json"), drawn, mode="mixed",
-                           ratio=config.ratio, seed=config.seed)
-            if bayes_error is not None:
-                with out_fs.open(f"{staging}/bayes_error.json", "w") as f:
-                    json.dump({"feature_space": f"clean-all victim ({config.victim.model})", **bayes_error}, f)
-            out_fs.makedirs(f"{staging}/models", exist_ok=True)
-            for mode, content in weights.items():
-                with out_fs.open(f"{staging}/models/{mode}.pt", "wb") as f:
-                    f.write(content)
-        parent.log_metrics({f"{r.mode}_final_test_accuracy": r.final_test_accuracy for r in rows})
-        parent.log_json({"mode": "mixed", "ratio": config.ratio, "seed": config.seed,
-                         "protected_indices": drawn.tolist()}, "index-set.json")
-    if storage is None:
-        remove(work.uri)
+        connect(ray_address, progress)
+        test_images, test_labels = data.test.tensors()
+        test_ref = Shared.put((test_images.numpy(), test_labels.numpy()))
+        work = WorkDir.beside(out)
+        storage_uri = storage or work.path("checkpoints")
+        rows: list[ArmResult] = []
+        weights: dict[str, bytes] = {}
+        with Tracker(tracking_uri, experiment, run_name=f"evaluate {basename(release)}") as parent:
+            method = read_manifest(release).get("method", "unknown")
+            parent.log_params({"source": source, "release": release, "release_method": method, "out": out,
+                               **to_dict(config)})
+            for mode, (train, protected) in training_sets.items():
+                with Tracker(tracking_uri, experiment, run_name=f"{mode} r={config.ratio:g}") as child:
+                    child.log_params({"mode": mode, "train_images": len(train),
+                                      "protected_images": len(protected), "release": release, **to_dict(config)})
+                    result = train_victim(
+                        train, test_ref, config, name=f"{mode}-{child.run_id}", storage_uri=storage_uri,
+                        run=child.remote(),
+                    )
+                    rows.append(ArmResult(
+                        mode=mode, ratio=config.ratio, train_images=result.train_images,
+                        protected_images=len(protected), final_test_accuracy=result.final_test_accuracy,
+                        best_test_accuracy=result.best_test_accuracy,
+                        final_robust_accuracy=result.final_robust_accuracy, seconds=round(result.seconds, 1),
+                        mlflow_run=child.run_id, model=f"models/{mode}.pt",
+                    ))
+                    weights[mode] = read_bytes(*filesystem(f"{result.checkpoint}/model.pt"))
+            csv_text, markdown = results_table(rows)
+            bayes_error = None
+            if "clean-all" in weights:
+                bayes_error = fixed_space_bayes_error(data, weights["clean-all"], config)
+                markdown += (f"\nβ̂ in the clean-all victim's feature space ({bayes_error['images']:.0f} images): "
+                             f"clean {bayes_error['bayes_error_clean']:.4f}, "
+                             f"release {bayes_error['bayes_error_release']:.4f}\n")
+                parent.log_metrics({f"fixed_space_{k}": v for k, v in bayes_error.items() if k != "images"})
+            drawn = np.sort(data.clean.index[protected_mask(data.clean.index, config.ratio, config.seed)])
+            figure = accuracy_plot(rows, f"{method} release, {config.victim.model}, ratio {config.ratio:g}, "
+                                         f"defence {'+'.join(config.defence.names) or 'none'}")
+            with staged_directory(out, overwrite) as (out_fs, staging):
+                publish_results(out_fs, staging, parent, csv_text, markdown, figure)
+                save_index_set(out_fs.unstrip_protocol(f"{staging}/index-set.json"), drawn, mode="mixed",
+                               ratio=config.ratio, seed=config.seed)
+                if bayes_error is not None:
+                    with out_fs.open(f"{staging}/bayes_error.json", "w") as f:
+                        feature_space = f"clean-all victim ({config.victim.model})"
+                        json.dump({"feature_space": feature_space, **bayes_error}, f)
+                out_fs.makedirs(f"{staging}/models", exist_ok=True)
+                for mode, content in weights.items():
+                    with out_fs.open(f"{staging}/models/{mode}.pt", "wb") as f:
+                        f.write(content)
+            parent.log_metrics({f"{r.mode}_final_test_accuracy": r.final_test_accuracy for r in rows})
+            parent.log_json({"mode": "mixed", "ratio": config.ratio, "seed": config.seed,
+                             "protected_indices": drawn.tolist()}, "index-set.json")
+        if storage is None:
+            remove(work.uri)
     return EvaluateSummary(out, rows, parent.run_id, parent.uri, markdown, bayes_error)
 

@@ -10,7 +10,9 @@ runs ue_core's one-process method: in this process on ``device`` (engine referen
 the cluster (engine ray; on a GPU when the cluster has one). Baselines are comparison points, not the
 product's sharded job, and they are not resumable.
 
-Both check the inputs before any work (existing output, readable source, writable destination), track
+Both check the inputs before any work (existing output, readable source, writable destination), claim
+the output (pipelines.storage.claim_output: a second job on the same --out fails at once; a rerun of this
+same job after a kill takes the claim over and, on the Ray engine, resumes from the work folder), track
 the job in MLflow, and publish atomically with manifest.json last (ue_core.release).
 """
 
@@ -26,7 +28,15 @@ from typing import Any
 from pipelines import __version__
 from pipelines.config import ProtectConfig
 from pipelines.sources import load_test_set, load_training_set
-from pipelines.storage import WorkDir, check_readable, check_writable, remove
+from pipelines.storage import (
+    WorkDir,
+    absolute,
+    basename,
+    check_readable,
+    check_writable,
+    claim_output,
+    remove,
+)
 from pipelines.tracking import Tracker, bayes_error_plot, image_grid
 from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError
@@ -104,7 +114,9 @@ def protect(
     check_writable(out)  # first: it names an unreachable endpoint, bad credentials or a missing bucket
     check_release_target(out, overwrite)
     check_readable(source)
-    with Tracker(tracking_uri, experiment, run_name=f"protect {Path(out).name}") as tracker:
+    job = {"command": "protect", "source": absolute(source), "config": config.method_record()}
+    run_name = f"protect {basename(out)}"
+    with claim_output(out, job, overwrite), Tracker(tracking_uri, experiment, run_name=run_name) as tracker:
         tracker.log_params({"engine": engine, "source": source, "out": out, **config.method_record()})
         sharded = engine == "ray" and config.method == "beo"  # BEO's rounds on Ray, resumable from ``work``
         if sharded:

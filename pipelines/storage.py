@@ -6,18 +6,33 @@ Both fsspec (s3fs, used by ue_core's readers and writers) and pyarrow (used by R
 from them, so the two always talk to the same server.
 
 Failures a user can fix — an unreachable endpoint, wrong credentials, a missing bucket — become one-line
-errors that name the URI (:func:`check_readable`, :func:`check_writable`).
+errors that name the URI (:func:`check_readable`, :func:`check_writable`). A URI is never a local path: any
+scheme fsspec knows is read and written through fsspec, an unknown one is refused in one line
+(ue_core.data.fsutil.filesystem), and what goes through pyarrow (Ray Data, Ray Train) takes local paths
+and s3:// only (:func:`pyarrow_filesystem`).
+
+A job that writes to ``--out`` claims it first (:func:`claim_output`), so a second job on the same output
+fails before any work.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import socket
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
 
 import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from ue_core.data.fsutil import filesystem
 from ue_core.errors import UEError
@@ -32,6 +47,9 @@ S3_CHECK_OPTIONS = {
     "use_listings_cache": False,
     "config_kwargs": {"connect_timeout": 5, "read_timeout": 30, "retries": {"max_attempts": 2, "mode": "standard"}},
 }
+CLAIM_SUFFIX = ".claim"
+# object stores have no exclusive create: a job waits this long after writing its claim before reading it back
+CLAIM_SETTLE_SECONDS = 1.0
 
 
 class StorageError(UEError):
@@ -47,15 +65,33 @@ def absolute(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(uri)
 
 
+def basename(uri: str) -> str:
+    """The last part of a path or URI (``s3://bucket/releases/x/`` → ``x``), without making it a Path."""
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def sibling(uri: str, suffix: str) -> str:
+    """The hidden sibling ``PARENT/.NAME{suffix}`` of a path or URI (a job's work folder, its claim)."""
+    stripped = uri.rstrip("/")
+    parent = stripped.rsplit("/", 1)[0] if "/" in stripped else "."
+    return f"{parent}/.{basename(uri)}{suffix}"
+
+
 def storage_env() -> dict[str, str]:
     """The S3 settings of this process, to hand to Ray workers (never logged or tracked)."""
     return {name: os.environ[name] for name in S3_ENV_VARS if name in os.environ}
 
 
 def pyarrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and path for ``uri``, honouring AWS_ENDPOINT_URL for s3:// (Ray Data I/O)."""
+    """A pyarrow filesystem and path for ``uri``, honouring AWS_ENDPOINT_URL for s3:// (Ray Data I/O).
+
+    Ray's own files (work folders, Ray Train checkpoints) live on a local disk or S3; any other URI is a
+    StorageError rather than a path."""
+    if "://" not in uri or uri.startswith("file://"):
+        return pafs.LocalFileSystem(), os.path.abspath(uri.removeprefix("file://"))
     if not is_s3(uri):
-        return pafs.LocalFileSystem(), os.path.abspath(uri)
+        raise StorageError(f"cannot use {uri} for Ray's work folders and checkpoints: only local paths and "
+                           "s3:// are supported there")
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     options = {}
     if endpoint:
@@ -119,6 +155,7 @@ def check_readable(uri: str) -> None:
 
 def check_writable(uri: str) -> None:
     """Raise StorageError unless a small object can be written and removed beside ``uri``."""
+    filesystem(uri)  # an unknown scheme is an error naming ``uri`` rather than the probe
     parent = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri.rstrip("/") else "."
     probe = f"{parent}/.ue-write-probe-{uuid.uuid4().hex[:8]}"
     try:
@@ -156,11 +193,127 @@ class WorkDir:
     @staticmethod
     def beside(out: str) -> WorkDir:
         """The default: a hidden sibling of the release, ``.NAME.work``."""
-        parent, name = out.rstrip("/").rsplit("/", 1) if "/" in out.rstrip("/") else (".", out)
-        return WorkDir(f"{parent}/.{name}.work")
+        return WorkDir(sibling(out, ".work"))
 
     def path(self, *parts: str) -> str:
         return "/".join([self.uri.rstrip("/"), *parts])
 
     def round_dir(self, round_index: int) -> str:
         return self.path("rounds", f"round-{round_index:05d}")
+
+
+def job_id(out: str, job: dict[str, Any]) -> str:
+    """A job's identity on ``out``: a hash of the output and the job's description (command, inputs, config),
+    the same for a rerun of the same command."""
+    content = json.dumps({"out": absolute(out).rstrip("/"), **job}, sort_keys=True, default=str)
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+@contextmanager
+def claim_output(out: str, job: dict[str, Any], overwrite: bool = False) -> Iterator[str]:
+    """Claim ``out`` while the block runs; yields the claim's URI, ``.NAME.claim`` beside ``out``.
+
+    The claim is a small JSON file (:func:`job_id`, command, host, pid, start time and a random token),
+    taken after the input checks and before any work, and removed when the block ends, however it ends
+    (after the release is published and the work folder removed, or on an error). Only a killed job
+    leaves it behind. A claim already there is
+
+    - taken over when it is this same job's (same output, command, inputs and config: a rerun after a
+      kill, which resumes from the work folder where the engine can), unless that job still runs — its
+      pid alive on this host; a claim from another host cannot be checked and is taken over;
+    - taken over by any job with ``overwrite`` (``--overwrite``);
+    - otherwise a StorageError, one line naming the claim and how to clear it (``--overwrite``, or
+      deleting the claim file).
+
+    Taking a free output is exclusive on a local disk: the claim is written to a temporary file and
+    hard-linked to its name, which fails if another job got there first. Object stores (s3://) offer no
+    generally available write-if-absent, so there the job writes its claim, waits CLAIM_SETTLE_SECONDS and
+    reads it back, and goes on only if the claim read back is its own. Two jobs that both find no claim
+    and both write within that window see the later write and only its writer goes on; a race remains
+    only when one job's check and write are further apart than the window. Taking over a claim is not
+    exclusive either, so two reruns of a killed job on different hosts at the same moment can both run.
+    """
+    uri = sibling(absolute(out), CLAIM_SUFFIX)
+    record = {"job_id": job_id(out, job), "out": out, "command": job.get("command", "?"),
+              "host": socket.gethostname(), "pid": os.getpid(),
+              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "token": uuid.uuid4().hex}
+    fs, path = filesystem(uri)
+    _take_claim(fs, path, uri, record, overwrite)
+    try:
+        yield uri
+    finally:
+        if _read_claim(fs, path) == record:
+            fs.rm(path)
+
+
+def _take_claim(fs: AbstractFileSystem, path: str, uri: str, record: dict[str, Any], overwrite: bool) -> None:
+    """Write ``record`` at ``path`` (see :func:`claim_output`), or raise StorageError naming the claim."""
+    held = _read_claim(fs, path)
+    if held is not None and not overwrite and not _resumable(held, record):
+        raise StorageError(_refusal(held, uri, record))
+    data = json.dumps(record, indent=2).encode()
+    if isinstance(fs, LocalFileSystem):
+        _write_local_claim(path, data, exclusive=held is None)
+    else:
+        fs.pipe_file(path, data)
+        time.sleep(CLAIM_SETTLE_SECONDS)
+    won = _read_claim(fs, path)
+    if won != record:
+        raise StorageError(_refusal(won or {}, uri, record))
+
+
+def _write_local_claim(path: str, data: bytes, exclusive: bool) -> None:
+    """Write ``data`` at ``path`` at once: a temporary file, then a hard link (``exclusive``: fails quietly
+    if ``path`` exists, the caller reads back who won) or a rename over the old claim."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(temp, "wb") as f:
+        f.write(data)
+    try:
+        if exclusive:
+            os.link(temp, path)
+        else:
+            os.replace(temp, path)
+    except FileExistsError:
+        pass
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+def _read_claim(fs: AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    """The claim at ``path``; None if there is none, {} if it cannot be read (an unknown job's)."""
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        return {}
+
+
+def _resumable(held: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Whether ``held`` is this same job's claim, left by a run that is not running any more."""
+    return held.get("job_id") == record["job_id"] and _running(held, record) is not True
+
+
+def _running(held: dict[str, Any], record: dict[str, Any]) -> bool | None:
+    """Whether the job that holds ``held`` still runs; None when it ran on another host (cannot tell)."""
+    if held.get("host") != record["host"] or not isinstance(held.get("pid"), int):
+        return None
+    try:
+        os.kill(held["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _refusal(held: dict[str, Any], uri: str, record: dict[str, Any]) -> str:
+    """The one-line error for an output claimed by another job (or by this same job, still running)."""
+    whose = "this same job" if held.get("job_id") == record["job_id"] else "another job"
+    state = {True: "still running", False: "no longer running", None: "state unknown"}[_running(held, record)]
+    holder = (f"{held.get('command', '?')} job {held.get('job_id', '?')}, pid {held.get('pid', '?')} "
+              f"on {held.get('host', '?')} since {held.get('started', '?')}")
+    return (f"{record['out']} is claimed by {whose} ({holder}, {state}): wait for it to finish, or if it was "
+            f"killed, clear the claim with --overwrite or by deleting {uri}")

@@ -27,12 +27,19 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from itertools import product
-from pathlib import Path
 from typing import Any
 
 from pipelines.config import ProtectConfig, ReleaseSpec, SweepConfig, settings_label
 from pipelines.evaluate import publish_results
-from pipelines.storage import WorkDir, absolute, check_readable, check_writable, remove
+from pipelines.storage import (
+    WorkDir,
+    absolute,
+    basename,
+    check_readable,
+    check_writable,
+    claim_output,
+    remove,
+)
 from pipelines.sweep_report import TrialOutcome, release_label, releases_table, results_table, sweep_plot
 from pipelines.tracking import RemoteRun, Tracker
 from ue_core.config import from_dict, to_dict
@@ -94,7 +101,7 @@ def release_uri(releases: str, source: str, config: SweepConfig, spec: ReleaseSp
 def _addressed(releases: str, source: str, protect_config: ProtectConfig) -> str:
     content = json.dumps({"source": source, "config": protect_config.method_record()}, sort_keys=True)
     digest = hashlib.sha256(content.encode()).hexdigest()[:16]
-    return f"{releases.rstrip('/')}/{Path(source.rstrip('/')).name}-{digest}"
+    return f"{releases.rstrip('/')}/{basename(source)}-{digest}"
 
 
 def ensure_releases(
@@ -280,26 +287,29 @@ def sweep(
     check_output_free(fs, path, out, overwrite)
     check_readable(source)
     releases = absolute(releases or f"{out.rstrip('/').rsplit('/', 1)[0]}/releases")
+    check_writable(releases)
     trials = plan_trials(config)
+    job = {"command": "sweep", "source": source, "releases": releases, "config": to_dict(config)}
+    with claim_output(out, job, overwrite):
+        from pipelines.ray_utils import connect
 
-    from pipelines.ray_utils import connect
-
-    connect(ray_address, progress)
-    release_uris = ensure_releases(source, config, releases, ray_address, tracking_uri, progress)
-    work = WorkDir.beside(out)
-    with Tracker(tracking_uri, experiment, run_name=f"sweep {Path(out).name}") as parent:
-        parent.log_params({"source": source, "out": out, "releases": releases, **to_dict(config)})
-        context = {
-            "sweep": to_dict(config), "source": source, "releases": release_uris,
-            "tracking_uri": parent.uri, "parent_run": parent.run_id, "storage": work.path("checkpoints"),
-        }
-        outcomes = run_trials(run_trial, trials, context, trial_concurrency(config), config.max_failures,
-                              work.path("tune"), name=f"sweep-{parent.run_id}")
-        csv_text, markdown = results_table(outcomes)
-        markdown += "\n" + releases_table(release_uris)
-        figure = sweep_plot(outcomes)
-        with staged_directory(out, overwrite) as (out_fs, staging):
-            publish_results(out_fs, staging, parent, csv_text, markdown, figure)
-        parent.log_metrics({"trials": len(outcomes), "failed_trials": sum(o.status == "FAILED" for o in outcomes)})
-    remove(work.uri)
-    return SweepSummary(out, outcomes, parent.run_id, parent.uri, markdown)
+        connect(ray_address, progress)
+        release_uris = ensure_releases(source, config, releases, ray_address, tracking_uri, progress)
+        work = WorkDir.beside(out)
+        with Tracker(tracking_uri, experiment, run_name=f"sweep {basename(out)}") as parent:
+            parent.log_params({"source": source, "out": out, "releases": releases, **to_dict(config)})
+            context = {
+                "sweep": to_dict(config), "source": source, "releases": release_uris,
+                "tracking_uri": parent.uri, "parent_run": parent.run_id, "storage": work.path("checkpoints"),
+            }
+            outcomes = run_trials(run_trial, trials, context, trial_concurrency(config), config.max_failures,
+                                  work.path("tune"), name=f"sweep-{parent.run_id}")
+            csv_text, markdown = results_table(outcomes)
+            markdown += "\n" + releases_table(release_uris)
+            figure = sweep_plot(outcomes)
+            with staged_directory(out, overwrite) as (out_fs, staging):
+                publish_results(out_fs, staging, parent, csv_text, markdown, figure)
+            failed = sum(o.status == "FAILED" for o in outcomes)
+            parent.log_metrics({"trials": len(outcomes), "failed_trials": failed})
+        remove(work.uri)
+        return SweepSummary(out, outcomes, parent.run_id, parent.uri, markdown)

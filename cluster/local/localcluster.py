@@ -3,6 +3,7 @@
     python cluster/local/localcluster.py up        # S3 (SeaweedFS), MLflow server (artifacts in S3), Ray head + worker
     python cluster/local/localcluster.py status
     source /tmp/ue-local-cluster/env                # RAY_API_SERVER_ADDRESS (jobs), RAY_ADDRESS, MLflow, S3
+    ue submit -- fetch fashion-mnist --root s3://datasets/fashion-mnist    # seed the source once
     ue submit -- protect --preset fashion-mnist --source s3://datasets/fashion-mnist --out s3://releases/fmnist
     python cluster/local/localcluster.py down
 

@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipelines.storage import claim_output
 from ue_core.data import read_dataset, write_shards
 from ue_core.data.dataset import balanced_subset
+from ue_core.data.fetch import RAW_FILE_SIZES
 from ue_core.release import read_release
 
 SOURCE = "s3://source/fmnist"
@@ -173,3 +175,35 @@ def test_existing_output_without_overwrite(buckets, tmp_path):
     assert_refused(result, f"{RELEASES}/taken", "--overwrite")
     assert buckets.snapshot(RELEASES) == with_existing
     assert fs.cat("releases/taken/keep.txt") == b"someone else's"
+
+
+def test_a_claimed_output_is_refused(buckets, s3_env, unchanged, tmp_path):
+    """Another job holds the claim of s3://releases/claimed: a protect job there fails at once, in one line."""
+    out = f"{RELEASES}/claimed"
+    with claim_output(out, {"command": "protect", "config": "another"}) as claim:
+        assert claim == f"{RELEASES}/.claimed.claim"
+        held = buckets.filesystem().cat("releases/.claimed.claim")
+        result = protect(SOURCE, out, tmp_path, buckets.env())
+        assert_refused(result, f"{out} is claimed by another job", claim, "--overwrite")
+        assert buckets.filesystem().cat("releases/.claimed.claim") == held
+    assert not buckets.filesystem().exists("releases/.claimed.claim")
+
+
+def test_fetch_to_s3(buckets, s3_env, fashion_mnist_root, tmp_path):
+    """`ue fetch` to an s3:// root writes the idx files under the prefix (nothing local named `s3:`), and
+    read_dataset reads them back from S3 equal to the local copy."""
+    buckets.create_bucket("datasets")
+    root = "s3://datasets/fetched"
+    result = ue("fetch", "fashion-mnist", "--root", root, env=buckets.env(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == root
+    assert not (tmp_path / "s3:").exists() and list(tmp_path.iterdir()) == []
+    raw = Path(fashion_mnist_root) / "FashionMNIST" / "raw"
+    objects = buckets.snapshot(root)
+    assert objects == {f"datasets/fetched/FashionMNIST/raw/{name}": md5(raw / name) for name in RAW_FILE_SIZES}
+    for split in ("train", "test"):
+        remote, local = read_dataset(root, split=split), read_dataset(fashion_mnist_root, split=split)
+        np.testing.assert_array_equal(remote.images, local.images)
+        np.testing.assert_array_equal(remote.labels, local.labels)
+    again = ue("fetch", "fashion-mnist", "--root", root, env=buckets.env(), cwd=tmp_path)  # already there
+    assert again.returncode == 0 and buckets.snapshot(root) == objects

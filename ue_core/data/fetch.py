@@ -3,7 +3,9 @@
 Debian ships it as the package ``dataset-fashion-mnist`` (31 MB), which ``apt-get download`` fetches
 without installing anything; torchvision's own download is the fallback. The result is torchvision's
 layout, ``ROOT/FashionMNIST/raw/`` with the four uncompressed idx files, which both
-``read_dataset(ROOT)`` and ``torchvision.datasets.FashionMNIST(ROOT)`` read.
+``read_dataset(ROOT)`` and ``torchvision.datasets.FashionMNIST(ROOT)`` read. ROOT may be a URI of any
+fsspec filesystem (``s3://bucket/prefix``): the files are fetched into a temporary folder and uploaded
+one by one (an object appears only once complete), and ``read_dataset("s3://bucket/prefix")`` reads them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from ue_core.data.fsutil import first_line
+from ue_core.data.fsutil import filesystem, first_line, join
 from ue_core.errors import UEError
 
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
@@ -30,27 +32,28 @@ RAW_FILE_SIZES = {
 }
 
 
-def fashion_mnist_raw_dir(root: str | os.PathLike) -> Path:
-    """``ROOT/FashionMNIST/raw``, where torchvision (and this project) keep the idx files."""
-    return Path(root) / "FashionMNIST" / "raw"
+def fashion_mnist_raw_dir(root: str | os.PathLike) -> str:
+    """``ROOT/FashionMNIST/raw``, where torchvision (and this project) keep the idx files (a path or URI)."""
+    return join(os.fspath(root), "FashionMNIST/raw")
 
 
-def has_fashion_mnist(directory: Path) -> bool:
-    """True if ``directory`` holds the four uncompressed idx files with their expected sizes."""
-    return all(
-        (directory / name).is_file() and (directory / name).stat().st_size == size
-        for name, size in RAW_FILE_SIZES.items()
-    )
+def has_fashion_mnist(directory: str | os.PathLike) -> bool:
+    """True if ``directory`` (a path or URI) holds the four uncompressed idx files of the expected sizes."""
+    fs, path = filesystem(directory)
+    return all(fs.isfile(join(path, name)) and fs.size(join(path, name)) == size
+               for name, size in RAW_FILE_SIZES.items())
 
 
-def fetch_fashion_mnist(root: str | os.PathLike) -> Path:
+def fetch_fashion_mnist(root: str | os.PathLike) -> Path | str:
     """Make Fashion-MNIST (60,000 train + 10,000 test, 28×28×1, 10 classes) available under ``root``.
 
     Does nothing if ``ROOT/FashionMNIST/raw`` is already complete. Otherwise tries, in order, the Debian
     package (``apt-get download``; as root, ``apt-get update`` once and again if the first try fails)
     and torchvision's download. The Debian route makes the files appear only once complete (torchvision
-    writes as it downloads). Returns ``root`` as a Path.
+    writes as it downloads). Returns ``root``: a Path for a local folder, the URI as given for a URI.
     """
+    if "://" in os.fspath(root):
+        return _fetch_to_uri(os.fspath(root))
     root = Path(root)
     raw = fashion_mnist_raw_dir(root)
     if has_fashion_mnist(raw):
@@ -71,6 +74,22 @@ def fetch_fashion_mnist(root: str | os.PathLike) -> Path:
     raise UEError(f"could not fetch Fashion-MNIST into {raw}; tried {' | '.join(attempts)}")
 
 
+def _fetch_to_uri(uri: str) -> str:
+    """Fetch into a temporary local folder, then upload the four idx files under ``URI/FashionMNIST/raw``."""
+    raw = fashion_mnist_raw_dir(uri)
+    try:
+        if has_fashion_mnist(raw):
+            return uri
+        fs, path = filesystem(raw)
+        with tempfile.TemporaryDirectory(prefix="ue-fashion-mnist-") as temp:
+            fetch_fashion_mnist(temp)
+            for name in RAW_FILE_SIZES:
+                fs.put_file(join(fashion_mnist_raw_dir(temp), name), join(path, name))
+    except OSError as error:  # how s3fs reports a missing bucket or a refused write
+        raise UEError(f"could not write Fashion-MNIST to {raw}: {first_line(error)}") from None
+    return uri
+
+
 def _fetch_from_debian(root: Path) -> None:
     """Download the .deb, unpack it in a temporary directory and install its idx files under ``root``."""
     for tool in ("apt-get", "dpkg-deb"):
@@ -83,7 +102,7 @@ def _fetch_from_debian(root: Path) -> None:
             raise RuntimeError("apt-get download produced no .deb file")
         unpacked = Path(temp) / "unpacked"
         _run(["dpkg-deb", "-x", str(debs[-1]), str(unpacked)])
-        _install_raw_files(unpacked / DEBIAN_DATA_DIR, fashion_mnist_raw_dir(root))
+        _install_raw_files(unpacked / DEBIAN_DATA_DIR, Path(fashion_mnist_raw_dir(root)))
 
 
 def _apt_download(directory: Path) -> None:

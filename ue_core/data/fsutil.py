@@ -18,8 +18,14 @@ _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def filesystem(uri: str | os.PathLike) -> tuple[AbstractFileSystem, str]:
-    """The fsspec filesystem and the path in it for a URI (``s3://…``, ``memory://…``) or a local path."""
-    fs, path = url_to_fs(os.fspath(uri))
+    """The fsspec filesystem and the path in it for a URI (``s3://…``, ``memory://…``) or a local path.
+
+    A scheme fsspec does not know, or one whose package is missing (``gs://`` without gcsfs), is an
+    InvalidInputError naming the URI: a URI is never taken for a local path."""
+    try:
+        fs, path = url_to_fs(os.fspath(uri))
+    except (ValueError, ImportError) as error:
+        raise InvalidInputError(f"cannot use {os.fspath(uri)}: {first_line(error)}") from None
     return fs, path.rstrip("/") or "/"
 
 
