@@ -159,7 +159,7 @@ def protect(
             for rounds, data in snapshots.items()
         }
         written = write_release(release, out, manifest, formats=config.formats, test=test, overwrite=overwrite,
-                                snapshots=snapshot_manifests)
+                                snapshots=snapshot_manifests, clean=clean)
         tracker.log_metrics(summary)
         if config.method == "beo":
             tracker.log_figure(bayes_error_plot(history), "bayes_error.png")

@@ -5,6 +5,12 @@ Layout of a release at URI (a local folder or any fsspec URI):
     URI/parquet/part-00000.parquet …   the primary format (ue_core.data.shards)
     URI/png/images/*.png, labels.csv   optional: what other unlearnable-example benchmarks read
     URI/cifar/cifar-10-batches-py/ …   optional: the CIFAR python batches (32×32×3 only)
+    URI/imagefolder/<class>/<index>.png, metadata.csv
+                                       optional: for torchvision's ImageFolder and Hugging Face's imagefolder
+                                       (ue_core.data.folder.write_image_folder)
+    URI/delta/delta.npy, index.npy, delta.pt
+                                       optional: q − x as int8 (N, C, H, W) with its indices, needs the clean
+                                       images and a budget of at most 127 levels (ue_core.data.delta)
     URI/rounds/round-00010/ …          optional: the release after round 10 of the same run, itself a whole
                                        release (formats and manifest.json) that `ue evaluate` reads as any
     URI/manifest.json                  config, counts, ε, history, and the sha256 of every file above
@@ -17,20 +23,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from typing import Any, Literal, get_args
 
 from ue_core.data.atomic import check_output_free, staged_directory
 from ue_core.data.cifar import write_cifar_batches
 from ue_core.data.dataset import ImageDataset
-from ue_core.data.folder import write_png_folder
+from ue_core.data.delta import DELTA_LIMIT, write_delta
+from ue_core.data.folder import write_image_folder, write_png_folder
 from ue_core.data.fsutil import contained, filesystem, join, read_bytes
 from ue_core.data.readers import read_release_shards
 from ue_core.data.shards import write_shards
 from ue_core.errors import InvalidInputError, ReleaseCheckError
+from ue_core.pga import Budget
 
 MANIFEST_NAME = "manifest.json"
-ReleaseFormat = Literal["parquet", "png", "cifar"]
+ReleaseFormat = Literal["parquet", "png", "cifar", "imagefolder", "delta"]
 RELEASE_FORMATS: tuple[str, ...] = get_args(ReleaseFormat)
 
 
@@ -42,26 +51,31 @@ def write_release(
     test: ImageDataset | None = None,
     overwrite: bool = False,
     snapshots: dict[int, tuple[ImageDataset, dict[str, Any]]] | None = None,
+    clean: ImageDataset | None = None,
 ) -> dict[str, Any]:
     """Write ``release`` at ``uri`` in ``formats`` with ``manifest`` (plus counts and checksums) last.
 
     ``test`` is the clean test split, written beside the train batches in the CIFAR format (torchvision's
     loaders expect both). ``snapshots`` maps a round k to the release after that round and its manifest:
     each is written as a whole release at ``URI/rounds/round-0000k`` (:func:`snapshot_path`), inside the
-    same atomic publish, and the main manifest lists its files too. Returns the main manifest as written.
+    same atomic publish, and the main manifest lists its files too. ``clean`` is the source of ``release``
+    (and of every snapshot), which the ``delta`` format needs. Returns the main manifest as written.
     """
     unknown = sorted(set(formats) - set(RELEASE_FORMATS))
     if unknown or "parquet" not in formats:
         raise InvalidInputError(
             f"release formats must include parquet and be among {', '.join(RELEASE_FORMATS)}, got {', '.join(formats)}"
         )
+    if "delta" in formats and clean is None:
+        raise InvalidInputError("the delta release format needs the clean images (write_release's clean=)")
     uri = os.fspath(uri)
     snapshots = snapshots or {}
     with staged_directory(uri, overwrite) as (fs, staging):
         for rounds, (snapshot, snapshot_manifest) in sorted(snapshots.items()):
-            _write_files(snapshot, fs, join(staging, snapshot_path(rounds)), snapshot_manifest, formats, test)
+            folder = join(staging, snapshot_path(rounds))
+            _write_files(snapshot, fs, folder, snapshot_manifest, formats, test, clean)
         written = {**manifest, "snapshots": {str(k): snapshot_path(k) for k in sorted(snapshots)}}
-        written = _write_files(release, fs, staging, written, formats, test)
+        written = _write_files(release, fs, staging, written, formats, test, clean)
     return written
 
 
@@ -77,7 +91,7 @@ def snapshot_uri(release_uri: str, rounds: int) -> str:
 
 def _write_files(
     release: ImageDataset, fs: Any, folder: str, manifest: dict[str, Any], formats: tuple[str, ...],
-    test: ImageDataset | None,
+    test: ImageDataset | None, clean: ImageDataset | None,
 ) -> dict[str, Any]:
     """The release's files under ``folder`` of ``fs``, then its manifest (the sha256 of every file below)."""
     root = fs.unstrip_protocol(folder)
@@ -87,6 +101,10 @@ def _write_files(
     if "cifar" in formats:
         variant = "cifar100" if release.num_classes == 100 else "cifar10"
         write_cifar_batches(release, join(root, "cifar"), test=test, variant=variant)
+    if "imagefolder" in formats:
+        write_image_folder(release, join(root, "imagefolder"))
+    if "delta" in formats:
+        write_delta(release, clean, join(root, "delta"))
     files = {path[len(folder) + 1 :]: hashlib.sha256(read_bytes(fs, path)).hexdigest() for path in sorted(fs.find(folder))}
     written = {
         **manifest,
@@ -99,6 +117,21 @@ def _write_files(
     with fs.open(join(folder, MANIFEST_NAME), "w") as f:
         json.dump(written, f, indent=2, sort_keys=True)
     return written
+
+
+def check_delta_budget(budget: Budget) -> None:
+    """Refuse the ``delta`` format for a budget that lets |q − x| exceed int8's 127 levels (eps ≥ 128/255),
+    before any work: whether the format can be written would otherwise depend on how far the images moved.
+
+    A release that passed ue_core.checks.check_release has every |q − x| ≤ floor(255 eps) (L∞), and
+    ≤ ‖q − x‖₂ ≤ 255 eps (L2), an integer either way.
+    """
+    levels = math.floor(budget.integer_budget + 1e-9)
+    if levels > DELTA_LIMIT:
+        raise InvalidInputError(
+            f"the delta release format stores q - x as int8, so it needs eps <= {DELTA_LIMIT}/255; "
+            f"eps {budget.eps:.4g} ({budget.norm}) allows {levels} levels"
+        )
 
 
 def check_release_target(uri: str | os.PathLike, overwrite: bool = False) -> None:

@@ -19,7 +19,7 @@ from ue_core.methods.em import EMConfig
 from ue_core.methods.random_noise import RandomNoiseConfig
 from ue_core.methods.tap import TAPConfig
 from ue_core.pga import Budget
-from ue_core.release import RELEASE_FORMATS, ReleaseFormat
+from ue_core.release import RELEASE_FORMATS, ReleaseFormat, check_delta_budget
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class ProtectConfig:
             (error-minimising noise) or "tap" (targeted adversarial poisoning); see ue_core/methods/.
         budget: eps and norm, the budget of whichever method runs (``--eps`` sets ``budget.eps``).
         beo, random, em, tap: each method's own settings, read only when it is the method.
+        formats: the release formats (ue_core.release.RELEASE_FORMATS); "delta" needs a budget of at most
+            127 levels (eps ≤ 127/255), checked here before a job starts.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -72,6 +74,8 @@ class ProtectConfig:
         unknown = sorted(set(self.formats) - set(RELEASE_FORMATS))
         if unknown:
             raise InvalidInputError(f"unknown release format {unknown[0]!r}; expected {', '.join(RELEASE_FORMATS)}")
+        if "delta" in self.formats:
+            check_delta_budget(self.budget)
 
     def build(self, test_set: ImageDataset | None = None, device: str = "cpu") -> ProtectionMethod:
         """The ue_core method this config names, built from ``budget`` and its own section on ``device``;

@@ -14,6 +14,7 @@ from ue_core.data import (
     read_shards,
     write_cifar_batches,
     write_idx,
+    write_image_folder,
     write_png_folder,
     write_shards,
 )
@@ -38,8 +39,10 @@ WRITERS = {
     "png": lambda d, out, **kw: write_png_folder(d, out, **kw),
     "cifar": lambda d, out, **kw: write_cifar_batches(d, out, **kw),
     "idx": lambda d, out, **kw: write_idx(d, out, **kw),
+    "imagefolder": lambda d, out, **kw: write_image_folder(d, out, **kw),
 }
-SHAPES = {"shards": (5, 5, 3), "png": (5, 5, 3), "cifar": (32, 32, 3), "idx": (28, 28, 1)}
+SHAPES = {"shards": (5, 5, 3), "png": (5, 5, 3), "cifar": (32, 32, 3), "idx": (28, 28, 1),
+          "imagefolder": (5, 5, 3)}
 
 
 @pytest.mark.parametrize("writer", list(WRITERS))

@@ -73,6 +73,28 @@ def test_verify_detects_a_modified_file(release_dir, tmp_path):
     assert result.stderr.strip() == f"error: release {copy}: parquet/{shard.name} does not match its sha256 in the manifest"
 
 
+def test_protect_publishes_the_imagefolder_and_delta_exports(fashion_mnist_root, tmp_path):
+    out = tmp_path / "out"
+    result = ue("protect", "--engine", "reference", "--preset", "fashion-mnist",
+                "--source", str(fashion_mnist_root), "--out", str(out), "--set", "data.subset=40",
+                "--set", "data.test_subset=20", "--rounds", "1",
+                "--set", "beo.surrogate.epochs=1", "--set", "beo.estimator.sigma=1.0",
+                "--set", "formats=[parquet,imagefolder,delta]", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    verified = ue("verify", str(out))
+    assert verified.returncode == 0, verified.stderr
+    files = read_manifest(out)["files"]
+    assert {"imagefolder/metadata.csv", "delta/delta.npy", "delta/index.npy", "delta/delta.pt"} <= set(files)
+    assert sum(name.startswith("imagefolder/") and name.endswith(".png") for name in files) == 40
+    release = read_release(out).sorted_by_index()
+    source = read_dataset(str(fashion_mnist_root)).sorted_by_index()
+    clean = source.images[np.searchsorted(source.index, release.index)].transpose(0, 3, 1, 2)
+    delta = np.load(out / "delta" / "delta.npy")
+    np.testing.assert_array_equal(np.load(out / "delta" / "index.npy"), release.index)
+    np.testing.assert_array_equal((clean + delta.astype(np.int16)).astype(np.uint8),
+                                  release.images.transpose(0, 3, 1, 2))
+
+
 def test_existing_output_is_refused_before_any_work(release_dir):
     before = read_manifest(release_dir)
     result = ue("protect", "--preset", "fashion-mnist", "--source", "unused", "--out", str(release_dir), *TINY)
@@ -90,6 +112,7 @@ def test_existing_output_is_refused_before_any_work(release_dir):
         (["--set", "beo.pga.eps=16/255", "--eps", "8/255"], "config beo.pga.eps and budget.eps are one setting"),
         (["--set", "beo.surrogate.model=alexnet"], "alexnet"),
         (["--preset", "cifar11"], "unknown preset 'cifar11'"),
+        (["--eps", "128/255", "--set", "formats=[parquet,delta]"], "int8, so it needs eps <= 127/255"),
     ],
 )
 def test_bad_configs_fail_with_one_line_and_write_nothing(fashion_mnist_root, tmp_path, arguments, message):

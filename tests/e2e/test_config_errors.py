@@ -33,7 +33,7 @@ def ray_tripwire(tmp_path_factory) -> dict[str, str]:
     ("beo.batch_size=abc", ["config.beo.batch_size", "expected an integer", "'abc'"]),
     ("beo.rounds=1.5", ["config.beo.rounds", "expected an integer", "1.5"]),
     ("beo.pga.eps=8/0", ["config.budget.eps", "fraction like 8/255", "'8/0'"]),  # the old name of budget.eps
-    ("formats=[gif]", ["config.formats[0]", "one of parquet, png, cifar", "'gif'"]),
+    ("formats=[gif]", ["config.formats[0]", "one of parquet, png, cifar, imagefolder, delta", "'gif'"]),
     ("budget.eps=wide", ["config.budget.eps", "fraction like 8/255", "'wide'"]),
     ("beo.estimator.sigma=-1", ["sigma", "must be > 0", "-1"]),
     ("beo.pga.update=foo", ["config.beo.pga.update", "one of adam, sign", "'foo'"]),

@@ -7,8 +7,9 @@ leaves nothing behind when it fails.
 
 from ue_core.data.cifar import read_cifar, write_cifar_batches
 from ue_core.data.dataset import ImageDataset, images_to_uint8
+from ue_core.data.delta import write_delta
 from ue_core.data.fetch import fetch_fashion_mnist
-from ue_core.data.folder import read_class_folder, read_png_folder, write_png_folder
+from ue_core.data.folder import read_class_folder, read_png_folder, write_image_folder, write_png_folder
 from ue_core.data.idx import read_idx, write_idx
 from ue_core.data.mixing import (
     MODES,
@@ -44,7 +45,9 @@ __all__ = [
     "read_tiny_imagenet",
     "save_index_set",
     "write_cifar_batches",
+    "write_delta",
     "write_idx",
+    "write_image_folder",
     "write_png_folder",
     "write_shards",
 ]

@@ -1,4 +1,5 @@
-"""Image folders: class-per-directory sets, and the "PNG folder with labels.csv" release format.
+"""Image folders: class-per-directory sets, the "PNG folder with labels.csv" release format, and the
+ImageFolder export.
 
 Class folder: ``ROOT/<class>/*.{png,jpg,jpeg,bmp}``; classes are the sorted directory names (hidden ones
 skipped), rows are in (class, file name) order with ``index`` 0..N-1.
@@ -7,6 +8,11 @@ PNG folder: ``ROOT/images/<index>.png``, ``ROOT/labels.csv`` with the columns ``
 (file names relative to ROOT) and ``ROOT/dataset.json`` with the name, class count and class names (the
 reader falls back to max(label) + 1 numbered classes without it). This is the layout other
 unlearnable-example benchmarks read.
+
+ImageFolder export: ``ROOT/<class folder>/<index>.png`` and ``ROOT/metadata.csv`` with the columns
+``file_name,label``, what torchvision.datasets.ImageFolder and Hugging Face's ``imagefolder`` read. Class
+folders sort in label order (:func:`class_folder_names`), so ImageFolder's class k is label k; the index is
+zero-padded to one width, so ImageFolder lists each class's images in index order.
 
 All images of a set must share one size. A set whose images are all grayscale gets C = 1, any other set is
 converted to RGB (C = 3).
@@ -18,6 +24,8 @@ import csv
 import io
 import json
 import os
+import re
+from collections.abc import Sequence
 
 import numpy as np
 from fsspec import AbstractFileSystem
@@ -32,6 +40,11 @@ LABELS_CSV = "labels.csv"
 DATASET_JSON = "dataset.json"
 IMAGES_DIR = "images"
 CSV_COLUMNS = ("filename", "index", "label")
+METADATA_CSV = "metadata.csv"
+METADATA_COLUMNS = ("file_name", "label")
+# a class name used as is in a folder name: ASCII letters, digits, space, _ . + -, starting and ending with
+# a letter or digit (so "Ankle boot" is, "T-shirt/top" is not)
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 _.+-]{0,98}[A-Za-z0-9])?")
 
 
 def _basename(path: str) -> str:
@@ -110,6 +123,51 @@ def write_png_folder(dataset: ImageDataset, root: str | os.PathLike, overwrite: 
         }
         with fs.open(join(staging, DATASET_JSON), "w") as f:
             json.dump(description, f, indent=1)
+    return root
+
+
+def class_folder_names(class_names: Sequence[str]) -> tuple[str, ...]:
+    """One folder name per class whose sorted order is label order: ``<label>-<class name>``, or just
+    ``<label>`` for a class whose name is not a plain folder name (``_PLAIN_NAME``), the label zero-padded
+    to the width of the largest (Fashion-MNIST: ``0``, ``1-Trouser``, …, ``9-Ankle boot``)."""
+    width = len(str(len(class_names) - 1))
+    return tuple(
+        f"{label:0{width}d}-{name}" if _PLAIN_NAME.fullmatch(name) else f"{label:0{width}d}"
+        for label, name in enumerate(class_names)
+    )
+
+
+def write_image_folder(dataset: ImageDataset, root: str | os.PathLike, overwrite: bool = False) -> str:
+    """Write the ImageFolder export (module docstring): ``root/<class folder>/<index>.png`` (grayscale if
+    C = 1, RGB if C = 3) and ``root/metadata.csv``, rows in (label, index) order. Returns ``root``.
+
+    Every class needs an image: ImageFolder numbers only the class folders it finds, so a missing one would
+    shift the labels after it.
+    """
+    root = os.fspath(root)
+    if dataset.image_shape[2] not in (1, 3):
+        raise InvalidInputError(f"{dataset.name}: PNG images need 1 or 3 channels, got {dataset.image_shape}")
+    empty = sorted(set(range(dataset.num_classes)) - set(dataset.labels.tolist()))
+    if empty:
+        raise InvalidInputError(
+            f"{dataset.name}: the imagefolder export needs an image of every class, class {empty[0]} has none"
+        )
+    folders = class_folder_names(dataset.class_names)
+    width = len(str(int(dataset.index.max())))
+    ordered = dataset.subset(np.lexsort((dataset.index, dataset.labels)))
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(METADATA_COLUMNS)
+    with staged_directory(root, overwrite) as (fs, staging):
+        for folder in folders:
+            fs.makedirs(join(staging, folder), exist_ok=True)
+        for image, index, label in zip(ordered.images, ordered.index, ordered.labels):
+            file_name = f"{folders[label]}/{index:0{width}d}.png"
+            with fs.open(join(staging, file_name), "wb") as f:
+                f.write(encode_png(image))
+            writer.writerow((file_name, int(label)))
+        with fs.open(join(staging, METADATA_CSV), "w") as f:
+            f.write(table.getvalue())
     return root
 
 
