@@ -3,8 +3,9 @@
 Three kinds, all on float images (B, C, H, W) in [0, 1]:
 
 - purifications, deterministic per image: :func:`grayscale`, :func:`jpeg` (the two compressions of Image
-  Shortcut Squeezing, Liu, Zhao & Larson, ICML 2023) and :func:`bit_depth_reduction` (feature squeezing,
-  Xu, Evans & Qi, NDSS 2018);
+  Shortcut Squeezing, Liu, Zhao & Larson, ICML 2023) and :func:`bit_depth_reduction` (APBench's BDR, Qin et
+  al. 2023: torchvision's ``posterize``), each defined on the uint8 pixels exactly as its reference computes
+  it, and tested bit for bit against that reference (PIL's grayscale and JPEG, torchvision's posterize);
 - augmentations, random: :func:`cutout` (DeVries & Taylor 2017), :func:`mixup` (Zhang et al., ICLR 2018),
   :func:`cutmix` (Yun et al., ICCV 2019);
 - PGD adversarial training (Madry et al., ICLR 2018), which :func:`ue_core.training.fit` already implements:
@@ -49,8 +50,9 @@ DEFENCE_NAMES: tuple[str, ...] = ("adversarial", "cutout", "mixup", "cutmix", "g
 PURIFICATIONS: tuple[str, ...] = ("grayscale", "jpeg", "bitdepth")
 """The deterministic defences, in the order :func:`purification` applies them."""
 
-LUMA_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
-"""ITU-R BT.601 luma weights of R, G, B (those of PIL's ``convert("L")`` and torchvision's ``rgb_to_grayscale``)."""
+LUMA_WEIGHTS: tuple[int, int, int] = (19595, 38470, 7471)
+"""ITU-R BT.601 luma weights of R, G, B (0.299, 0.587, 0.114) in 16-bit fixed point, as PIL's ``convert("L")``
+computes L = (19595 R + 38470 G + 7471 B + 2^15) >> 16 on uint8 values."""
 
 
 def parse_defences(spec: str | Sequence[str]) -> tuple[str, ...]:
@@ -109,12 +111,11 @@ class DefenceConfig:
     Attributes:
         names: any combination of :data:`DEFENCE_NAMES` except mixup with cutmix; () means no defence.
         jpeg_quality: JPEG quality factor in [1, 100]; ISS (Liu et al. 2023) uses 10.
-        bit_depth: bits kept per channel, in [1, 7], i.e. 2**bit_depth levels. Default 2 (4 levels, a step of
-            1/3 = 85/255): the step is ~10× the usual budget ε = 8/255, so a ±ε perturbation changes the
-            rounded value only of pixels within ε of one of the 3 rounding thresholds (≈ 19% of uniformly
-            spread values, against ≈ 44% at 3 bits and ≈ 94% at 4), while shapes stay recognisable. Feature
-            squeezing (Xu et al. 2018) kept 5 bits on CIFAR-10 and 1 bit on MNIST, for detection rather than
-            for removing a training-set perturbation.
+        bit_depth: the high bits kept of each uint8 channel value, in [1, 7], i.e. 2**bit_depth levels
+            (:func:`bit_depth_reduction`). Default 2 (levels 0, 64, 128, 192 of 255): the step of 64/255 is 8×
+            the usual budget ε = 8/255, so a ±ε perturbation changes the truncated value only of pixels within
+            ε of one of the 3 thresholds (≈ 19% of uniformly spread values, against ≈ 44% at 3 bits and ≈ 94%
+            at 4), while shapes stay recognisable.
         cutout_size: side of the cutout square as a fraction of the image side (of each side for non-square
             images), in (0, 1]; 0.5 is DeVries & Taylor's 16 px on 32 px CIFAR images.
         mixup_alpha: α of mixup's λ ~ Beta(α, α), > 0 (Zhang et al. use 1 on CIFAR-10).
@@ -162,14 +163,26 @@ class DefenceConfig:
             raise InvalidInputError(f"defence pgd: must be a PGDConfig, got {type(self.pgd).__name__}")
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float (B, C, H, W) in [0, 1] → uint8 (B, C, H, W) on the device of x: round(255 x), the exact inverse
+    of the k/255 floats that images become in ue_core (:meth:`ue_core.data.dataset.ImageDataset.tensors`)."""
+    return (x.detach() * 255).round().clamp(0, 255).to(torch.uint8)
+
+
 def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """ITU-R BT.601 luma, replicated to every channel (ISS's grayscale compression).
+    """ITU-R BT.601 luma in uint8, replicated to every channel (ISS's grayscale compression).
+
+    ISS applies ``torchvision.transforms.Grayscale(num_output_channels=3)`` to the PIL training images, i.e.
+    PIL's ``convert("L")`` replicated to 3 channels: this computes the same integers (:data:`LUMA_WEIGHTS`) on
+    the uint8 pixels (:func:`to_uint8`), and is tested equal, bit for bit, to
+    ``torchvision.transforms.functional.rgb_to_grayscale(image, num_output_channels=3)`` on PIL images.
 
     Args:
         x: float (B, C, H, W) in [0, 1] with C = 3 (RGB) or C = 1 (returned unchanged).
 
     Returns:
-        float (B, C, H, W) on the device of x: each channel 0.299·R + 0.587·G + 0.114·B for C = 3.
+        float (B, C, H, W) with values k/255, in the dtype and on the device of x: for C = 3 every channel
+        is (19595 R + 38470 G + 7471 B + 2^15) >> 16 of the uint8 values, ÷ 255.
 
     Raises:
         InvalidInputError: for any other channel count, which has no defined luma.
@@ -180,18 +193,22 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
         return x
     if channels != 3:
         raise InvalidInputError(f"grayscale: needs 1 or 3 channels (RGB), got {channels}")
-    weights = torch.tensor(LUMA_WEIGHTS, dtype=x.dtype, device=x.device)
-    luma = torch.einsum("bchw,c->bhw", x, weights)
+    weights = torch.tensor(LUMA_WEIGHTS, dtype=torch.int64, device=x.device)
+    weighted = torch.einsum("bchw,c->bhw", to_uint8(x).to(torch.int64), weights)
+    luma = torch.bitwise_right_shift(weighted + 2**15, 16).to(x.dtype) / 255
     return luma[:, None].expand_as(x).contiguous()
 
 
 def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     """JPEG compression and decompression of every image (ISS's JPEG compression).
 
-    Each image is rounded to uint8, encoded with libjpeg through ``torchvision.io.encode_jpeg`` (baseline, 4:2:0
+    ISS saves each PIL training image with PIL's ``save(format="JPEG", quality=10)`` and reads it back; this
+    is tested equal, bit for bit, to that PIL round trip on the same uint8 images. Each image is rounded to uint8
+    (:func:`to_uint8`), encoded with libjpeg through ``torchvision.io.encode_jpeg`` (baseline, 4:2:0
     chroma subsampling for colour, as PIL's ``save(format="JPEG", quality=quality)``, whose decoded pixels it
-    reproduces) and decoded with ``decode_jpeg``, the whole batch in one call each. 3-channel images are encoded as colour JPEGs; any other channel count is encoded channel by channel
-    as grayscale JPEGs, so 1-channel images stay 1 channel.
+    reproduces) and decoded with ``decode_jpeg``, the whole batch in one call each. 3-channel images are
+    encoded as colour JPEGs; any other channel count is encoded channel by channel as grayscale JPEGs, so
+    1-channel images stay 1 channel.
 
     Args:
         x: float (B, C, H, W) in [0, 1].
@@ -206,7 +223,7 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     if not (_is_int(quality) and 1 <= quality <= 100):
         raise InvalidInputError(f"jpeg quality: must be an integer in [1, 100], got {quality!r}")
     batch, channels, height, width = x.shape
-    pixels = (x.detach() * 255).round().clamp(0, 255).to(device="cpu", dtype=torch.uint8)
+    pixels = to_uint8(x).cpu()
     if channels != 3:
         pixels = pixels.reshape(batch * channels, 1, height, width)
     decoded = decode_jpeg(encode_jpeg(list(pixels), quality=quality), mode=ImageReadMode.UNCHANGED)
@@ -215,20 +232,25 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
 
 
 def bit_depth_reduction(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Round every value to the nearest of 2**bits evenly spaced levels (feature squeezing, Xu et al. 2018).
+    """Keep the ``bits`` high bits of every uint8 channel value (APBench's BDR defence).
+
+    APBench (Qin et al., "APBench: A unified benchmark for availability poisoning attacks and defenses", 2023)
+    reduces bit depth with ``torchvision.transforms.RandomPosterize(bits, p=1)``, which truncates: a uint8
+    value v becomes v & ~(2^(8 − bits) − 1). This does so on the uint8 pixels (:func:`to_uint8`), and is
+    tested equal, bit for bit, to ``torchvision.transforms.functional.posterize`` on the same images.
 
     Args:
         x: float (B, C, H, W) in [0, 1].
         bits: bits kept per channel, in [1, 7].
 
     Returns:
-        float (B, C, H, W) on the device of x: round(x·(2^bits − 1)) / (2^bits − 1), ties to even.
+        float (B, C, H, W) with values k·2^(8 − bits)/255, in the dtype and on the device of x.
     """
     check_images(x, allow_empty=True)
     if not (_is_int(bits) and 1 <= bits <= 7):
         raise InvalidInputError(f"bit depth: must be an integer in [1, 7], got {bits!r}")
-    levels = 2**bits - 1
-    return torch.round(x * levels) / levels
+    kept = torch.bitwise_and(to_uint8(x), 256 - 2 ** (8 - bits))
+    return kept.to(x.dtype) / 255
 
 
 def _random_boxes(
