@@ -42,8 +42,10 @@ def _add_protect(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="a YAML config file, merged over the preset")
     parser.add_argument("--method",
                         help="beo (default), or a baseline: random noise, error-minimising (em), targeted "
-                             "adversarial poisoning (tap) (method)")
-    parser.add_argument("--eps", help="L-inf budget of every method, e.g. 8/255 (budget.eps)")
+                             "adversarial poisoning (tap), one-pixel shortcut (ops, an L0 budget: "
+                             "--set budget.norm=l0 --eps 1) (method)")
+    parser.add_argument("--eps",
+                        help="budget of every method, e.g. 8/255 (L-inf) or 1 pixel (l0) (budget.eps)")
     parser.add_argument("--rounds", type=int, help="surrogate rounds (beo.rounds)")
     parser.add_argument("--subset", type=int, help="protect a class-balanced subset of this size (data.subset)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -40,7 +40,8 @@ def check_release(clean: ImageDataset, release: ImageDataset, budget: Budget) ->
 
     Checks: uint8 pixels of the same (H, W, C); the same index set, each index exactly once (rows are
     matched by index, not by position); the same label per index; the perturbation within ``budget`` in
-    uint8 levels (L∞: max |q - x| ≤ floor(255 eps); L2: ‖q - x‖₂ ≤ 255 eps).
+    integers (L∞: max |q - x| ≤ floor(255 eps) levels; L2: ‖q - x‖₂ ≤ 255 eps levels; L0: at most eps
+    changed pixels per image, a pixel changed if any of its channels changed).
     """
     if release.images.dtype != np.uint8:
         raise ReleaseCheckError(f"release pixels must be uint8, got {release.images.dtype}")
@@ -62,8 +63,11 @@ def check_release(clean: ImageDataset, release: ImageDataset, budget: Budget) ->
     flat = difference.reshape(len(difference), -1)
     if budget.norm == "linf":
         size = np.abs(flat).max(axis=1, initial=0)
+    elif budget.norm == "l0":
+        size = (difference != 0).any(axis=3).reshape(len(difference), -1).sum(axis=1)
     else:
         size = np.sqrt(np.square(flat, dtype=np.float64).sum(axis=1))
     over = clean.index[size > budget.integer_budget + 1e-9]
     if over.size:
-        _fail(f"exceeds the {budget.norm} budget of {budget.integer_budget:g} levels", over)
+        unit = "changed pixels" if budget.norm == "l0" else "levels"
+        _fail(f"exceeds the {budget.norm} budget of {budget.integer_budget:g} {unit}", over)

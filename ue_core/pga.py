@@ -18,9 +18,9 @@ import torch
 from ue_core.config import parse_fraction
 from ue_core.errors import InvalidInputError, ReleaseCheckError
 
-Norm = Literal["linf", "l2"]
+Norm = Literal["linf", "l2", "l0"]
 UpdateRule = Literal["adam", "sign"]
-NORMS: tuple[str, ...] = ("linf", "l2")
+NORMS: tuple[str, ...] = ("linf", "l2", "l0")
 UPDATE_RULES: tuple[str, ...] = ("adam", "sign")
 
 
@@ -29,9 +29,11 @@ class Budget:
     """How far a protection may move each image: the perturbation budget, the same for every method.
 
     Attributes:
-        eps: the radius in image units ([0, 1] per channel); a number or a fraction such as "8/255".
-            L∞: ‖δ‖∞ ≤ eps with 0 < eps < 1 (default 8/255); L2: ‖δ‖₂ ≤ eps per image, eps > 0.
-        norm: "linf" or "l2".
+        eps: L∞ and L2: the radius in image units ([0, 1] per channel), a number or a fraction such as
+            "8/255": ‖δ‖∞ ≤ eps with 0 < eps < 1 (default 8/255), or ‖δ‖₂ ≤ eps per image with eps > 0.
+            L0: the number of pixels each image may change (a pixel changes if any of its channels does),
+            an integer ≥ 1, by any amount within [0, 1].
+        norm: "linf", "l2" or "l0".
     """
 
     eps: float = 8 / 255
@@ -45,10 +47,17 @@ class Budget:
             raise InvalidInputError(f"eps must be in (0, 1) for the L-inf norm, got {self.eps}")
         if self.norm == "l2" and not 0 < self.eps < math.inf:
             raise InvalidInputError(f"eps must be > 0 for the L2 norm, got {self.eps}")
+        if self.norm == "l0" and not (self.eps >= 1 and float(self.eps).is_integer()):
+            raise InvalidInputError(
+                f"eps must be an integer >= 1 (changed pixels per image) for the L0 norm, got {self.eps}"
+            )
 
     @property
     def integer_budget(self) -> float:
-        """The budget in uint8 levels: floor(255 eps) for L∞, 255 eps for L2."""
+        """The budget in integers: floor(255 eps) uint8 levels for L∞, 255 eps levels for L2, eps changed
+        pixels per image for L0."""
+        if self.norm == "l0":
+            return float(self.eps)
         levels = 255 * self.eps
         return float(math.floor(levels + 1e-9)) if self.norm == "linf" else levels
 
@@ -166,8 +175,11 @@ def _check_finite_rows(name: str, values: torch.Tensor, error: type[Exception]) 
 
 
 def project(delta: torch.Tensor, images: torch.Tensor, budget: Budget) -> torch.Tensor:
-    """Project δ (N, C, H, W) onto the ball of radius ``budget.eps`` in ``budget.norm``, then so that
-    x + δ ∈ [0, 1] for the clean ``images`` x (N, C, H, W)."""
+    """Project δ (N, C, H, W) onto the ball of radius ``budget.eps`` in ``budget.norm`` (L∞ or L2), then so
+    that x + δ ∈ [0, 1] for the clean ``images`` x (N, C, H, W). The L0 budget is enforced on the release
+    (:func:`quantise_release`), not here: the gradient methods that project are defined for L∞ and L2."""
+    if budget.norm == "l0":
+        raise InvalidInputError("project: the L0 budget has no continuous projection; use linf or l2")
     if budget.norm == "linf":
         delta = delta.clamp(-budget.eps, budget.eps)
     else:
@@ -183,7 +195,9 @@ def quantise_release(clean: np.ndarray, delta: torch.Tensor, budget: Budget, ind
         clean: uint8 (N, H, W, C), the original pixels (255 x).
         delta: float (N, C, H, W), the perturbation in image units.
         budget: L∞ keeps |q - 255x| ≤ floor(255 eps); L2 keeps ‖q - 255x‖₂ ≤ 255 eps
-            (by scaling the integer difference down and truncating towards zero).
+            (by scaling the integer difference down and truncating towards zero); L0 keeps the eps pixels
+            of each image that change most (largest max |q - 255x| over channels; ties to the first in
+            row-major order) and resets the others.
         index: int64 (N,), the samples' indices, named in the error when δ is not finite.
     Returns:
         uint8 (N, H, W, C).
@@ -198,7 +212,20 @@ def quantise_release(clean: np.ndarray, delta: torch.Tensor, budget: Budget, ind
     levels = budget.integer_budget
     if budget.norm == "linf":
         difference.clamp_(-levels, levels)
+    elif budget.norm == "l0":
+        difference = _keep_largest_pixels(difference, int(levels))
     else:
         norms = difference.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
         difference = torch.trunc(difference * (levels / norms.clamp_min(1e-12)).clamp(max=1.0))
     return (x + difference).to(torch.uint8).numpy()
+
+
+def _keep_largest_pixels(difference: torch.Tensor, count: int) -> torch.Tensor:
+    """``difference`` float64 (N, H, W, C) with all but the ``count`` pixels of largest max |·| over channels
+    of each image set to 0 (ties to the first pixel in row-major order)."""
+    size = difference.abs().amax(dim=3).flatten(1)  # (N, H·W)
+    if size.shape[1] <= count:
+        return difference
+    order = torch.sort(size, dim=1, descending=True, stable=True).indices[:, :count]
+    keep = torch.zeros_like(size, dtype=torch.bool).scatter_(1, order, True)
+    return difference * keep.reshape(difference.shape[:3]).unsqueeze(3)

@@ -124,9 +124,10 @@ def check_delta_budget(budget: Budget) -> None:
     before any work: whether the format can be written would otherwise depend on how far the images moved.
 
     A release that passed ue_core.checks.check_release has every |q − x| ≤ floor(255 eps) (L∞), and
-    ≤ ‖q − x‖₂ ≤ 255 eps (L2), an integer either way.
+    ≤ ‖q − x‖₂ ≤ 255 eps (L2), an integer either way; an L0 budget bounds the changed pixels, not their
+    change, which may be 255 levels.
     """
-    levels = math.floor(budget.integer_budget + 1e-9)
+    levels = 255 if budget.norm == "l0" else math.floor(budget.integer_budget + 1e-9)
     if levels > DELTA_LIMIT:
         raise InvalidInputError(
             f"the delta release format stores q - x as int8, so it needs eps <= {DELTA_LIMIT}/255; "

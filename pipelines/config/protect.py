@@ -13,9 +13,10 @@ from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError
 from ue_core.methods import METHODS as METHOD_CLASSES
 from ue_core.methods import ProtectionMethod
-from ue_core.methods.base import require_linf
+from ue_core.methods.base import require_norm
 from ue_core.methods.beo import BEOConfig
 from ue_core.methods.em import EMConfig
+from ue_core.methods.ops import OPSConfig
 from ue_core.methods.random_noise import RandomNoiseConfig
 from ue_core.methods.tap import TAPConfig
 from ue_core.pga import Budget
@@ -49,9 +50,10 @@ class ProtectConfig:
 
     Attributes:
         method: "beo" (the product), or a baseline to compare it with: "random" (±ε noise), "em"
-            (error-minimising noise) or "tap" (targeted adversarial poisoning); see ue_core/methods/.
+            (error-minimising noise), "tap" (targeted adversarial poisoning) or "ops" (one-pixel shortcut, an
+            L0 budget: ``budget.norm: l0``, ``budget.eps: 1``); see ue_core/methods/.
         budget: eps and norm, the budget of whichever method runs (``--eps`` sets ``budget.eps``).
-        beo, random, em, tap: each method's own settings, read only when it is the method.
+        beo, random, em, tap, ops: each method's own settings, read only when it is the method.
         formats: the release formats (ue_core.release.RELEASE_FORMATS); "delta" needs a budget of at most
             127 levels (eps ≤ 127/255), checked here before a job starts.
     """
@@ -63,13 +65,14 @@ class ProtectConfig:
     random: RandomNoiseConfig = field(default_factory=RandomNoiseConfig)
     em: EMConfig = field(default_factory=EMConfig)
     tap: TAPConfig = field(default_factory=TAPConfig)
+    ops: OPSConfig = field(default_factory=OPSConfig)
     formats: tuple[ReleaseFormat, ...] = ("parquet",)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InvalidInputError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
-        if METHOD_CLASSES[self.method].linf_only:  # the method's own check, here before a job starts
-            require_linf(self.budget, self.method)
+        # the method's own check, here before a job starts
+        require_norm(self.budget, self.method, METHOD_CLASSES[self.method].norms)
         object.__setattr__(self, "formats", tuple(self.formats))
         unknown = sorted(set(self.formats) - set(RELEASE_FORMATS))
         if unknown:

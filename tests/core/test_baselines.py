@@ -133,7 +133,7 @@ def test_tap_pushes_images_to_the_target_class(fashion_subset):
     ids=["em", "tap"],
 )
 def test_l2_budget_is_refused(build):
-    with pytest.raises(InvalidInputError, match="only the L∞ budget"):
+    with pytest.raises(InvalidInputError, match="defined for the budget norm linf only"):
         build(Budget(eps=0.5, norm="l2"))
 
 

@@ -75,7 +75,7 @@ def test_a_value_of_another_type_is_one_line_naming_key_value_and_type(data, mes
 
 
 def test_the_path_starts_where_the_caller_says():
-    with pytest.raises(InvalidInputError, match=r"^budget\.norm: expected one of linf, l2, got 'l3'$"):
+    with pytest.raises(InvalidInputError, match=r"^budget\.norm: expected one of linf, l2, l0, got 'l3'$"):
         from_dict(Budget, {"norm": "l3"}, "budget")
 
 

@@ -247,11 +247,34 @@ def test_a_baseline_is_published_like_beo_with_its_own_config(fashion_mnist_root
     assert 0 < manifest["summary"]["ssim"] < 1
 
 
+def test_the_ops_baseline_publishes_a_verified_l0_release(fashion_mnist_root, tmp_path):
+    """`--method ops` with an L0 budget of one pixel: a release `ue verify` accepts, one changed pixel per
+    image."""
+    out = tmp_path / "ops"
+    result = ue("protect", "--engine", "reference", "--method", "ops", "--preset", "fashion-mnist",
+                "--source", str(fashion_mnist_root), "--out", str(out), "--set", "data.subset=60",
+                "--set", "data.test_subset=20", "--set", "budget.norm=l0", "--set", "budget.eps=1",
+                "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("protected 60 images with ops (changed fraction ")
+    verified = ue("verify", str(out))
+    assert verified.returncode == 0, verified.stderr
+    manifest = read_manifest(out)
+    assert manifest["method"] == "ops" and manifest["config"]["budget"] == {"eps": 1, "norm": "l0"}
+    release = read_release(out).sorted_by_index()
+    source = read_dataset(str(fashion_mnist_root)).sorted_by_index()
+    originals = source.images[np.searchsorted(source.index, release.index)]
+    changed = (release.images != originals).any(axis=3).reshape(60, -1).sum(axis=1)
+    assert changed.max() == 1 and manifest["summary"]["changed_fraction"] == pytest.approx(changed.mean())
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--method", "ops"], "unknown method 'ops'; expected one of beo, random, em, tap"),
-        (["--method", "em", "--set", "budget.norm=l2", "--eps", "0.5"], "em: only the L∞ budget"),
+        (["--method", "lsp"], "unknown method 'lsp'; expected one of beo, random, em, tap, ops"),
+        (["--method", "em", "--set", "budget.norm=l2", "--eps", "0.5"],
+         "em: defined for the budget norm linf only"),
+        (["--method", "ops"], "ops: defined for the budget norm l0 only, got norm 'linf'"),
         (["--method", "tap", "--set", "tap.steps=0"], "tap steps: must be >= 1"),
     ],
 )

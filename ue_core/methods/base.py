@@ -52,15 +52,14 @@ class ProtectionMethod(ABC):
     """Base class: subclasses implement :meth:`perturb`; :meth:`protect` releases and verifies."""
 
     name: str = "method"
-    linf_only: bool = False
-    """True for methods defined for the L∞ ball only (their steps are signed): other norms are refused."""
+    norms: tuple[str, ...] = ("linf", "l2")
+    """The budget norms (:data:`ue_core.pga.NORMS`) this method is defined for; any other is refused."""
     takes_test_set: bool = False
     """True for methods that take a keyword-only ``test_set`` (BEO: its per-round reports)."""
 
     def __init__(self, budget: Budget, device: str = "cpu") -> None:
         """``budget`` bounds every δ this method makes; ``device`` is the torch device its models run on."""
-        if self.linf_only:
-            require_linf(budget, self.name)
+        require_norm(budget, self.name, self.norms)
         self.budget = budget
         self.device = device
 
@@ -84,7 +83,10 @@ def release_of(clean: ImageDataset, delta: torch.Tensor, budget: Budget) -> Imag
     return release
 
 
-def require_linf(budget: Budget, method: str) -> None:
-    """The check behind ``ProtectionMethod.linf_only``: any norm but L∞ is a one-line error naming ``method``."""
-    if budget.norm != "linf":
-        raise InvalidInputError(f"{method}: only the L∞ budget (norm: linf) is defined, got norm {budget.norm!r}")
+def require_norm(budget: Budget, method: str, norms: tuple[str, ...]) -> None:
+    """The check behind ``ProtectionMethod.norms``: a budget norm not in ``norms`` is a one-line error naming
+    ``method``."""
+    if budget.norm not in norms:
+        raise InvalidInputError(
+            f"{method}: defined for the budget norm {' or '.join(norms)} only, got norm {budget.norm!r}"
+        )

@@ -74,7 +74,7 @@ class ErrorMinimisingNoise(ProtectionMethod):
     """Sample-wise error-minimising noise (min-min). See the module docstring."""
 
     name = "em"
-    linf_only = True
+    norms = ("linf",)
 
     def __init__(self, budget: Budget, config: EMConfig, device: str = "cpu") -> None:
         """``budget`` gives eps (L∞ only); ``config`` the generator's training and PGD; the model runs on

@@ -72,7 +72,7 @@ class TargetedAdversarialPoisoning(ProtectionMethod):
     """Class-targeted adversarial examples of a clean-trained model. See the module docstring."""
 
     name = "tap"
-    linf_only = True
+    norms = ("linf",)
 
     def __init__(self, budget: Budget, config: TAPConfig, device: str = "cpu") -> None:
         """``budget`` gives eps (L∞ only); ``config`` the crafting model and the PGD; the model runs on
