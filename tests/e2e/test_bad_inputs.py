@@ -29,6 +29,7 @@ SRC, OUT = "{src}", "{out}"  # replaced by the case's source folder and destinat
 PROTECT = ("protect", "--preset", "fashion-mnist", "--engine", "reference", "--no-progress")
 UNKNOWN_SCHEME = "foo://bucket/x"  # a scheme fsspec does not know
 MISSING_PACKAGE = "gs://bucket/x"  # a scheme whose package (gcsfs) is not installed
+MLFLOW_DOWN = "http://127.0.0.1:9"  # a closed port: the MLflow tracking server is down
 S3_DOWN = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # a closed port: the S3 server is down
            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 
@@ -221,6 +222,8 @@ CASES = [
     Case("protect out of a missing package", protect(out=MISSING_PACKAGE), (MISSING_PACKAGE,)),
     Case("protect out on an unreachable S3", protect(out="s3://bucket/out"),
          ("cannot write s3://bucket/out: the S3 endpoint is unreachable",), env=S3_DOWN),
+    Case("protect tracking server unreachable", protect("--tracking-uri", MLFLOW_DOWN),
+         (f"cannot reach the MLflow tracking server at {MLFLOW_DOWN}",)),
     # ------------------------------------------------------------------------------------------ evaluate
     Case("evaluate ratio above 1", evaluate("--ratio", "1.5"), ("mixing ratio must be in [0, 1], got 1.5",)),
     Case("evaluate ratio below 0", evaluate("--ratio", "-0.1"),
@@ -245,6 +248,8 @@ CASES = [
     Case("evaluate release of unknown scheme", evaluate(release=UNKNOWN_SCHEME), (UNKNOWN_SCHEME,)),
     Case("evaluate out of unknown scheme", evaluate(out=UNKNOWN_SCHEME), (UNKNOWN_SCHEME,)),
     Case("evaluate storage of a missing package", evaluate("--storage", MISSING_PACKAGE), (MISSING_PACKAGE,)),
+    Case("evaluate tracking server unreachable", evaluate("--tracking-uri", MLFLOW_DOWN),
+         (f"cannot reach the MLflow tracking server at {MLFLOW_DOWN}",)),
     # --------------------------------------------------------------------------------------------- sweep
     Case("sweep unknown name", sweep("fashion-mnst"), ("cannot read config fashion-mnst",)),
     Case("sweep file not YAML", sweep(f"{SRC}/config.yaml"), (f"{SRC}/config.yaml", "is not valid YAML"),
@@ -255,6 +260,8 @@ CASES = [
     Case("sweep out of unknown scheme", sweep(out=UNKNOWN_SCHEME), (UNKNOWN_SCHEME,)),
     Case("sweep releases of unknown scheme", sweep("fashion-mnist", "--releases", UNKNOWN_SCHEME),
          (UNKNOWN_SCHEME,)),
+    Case("sweep tracking server unreachable", sweep("fashion-mnist", "--tracking-uri", MLFLOW_DOWN),
+         (f"cannot reach the MLflow tracking server at {MLFLOW_DOWN}",)),
     # ------------------------------------------------------------ verify: releases tampered after publishing
     Case("verify modified file", ("verify", SRC), (f"release {SRC}: parquet/", "does not match its sha256"),
          build=tampered_release(flip_last_bytes)),
