@@ -34,7 +34,7 @@ from pipelines.storage import (
     claim_output,
     remove,
 )
-from pipelines.tracking import Tracker
+from pipelines.tracking import Tracker, check_reachable
 from ue_core.config import to_dict
 from ue_core.data import read_dataset
 from ue_core.data.atomic import check_output_free, staged_directory
@@ -215,6 +215,7 @@ def evaluate_release(
     check_readable(release)
     if storage is not None:
         check_writable(storage)
+    check_reachable(tracking_uri)
     job = {"command": "evaluate", "source": source, "release": release, "config": to_dict(config)}
     with claim_output(out, job, overwrite):
         data = load_evaluation_data(source, release, config)

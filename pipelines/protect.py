@@ -37,7 +37,7 @@ from pipelines.storage import (
     claim_output,
     remove,
 )
-from pipelines.tracking import Tracker, bayes_error_plot, image_grid
+from pipelines.tracking import Tracker, bayes_error_plot, check_reachable, image_grid
 from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError
 from ue_core.quality import psnr, ssim
@@ -114,6 +114,7 @@ def protect(
     check_writable(out)  # first: it names an unreachable endpoint, bad credentials or a missing bucket
     check_release_target(out, overwrite)
     check_readable(source)
+    check_reachable(tracking_uri)
     job = {"command": "protect", "source": absolute(source), "config": config.method_record()}
     run_name = f"protect {basename(out)}"
     with claim_output(out, job, overwrite), Tracker(tracking_uri, experiment, run_name=run_name) as tracker:

@@ -34,6 +34,7 @@ from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from ue_core.data.atomic import remove_stale_staging
 from ue_core.data.fsutil import filesystem
 from ue_core.errors import UEError
 
@@ -216,7 +217,8 @@ def claim_output(out: str, job: dict[str, Any], overwrite: bool = False) -> Iter
     The claim is a small JSON file (:func:`job_id`, command, host, pid, start time and a random token),
     taken after the input checks and before any work, and removed when the block ends, however it ends
     (after the release is published and the work folder removed, or on an error). Only a killed job
-    leaves it behind. A claim already there is
+    leaves it behind, with perhaps the staging folder of a release it was publishing, which the next
+    claim of ``out`` removes (ue_core.data.atomic.remove_stale_staging). A claim already there is
 
     - taken over when it is this same job's (same output, command, inputs and config: a rerun after a
       kill, which resumes from the work folder where the engine can), unless that job still runs — its
@@ -240,6 +242,7 @@ def claim_output(out: str, job: dict[str, Any], overwrite: bool = False) -> Iter
     fs, path = filesystem(uri)
     _take_claim(fs, path, uri, record, overwrite)
     try:
+        remove_stale_staging(out)  # a killed job's half-published release: no writer of ``out`` is left
         yield uri
     finally:
         if _read_claim(fs, path) == record:

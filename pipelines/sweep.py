@@ -41,7 +41,7 @@ from pipelines.storage import (
     remove,
 )
 from pipelines.sweep_report import TrialOutcome, release_label, releases_table, results_table, sweep_plot
-from pipelines.tracking import RemoteRun, Tracker
+from pipelines.tracking import RemoteRun, Tracker, check_reachable
 from ue_core.config import from_dict, to_dict
 from ue_core.data.atomic import check_output_free, staged_directory
 from ue_core.data.fsutil import filesystem
@@ -288,6 +288,7 @@ def sweep(
     check_readable(source)
     releases = absolute(releases or f"{out.rstrip('/').rsplit('/', 1)[0]}/releases")
     check_writable(releases)
+    check_reachable(tracking_uri)
     trials = plan_trials(config)
     job = {"command": "sweep", "source": source, "releases": releases, "config": to_dict(config)}
     with claim_output(out, job, overwrite):

@@ -10,6 +10,8 @@ import functools
 import logging
 import os
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,14 @@ import numpy as np
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep a failing job's stderr to its one error line
 
 from ue_core.config import flatten
+from ue_core.errors import UEError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+REACH_TIMEOUT_S = 5.0  # how long `check_reachable` waits for a tracking server to answer
+
+
+class TrackingError(UEError):
+    """The MLflow tracking server cannot be reached."""
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -35,6 +43,23 @@ def tracking_uri(explicit: str | None = None) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
     return uri
+
+
+def check_reachable(uri: str | None = None) -> None:
+    """Raise TrackingError (one line, naming the URI) unless an http(s) tracking server answers within
+    REACH_TIMEOUT_S; any HTTP answer will do. Jobs call it with their other input checks, before any work:
+    MLflow's own client retries a refused connection for minutes and then fails with a traceback."""
+    uri = tracking_uri(uri)
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri, timeout=REACH_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise TrackingError(f"cannot reach the MLflow tracking server at {uri}: {reason} "
+                            "(check --tracking-uri or MLFLOW_TRACKING_URI)") from None
 
 
 class Tracker:

@@ -8,8 +8,6 @@ dataset (and so of a release); a spy on the local filesystem checks that it is n
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import fsspec
 import numpy as np
@@ -268,30 +266,3 @@ def test_writers_refuse_a_symlink_target_and_never_write_through_it(tmp_path, da
     assert os.readlink(tmp_path / "link") == str(target) and os.readlink(tmp_path / "dangling")
     assert [p.name for p in target.iterdir()] == ["keep.txt"] and not (tmp_path / "missing").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "link", "target"]  # no staging left
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-
-
-@pytest.fixture
-def tracking_store(tmp_path, monkeypatch):
-    """The CLI run tracks into a temporary sqlite store (the default would be ./mlruns.db)."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
-
-
-def test_cli_refuses_a_traversing_source_with_one_line_and_writes_nothing(
-    tmp_path, dataset_factory, secret, tracking_store
-):
-    root = _png_folder(tmp_path / "data" / "png", dataset_factory)
-    _list_in_labels_csv(root, "../../secret/private.png")
-    out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "protect", "--engine", "reference", "--source", str(root),
-         "--out", str(out), "--rounds", "1", "--no-progress"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 2, result.stderr
-    assert result.stderr == (
-        f"error: labels.csv entry '../../secret/private.png' leaves the dataset root {root}\n"
-    )
-    assert not out.exists()

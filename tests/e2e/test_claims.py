@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,19 +30,24 @@ def ue_protect(source: Path, out: Path, tmp_path: Path, *extra: str) -> subproce
                           cwd=tmp_path)
 
 
-def kill_once_claimed(source: Path, out: Path, tmp_path: Path, *extra: str) -> Path:
-    """Start `ue protect`, SIGKILL it (and its session) as soon as its claim exists; returns the claim."""
-    claim = out.parent / f".{out.name}.claim"
+def kill_once(started: Callable[[], bool], source: Path, out: Path, tmp_path: Path, *extra: str) -> None:
+    """Start `ue protect`, SIGKILL it (and its session) as soon as ``started()``; its release is not visible."""
     job = subprocess.Popen(command(source, out, tmp_path, *extra), stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=tmp_path)
     deadline = time.monotonic() + 300
-    while not claim.exists():
+    while not started():
         assert job.poll() is None, job.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, "the job did not claim its output"
-        time.sleep(0.05)
+        assert time.monotonic() < deadline, "the job never reached the point to kill it at"
+        time.sleep(0.01)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     assert not out.exists()
+
+
+def kill_once_claimed(source: Path, out: Path, tmp_path: Path, *extra: str) -> Path:
+    """Start `ue protect`, SIGKILL it as soon as its claim exists; returns the claim."""
+    claim = out.parent / f".{out.name}.claim"
+    kill_once(claim.exists, source, out, tmp_path, *extra)
     return claim
 
 
@@ -77,6 +83,23 @@ def test_a_rerun_of_the_killed_job_takes_its_claim_over(fashion_mnist_root, tmp_
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert not claim.exists() and read_manifest(out)["config"]["beo"]["rounds"] == 1
     verify_release(out)
+
+
+def test_a_driver_killed_while_publishing_leaves_no_release_and_the_rerun_publishes(fashion_mnist_root, tmp_path):
+    """Killed once its release's staging folder exists (ue_core.data.atomic): no half-visible release at --out,
+    and the same command again takes the claim over, removes the killed job's staging folder and publishes a
+    release that verifies."""
+    out = tmp_path / "release"
+    formats = ("--set", "formats=[parquet,png,imagefolder]")  # a publish long enough to be killed in
+
+    def publishing() -> bool:
+        return any(tmp_path.glob(".release.partial-*"))
+
+    kill_once(publishing, fashion_mnist_root, out, tmp_path, *formats)
+    rerun = ue_protect(fashion_mnist_root, out, tmp_path, *formats)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert verify_release(out)["count"] == 100 and not (tmp_path / ".release.claim").exists()
+    assert not any(tmp_path.glob(".release.partial-*"))  # the killed job's staging folder is gone
 
 
 @pytest.fixture

@@ -56,8 +56,7 @@ def staged_directory(
     check_output_free(fs, path, uri, overwrite)
     if "/" not in path:
         raise InvalidInputError(f"cannot write directly at the root of a filesystem or bucket: {uri}")
-    parent, name = path.rsplit("/", 1)
-    staging = f"{parent}/.{name}.partial-{uuid.uuid4().hex[:12]}"
+    staging = f"{_staging_prefix(path)}{uuid.uuid4().hex[:12]}"
     fs.makedirs(staging, exist_ok=False)
     try:
         yield fs, staging
@@ -65,6 +64,26 @@ def staged_directory(
     except BaseException:
         _remove_quietly(fs, staging)
         raise
+
+
+def _staging_prefix(path: str) -> str:
+    """The name of every staging folder of ``path`` up to its random part: ``PARENT/.NAME.partial-``."""
+    parent, name = path.rsplit("/", 1)
+    return f"{parent}/.{name}.partial-"
+
+
+def remove_stale_staging(uri: str | os.PathLike) -> list[str]:
+    """Remove the staging folders of ``uri`` that killed writers left behind; returns their paths.
+
+    Only for a caller that no other writer of ``uri`` can be running beside (a job holding the claim of
+    ``uri``, pipelines.storage.claim_output): a live writer's staging folder looks the same."""
+    fs, path = filesystem(os.fspath(uri))
+    if "/" not in path:
+        return []
+    stale = fs.glob(f"{_staging_prefix(path)}*")
+    for folder in stale:
+        fs.rm(folder, recursive=True)
+    return stale
 
 
 def _publish(fs: AbstractFileSystem, staging: str, path: str) -> None:
