@@ -49,12 +49,13 @@ def test_every_preset_is_covered_here():
                                    "cifar100-paper", "tiny-imagenet-paper"}
 
 
-def test_the_demo_preset_is_the_strong_setting_without_views():
-    """The demo (scripts/demo.sh) runs the strongest measured setting (docs/study.md) minus the crop/flip views,
-    for 10 rounds: the rows of the study its comment quotes."""
+def test_the_demo_preset_is_the_strong_setting_with_a_wider_kernel_and_no_views():
+    """The demo (scripts/demo.sh) runs the study's σ 3.0 setting (docs/study.md): the strong preset's setting
+    without the crop/flip views, with σ 3.0 instead of 1.0, for 10 rounds — the rows its comment quotes."""
     demo, strong = (to_dict(load_protect_config(name)) for name in ("fashion-mnist-demo", "fashion-mnist-strong"))
     assert demo["beo"].pop("augment")["views"] == 0 and strong["beo"].pop("augment")["views"] == 4
     assert (demo["beo"].pop("rounds"), strong["beo"].pop("rounds")) == (10, 20)
+    assert (demo["beo"]["estimator"].pop("sigma"), strong["beo"]["estimator"].pop("sigma")) == (3.0, 1.0)
     assert demo == strong
 
 
