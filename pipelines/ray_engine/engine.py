@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipelines.config import ProtectConfig
+from pipelines.ray_engine.passes import PassPool
 from pipelines.ray_engine.probe import EfficacyProbe
 from pipelines.ray_engine.resources import Resources, actor_device
 from pipelines.ray_engine.rounds import run_round
@@ -84,12 +85,17 @@ def protect_on_ray(
     state = job.state_after(done[-1]) if done else initial_state_dataset(job, info, config)
     bar = tqdm(total=config.beo.rounds, initial=len(done), desc="BEO rounds", unit="round", disable=not progress)
     if len(done) < config.beo.rounds:
-        # one Ray Train run trains every remaining round's surrogate (see SurrogateTrainer)
+        # one Ray Train run trains every remaining round's surrogate (see SurrogateTrainer), one pool of actors
+        # runs every remaining round's passes (see PassPool)
         probe = EfficacyProbe(config.beo, config.budget, info, test_ref, resources)
-        with SurrogateTrainer(config.beo, info, test_ref, work, resources) as trainer:
+        with (
+            SurrogateTrainer(config.beo, info, test_ref, work, resources) as trainer,
+            PassPool(config.beo, config.budget, resources) as passes,
+        ):
             for round_index in range(len(done), config.beo.rounds):
                 surrogate, records, state = run_round(
-                    state, surrogate, config.beo, config.budget, info, round_index, trainer, job, resources, probe
+                    state, surrogate, config.beo, config.budget, info, round_index, trainer, passes, job, resources,
+                    probe,
                 )
                 history.extend(records)
                 for record in records:
@@ -128,7 +134,7 @@ def protect_in_one_task(
     the cluster has one, else with one node's cores as torch threads. Returns (clean training set, result)."""
     connect(address, progress)
     resources = Resources.from_cluster()
-    task = _protect_task.options(num_cpus=resources.task_cpus, num_gpus=resources.gpus_per_actor)
+    task = _protect_task.options(num_cpus=resources.task_cpus, num_gpus=float(resources.task_gpus > 0))
     with tqdm(total=1, desc=f"{config.method} (one Ray task)", unit="job", disable=not progress) as bar:
         train, result = unwrap(task.remote(source, to_dict(config), resources.task_threads))
         bar.update()

@@ -108,15 +108,14 @@ def feature_gradient(
     settings = to_dict(estimator)
     blocks = np.array_split(np.arange(len(features)), max(1, min(len(features), resources.blocks)))
     bounds = [(int(b[0]), int(b[-1]) + 1) for b in blocks if len(b)]
-    options = {"num_cpus": resources.task_cpus, "num_gpus": resources.gpus_per_actor, "scheduling_strategy": "SPREAD"}
-    stats_task = _stats_block.options(**options)
+    stats_task = _stats_block.options(**resources.task_options())
     parts = unwrap(
         [stats_task.remote(bank, bank_labels, num_classes, settings, sigma, a, b, threads) for a, b in bounds]
     )
     stats = bayes_error.KernelStats.concat([bayes_error.KernelStats.from_arrays(p[:-1]) for p in parts])
     bayes_error.check_support(stats, sigma)
     stats_ref = ray.put(stats.to_arrays())
-    gradient_task = _gradient_block.options(**options)
+    gradient_task = _gradient_block.options(**resources.task_options())
     rows = unwrap(
         [gradient_task.remote(bank, bank_labels, stats_ref, settings, sigma, a, b, threads) for a, b in bounds]
     )

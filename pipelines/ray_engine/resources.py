@@ -1,72 +1,108 @@
-"""How the Ray engine sizes its actor pools, tasks and trainer from what the cluster reports."""
+"""How the Ray engine sizes its pass actors, tasks and trainer from what the cluster reports."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ue_core.errors import InvalidInputError
 
-TRAINER_CPUS = 0.05  # logical CPUs the job-long surrogate worker reserves (see SurrogateTrainer)
+TRAINER_CPUS = 0.05
+"""Logical CPUs the job-long surrogate worker reserves (see SurrogateTrainer)."""
+PASS_CPUS = 0.05
+"""Logical CPUs each job-long pass actor reserves (see pipelines.ray_engine.passes)."""
+GPU_SHARES = {"pass": 0.6, "trainer": 0.2, "task": 0.2}
+"""The share of one GPU each GPU user of a protect job asks for. The three compute one at a time (the driver
+runs one phase of a round at a time), so they share each GPU: a pass actor takes 0.6 (two never land on the
+same GPU), the surrogate's Train worker 0.2 and an estimator task 0.2, together exactly one GPU; a whole GPU
+each, the job-long trainer and pass actor would need two GPUs on one node before any pass could start."""
 
 
 @dataclass(frozen=True)
 class Resources:
-    """How to size actor pools and tasks from what the cluster reports (never a hard-coded whole CPU).
+    """How to size the pass actors and the tasks from what the cluster reports (never a hard-coded whole CPU).
 
     Attributes:
-        actors: actors per pool: one per GPU, else one per CPU node, running one torch thread per core of
-            its node. Every actor is a new process that imports torch and loads the surrogate (2–5 s of CPU
-            here, more on a busy machine), paid twice per round (features, ascent); on a CPU node one
-            actor with as many threads as cores does the same work per batch as one actor per core.
-        cpus_per_actor: a fraction, so that Ray Data's own tasks and the driver keep room (whole-CPU
-            actors deadlocked a 2-core machine).
-        threads_per_actor: torch threads of each actor.
-        gpus_per_actor: 1 when the cluster has GPUs, else 0.
+        pass_nodes: the node of each pass actor: one actor per GPU (a node listed once per GPU), else one per
+            CPU node, running one torch thread per core of its node. Started once per job
+            (pipelines.ray_engine.passes.PassPool).
+        pass_cpus: the CPUs each pass actor reserves for the job: a small share, since it computes only while
+            the driver waits for it, and whole CPUs held for the job would starve Ray Data's own tasks (they
+            take 1 CPU each; whole-CPU actors deadlocked a 2-core machine).
+        pass_gpus: the GPU share of each pass actor (GPU_SHARES), 0 on a CPU cluster.
+        pass_threads: torch threads of each pass actor: its node's cores.
         blocks: row blocks of the exact estimator, each a task: one per node, spread over the nodes, each
             with ``task_threads`` torch threads (the node's cores) and ``task_cpus``, a fraction, so that all
             blocks run at once whatever else holds a share of a CPU (with one single-threaded task per CPU,
             the trainer's reserved 0.05 CPU made the second task wait for the first). Ray keeps the
             tasks' worker processes and reuses them in the next round.
+        task_gpus: the GPU share of each estimator task (GPU_SHARES), 0 on a CPU cluster.
         trainer_cpus: CPUs the surrogate's Ray Train worker reserves for the whole job: a small fraction,
             since it trains only while everything else waits for it (SurrogateTrainer).
+        trainer_gpus: its GPU share (GPU_SHARES), 0 on a CPU cluster.
         trainer_threads: torch threads of that worker: all of the node's cores, since it trains alone.
     """
 
-    actors: int
-    cpus_per_actor: float
-    gpus_per_actor: float
+    pass_nodes: tuple[str, ...]
+    pass_cpus: float
+    pass_gpus: float
+    pass_threads: int
     task_cpus: float
-    trainer_cpus: float
-    trainer_threads: int
-    blocks: int
+    task_gpus: float
     task_threads: int
-    threads_per_actor: int = 1
+    blocks: int
+    trainer_cpus: float
+    trainer_gpus: float
+    trainer_threads: int
+
+    @property
+    def actors(self) -> int:
+        """Pass actors in the job's pool."""
+        return len(self.pass_nodes)
+
+    def pass_actor_options(self, node: str) -> dict[str, Any]:
+        """Ray options of the pass actor on ``node`` (an entry of ``pass_nodes``), pinned to it."""
+        return {"num_cpus": self.pass_cpus, "num_gpus": self.pass_gpus,
+                "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+
+    def task_options(self) -> dict[str, Any]:
+        """Ray options of an estimator task, spread over the nodes."""
+        return {"num_cpus": self.task_cpus, "num_gpus": self.task_gpus, "scheduling_strategy": "SPREAD"}
+
+    def trainer_resources(self) -> dict[str, float]:
+        """The surrogate's Train worker's ``resources_per_worker``."""
+        return {"CPU": self.trainer_cpus, **({"GPU": self.trainer_gpus} if self.trainer_gpus else {})}
 
     @staticmethod
     def from_cluster() -> Resources:
         available = ray.available_resources()
-        cpus, gpus = float(available.get("CPU", 1.0)), int(available.get("GPU", 0))
-        cpu_nodes = [float(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]]
-        cpu_nodes = [n for n in cpu_nodes if n > 0] or [cpus]
-        node_cpus = max(cpu_nodes)
+        cpus = float(available.get("CPU", 1.0))
+        nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) > 0]
+        node_cpus = max((float(node["Resources"]["CPU"]) for node in nodes), default=cpus)
         if node_cpus < 2:  # Ray Data's tasks take 1 CPU each: beside the trainer's share they never start
             raise InvalidInputError(
                 f"Ray cluster: its largest node has {node_cpus:g} logical CPU; a protect job needs a node with "
                 "at least 2 logical CPUs (start nodes with --num-cpus=2 or more)"
             )
+        gpus_per_node = {node["NodeID"]: int(node["Resources"].get("GPU", 0)) for node in nodes}
+        on_gpus = any(gpus_per_node.values())
+        if on_gpus:
+            pass_nodes = tuple(node for node, count in gpus_per_node.items() for _ in range(count))
+        else:
+            pass_nodes = tuple(gpus_per_node)
         trainer_cpus = min(TRAINER_CPUS, 0.1 * cpus)
-        usable = cpus - trainer_cpus
+        usable = cpus - trainer_cpus - PASS_CPUS * len(pass_nodes)
         threads = max(1, int(node_cpus))
-        common = {"trainer_cpus": trainer_cpus, "trainer_threads": threads, "blocks": len(cpu_nodes),
-                  "task_cpus": 0.5 * usable / len(cpu_nodes), "task_threads": threads}
-        if gpus:
-            return Resources(actors=gpus, cpus_per_actor=min(1.0, usable / (2 * gpus)), gpus_per_actor=1, **common)
-        actors = len(cpu_nodes)
+        share = (lambda user: GPU_SHARES[user] if on_gpus else 0.0)
         return Resources(
-            actors=actors, cpus_per_actor=0.5 * usable / actors, gpus_per_actor=0, threads_per_actor=threads, **common
+            pass_nodes=pass_nodes, pass_cpus=PASS_CPUS, pass_gpus=share("pass"), pass_threads=threads,
+            task_cpus=0.5 * usable / max(1, len(nodes)), task_gpus=share("task"), task_threads=threads,
+            blocks=max(1, len(nodes)),
+            trainer_cpus=trainer_cpus, trainer_gpus=share("trainer"), trainer_threads=threads,
         )
 
 

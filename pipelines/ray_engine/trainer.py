@@ -68,9 +68,10 @@ class SurrogateTrainer:
     object store (no Ray Data split) and waits for the weights. Each round's training depends only on the
     seed, the round and the state, so a resumed job (a new trainer) trains the same surrogates.
 
-    The worker reserves a small CPU fraction (``Resources.trainer_cpus``): it computes only while the driver
-    waits for it, never while the actor pools or estimator tasks run, and whole CPUs held across the job
-    would starve those. It trains with ``Resources.trainer_threads`` torch threads.
+    The worker reserves a small CPU fraction (``Resources.trainer_cpus``) and a share of a GPU
+    (``Resources.trainer_gpus``): it computes only while the driver waits for it, never while the pass actors
+    or estimator tasks run, and whole CPUs or GPUs held across the job would starve those. It trains with
+    ``Resources.trainer_threads`` torch threads.
     """
 
     def __init__(
@@ -97,8 +98,8 @@ class SurrogateTrainer:
             },
             scaling_config=ScalingConfig(
                 num_workers=1,
-                use_gpu=resources.gpus_per_actor > 0,
-                resources_per_worker={"CPU": resources.trainer_cpus},
+                use_gpu=resources.trainer_gpus > 0,
+                resources_per_worker=resources.trainer_resources(),
             ),
             run_config=RunConfig(name="surrogate", storage_path=storage_path, storage_filesystem=storage_fs),
         )

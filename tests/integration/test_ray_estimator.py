@@ -33,7 +33,7 @@ def test_distributed_estimator_matches_one_process(local_ray, kind, blocks):
                                        resources=resources)
     expected = bayes_error.estimate(z, labels, 4, sigma=0.3, estimator=kind, batch_size=64, reference_size=80,
                                     generator=estimator_generator(config.estimator, config.seed, 2, 0))
-    assert local_ray.actors >= 1 and 0 < local_ray.cpus_per_actor < 1  # fractions, never whole CPUs here
+    assert local_ray.actors >= 1 and 0 < local_ray.pass_cpus < 1 and 0 < local_ray.task_cpus < 1  # shares, never whole CPUs
     assert value == pytest.approx(float(expected.value), abs=1e-6)
     np.testing.assert_allclose(gradient, expected.gradient.numpy(), rtol=1e-4, atol=1e-7)
     assert np.abs(gradient).max() > 0

@@ -26,3 +26,53 @@ def test_an_actor_runs_on_cuda_exactly_when_ray_gave_it_a_gpu(monkeypatch, gpu_i
     device = actor_device()
     assert device == torch.device(expected)
     assert on_gpu(device) == float(expected == "cuda")
+
+
+@ray.remote
+class _Holder:
+    """Stands in for a GPU user of the job: it only reports the GPU Ray gave it (this machine has none; Ray
+    schedules declared GPUs all the same)."""
+
+    def gpu(self) -> list:
+        return ray.get_gpu_ids()
+
+
+@ray.remote
+def _gpu_of_task() -> list:
+    return ray.get_gpu_ids()
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_the_job_s_gpu_users_all_fit_at_once_one_pass_actor_per_gpu(gpus):
+    """On a node with ``gpus`` declared GPUs, the options Resources gives the surrogate's Train worker, the
+    pass actors and an estimator task all get scheduled together (with a whole GPU each, a single-GPU node
+    never started the passes beside the job-long trainer), and the pass actors sit on different GPUs."""
+    ray.init(num_cpus=2, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
+    try:
+        resources = Resources.from_cluster()
+        assert resources.actors == gpus and len(set(resources.pass_nodes)) == 1
+        trainer = _Holder.options(num_cpus=resources.trainer_resources()["CPU"],
+                                  num_gpus=resources.trainer_resources()["GPU"]).remote()
+        pool = [_Holder.options(**resources.pass_actor_options(node)).remote() for node in resources.pass_nodes]
+        calls = [trainer.gpu.remote(), *(actor.gpu.remote() for actor in pool),
+                 *(_gpu_of_task.options(**resources.task_options()).remote() for _ in range(resources.blocks))]
+        ready, _ = ray.wait(calls, num_returns=len(calls), timeout=60)
+        assert len(ready) == len(calls), "a GPU user of the job was never scheduled"
+        gpu_ids = ray.get(calls)
+        assert all(len(ids) == 1 for ids in gpu_ids)  # each got a GPU (a share of one)
+        pass_gpus = [ids[0] for ids in gpu_ids[1:1 + gpus]]
+        assert sorted(map(str, pass_gpus)) == [str(i) for i in range(gpus)]
+    finally:
+        ray.shutdown()
+
+
+def test_a_cpu_cluster_runs_one_pass_actor_per_node_with_small_shares():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        resources = Resources.from_cluster()
+        assert resources.actors == 1 and resources.pass_gpus == resources.task_gpus == resources.trainer_gpus == 0
+        assert 2 - resources.pass_cpus - resources.trainer_cpus >= 1  # a Ray Data task (1 CPU) fits beside them
+        assert 0 < resources.task_cpus < 1
+        assert resources.pass_threads == resources.task_threads == 2
+    finally:
+        ray.shutdown()
