@@ -63,7 +63,7 @@ class ARConfig:
 
     def __post_init__(self) -> None:
         if self.crop < 0:
-            raise InvalidInputError(f"ar.crop must be >= 0, got {self.crop}")
+            raise InvalidInputError(f"ar crop: must be >= 0, got {self.crop}")
 
 
 def autoregress(start: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
