@@ -19,10 +19,10 @@ generated, not clipped: the release step clips x + δ to [0, 1] and quantises it
 
 The coefficients: the official lists were picked by a parameter finder (standard normal entries, bottom-right
 set to 0, divided by their sum; kept when a few generated signals stay bounded and other classes' filters
-respond strongly to them). Here each class's windows are drawn from ``seed`` by the same rule, class by class
-and channel by channel, and a window is kept only if its process is stable at the job's size: on
-:data:`TRIALS` start signals of shape (H + crop, W + crop), the cropped signal must be finite with an RMS of at
-most :data:`MAX_GAIN` (the start noise's RMS). About one draw in five passes; most others diverge
+respond strongly to them). Here every class channel's window is drawn from ``seed`` by the same rule
+(:func:`draw_coefficients`), and the window kept is the first candidate whose process is stable at the job's
+size: on :data:`TRIALS` start signals of shape (H + crop, W + crop), the cropped signal must be finite with an
+RMS of at most :data:`MAX_GAIN` (the start noise's RMS). About one draw in five passes; most others diverge
 exponentially, and once scaled they would be a few bright pixels in the bottom-right corner, or inf. The
 finder's second test (other classes' filters respond strongly) is not applied.
 
