@@ -43,9 +43,10 @@ def _add_protect(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--method",
                         help="beo (default), or a baseline: random noise, error-minimising (em), targeted "
                              "adversarial poisoning (tap), one-pixel shortcut (ops, an L0 budget: "
-                             "--set budget.norm=l0 --eps 1) (method)")
+                             "--set budget.norm=l0 --eps 1), autoregressive perturbations (ar; the paper's "
+                             "L2 setting: --set budget.norm=l2 --eps 1.0) (method)")
     parser.add_argument("--eps",
-                        help="budget of every method, e.g. 8/255 (L-inf) or 1 pixel (l0) (budget.eps)")
+                        help="budget of every method, e.g. 8/255 (L-inf), 1.0 (l2) or 1 pixel (l0) (budget.eps)")
     parser.add_argument("--rounds", type=int, help="surrogate rounds (beo.rounds)")
     parser.add_argument("--subset", type=int, help="protect a class-balanced subset of this size (data.subset)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

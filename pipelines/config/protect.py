@@ -13,6 +13,7 @@ from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError
 from ue_core.methods import METHODS as METHOD_CLASSES
 from ue_core.methods import ProtectionMethod
+from ue_core.methods.ar import ARConfig
 from ue_core.methods.base import require_norm
 from ue_core.methods.beo import BEOConfig
 from ue_core.methods.em import EMConfig
@@ -50,10 +51,12 @@ class ProtectConfig:
 
     Attributes:
         method: "beo" (the product), or a baseline to compare it with: "random" (±ε noise), "em"
-            (error-minimising noise), "tap" (targeted adversarial poisoning) or "ops" (one-pixel shortcut, an
-            L0 budget: ``budget.norm: l0``, ``budget.eps: 1``); see ue_core/methods/.
+            (error-minimising noise), "tap" (targeted adversarial poisoning), "ops" (one-pixel shortcut, an
+            L0 budget: ``budget.norm: l0``, ``budget.eps: 1``) or "ar" (autoregressive perturbations, L2 or
+            L∞; the paper's main setting is ``budget: {norm: l2, eps: 1.0}``, the default budget gives its L∞
+            variant); see ue_core/methods/.
         budget: eps and norm, the budget of whichever method runs (``--eps`` sets ``budget.eps``).
-        beo, random, em, tap, ops: each method's own settings, read only when it is the method.
+        beo, random, em, tap, ops, ar: each method's own settings, read only when it is the method.
         formats: the release formats (ue_core.release.RELEASE_FORMATS); "delta" needs a budget of at most
             127 levels (eps ≤ 127/255), checked here before a job starts.
     """
@@ -66,6 +69,7 @@ class ProtectConfig:
     em: EMConfig = field(default_factory=EMConfig)
     tap: TAPConfig = field(default_factory=TAPConfig)
     ops: OPSConfig = field(default_factory=OPSConfig)
+    ar: ARConfig = field(default_factory=ARConfig)
     formats: tuple[ReleaseFormat, ...] = ("parquet",)
 
     def __post_init__(self) -> None:

@@ -210,6 +210,8 @@ CASES = [
          ("em: defined for the budget norm linf only",)),
     Case("protect ops with an L∞ budget", protect("--method", "ops"),
          ("ops: defined for the budget norm l0 only, got norm 'linf'",)),
+    Case("protect ar with an L0 budget", protect("--method", "ar", "--set", "budget.norm=l0", "--eps", "1"),
+         ("ar: defined for the budget norm l2 or linf only, got norm 'l0'",)),
     Case("protect tap steps zero", protect("--method", "tap", "--set", "tap.steps=0"),
          ("tap steps: must be >= 1",)),
     Case("protect config file missing", protect("--config", f"{SRC}/none.yaml"), (f"{SRC}/none.yaml",)),

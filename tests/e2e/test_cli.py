@@ -139,3 +139,27 @@ def test_the_ops_baseline_publishes_a_verified_l0_release(fashion_mnist_root, tm
     originals = source.images[np.searchsorted(source.index, release.index)]
     changed = (release.images != originals).any(axis=3).reshape(60, -1).sum(axis=1)
     assert changed.max() == 1 and manifest["summary"]["changed_fraction"] == pytest.approx(changed.mean())
+
+
+@pytest.mark.parametrize(("norm", "eps", "levels"), [("l2", "1.0", 255.0), ("linf", "8/255", 8)])
+def test_the_ar_baseline_publishes_a_verified_release_in_either_norm(fashion_mnist_root, tmp_path, norm, eps, levels):
+    """`--method ar` with the paper's L2 budget (eps 1.0) and with its L∞ variant: a release `ue verify`
+    accepts, every image changed and within the budget in integers, the manifest recording the ar section."""
+    out = tmp_path / f"ar-{norm}"
+    result = ue("protect", "--engine", "reference", "--method", "ar", "--preset", "fashion-mnist",
+                "--source", str(fashion_mnist_root), "--out", str(out), "--set", "data.subset=60",
+                "--set", "data.test_subset=20", "--set", f"budget.norm={norm}", "--eps", eps, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("protected 60 images with ar (rejected draws ")
+    verified = ue("verify", str(out))
+    assert verified.returncode == 0, verified.stderr
+    manifest = read_manifest(out)
+    assert manifest["method"] == "ar" and manifest["config"]["budget"]["norm"] == norm
+    assert set(manifest["config"]) == {"data", "method", "budget", "ar", "formats"}
+    assert manifest["config"]["ar"] == {"seed": 0, "crop": 4}
+    release = read_release(out).sorted_by_index()
+    source = read_dataset(str(fashion_mnist_root)).sorted_by_index()
+    originals = source.images[np.searchsorted(source.index, release.index)]
+    difference = (release.images.astype(float) - originals).reshape(60, -1)
+    size = np.sqrt((difference**2).sum(axis=1)) if norm == "l2" else np.abs(difference).max(axis=1)
+    assert size.max() <= levels and size.min() > 0

@@ -6,10 +6,12 @@ BEO, the product, and the baselines it is compared with.
     em       ue_core/methods/em.py             error-minimising noise (Huang et al., ICLR 2021)
     tap      ue_core/methods/tap.py            targeted adversarial poisoning (Fowl et al., NeurIPS 2021)
     ops      ue_core/methods/ops.py            one-pixel shortcut, L0 (Wu et al., ICLR 2023)
+    ar       ue_core/methods/ar.py             autoregressive perturbations (Sandoval-Segura et al., NeurIPS 2022)
 
 ``METHODS`` maps each name to its class; a protect job's config builds one with ``ProtectConfig.build``.
 """
 
+from ue_core.methods.ar import AutoregressivePerturbation
 from ue_core.methods.base import ProtectionMethod
 from ue_core.methods.beo import BEO
 from ue_core.methods.em import ErrorMinimisingNoise
@@ -19,10 +21,10 @@ from ue_core.methods.tap import TargetedAdversarialPoisoning
 
 METHODS: dict[str, type[ProtectionMethod]] = {
     "beo": BEO, "random": RandomNoise, "em": ErrorMinimisingNoise, "tap": TargetedAdversarialPoisoning,
-    "ops": OnePixelShortcut,
+    "ops": OnePixelShortcut, "ar": AutoregressivePerturbation,
 }
 
 __all__ = [
-    "BEO", "METHODS", "ErrorMinimisingNoise", "OnePixelShortcut", "ProtectionMethod", "RandomNoise",
-    "TargetedAdversarialPoisoning",
+    "BEO", "METHODS", "AutoregressivePerturbation", "ErrorMinimisingNoise", "OnePixelShortcut", "ProtectionMethod",
+    "RandomNoise", "TargetedAdversarialPoisoning",
 ]
