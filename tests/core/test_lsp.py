@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.config.protect import load_protect_config
 from ue_core.checks import check_release
 from ue_core.data import read_dataset
 from ue_core.data.dataset import ImageDataset
@@ -131,6 +132,15 @@ def test_lsp_is_defined_for_the_l2_budget_only():
     for budget, norm in [(Budget(), "linf"), (Budget(eps=1, norm="l0"), "l0")]:
         with pytest.raises(InvalidInputError, match=f"^lsp: defined for the budget norm l2 only, got norm '{norm}'$"):
             LinearlySeparablePerturbation(budget, LSPConfig())
+
+
+def test_a_protect_config_builds_lsp_from_its_budget_and_section():
+    method = load_protect_config("fashion-mnist", overrides={
+        "method": "lsp", "budget.norm": "l2", "budget.eps": "168/255", "lsp.patch_size": 7}).build()
+    assert isinstance(method, LinearlySeparablePerturbation)
+    assert method.budget == Budget(eps=FASHION_EPS, norm="l2") and method.config == LSPConfig(patch_size=7)
+    with pytest.raises(InvalidInputError, match="lsp: defined for the budget norm l2 only, got norm 'linf'"):
+        load_protect_config("fashion-mnist", overrides={"method": "lsp"})
 
 
 @pytest.mark.parametrize("settings, message", [
