@@ -24,21 +24,22 @@ images' indices and labels, and not on the rows' order. Classes need K ≤ 2^d d
 
 The budget is L2 only (``norms``): the reference scales each image's δ onto the L2 sphere of radius
 ε_rms · √(H·W·C), its ``--eps`` (6, i.e. ε_rms = 6/255) being the root-mean-square per pixel, not a bound on
-any pixel: δ's patch values are Gaussian, and an image's largest is some 1.4 ε_rms on Fashion-MNIST, 1.8 ε_rms
-on CIFAR-10 at the defaults. An L∞ budget would clip or rescale those values into a different perturbation,
-and is refused; the project's default budget is
-L∞, so ``--method lsp`` needs ``--set budget.norm=l2 --eps …`` (a one-line error otherwise, as OPS needs its
-L0 budget). Here ``budget.eps`` is the L2 radius itself, in image units:
+any pixel: δ's patch values are Gaussian, and an image's largest is about 1.4 ε_rms on Fashion-MNIST and
+1.8 ε_rms on CIFAR-10 shapes at the defaults (measured, seed 0). An L∞ budget would clip or rescale those
+values into a different perturbation, and is refused. The project's default budget is L∞, so ``--method lsp``
+needs ``--set budget.norm=l2 --eps …`` (a one-line error otherwise, as OPS needs its L0 budget). Here
+``budget.eps`` is the L2 radius itself, in image units:
 
-    CIFAR-10, 32×32×3, p = 8   4×4 patches, d = 48;  ε_rms = 6/255 ⇔ eps = 6/255 · √3072 ≈ 1.3041
-    Fashion-MNIST, 28×28×1     4×4 patches, d = 16, the last row and column 4 pixels wide (28 = 3·8 + 4);
-                               ε_rms = 6/255 ⇔ eps = 6/255 · 28 = 168/255 ≈ 0.6588 (p = 7 tiles it exactly)
+    CIFAR-10, 32×32×3, p = 8        4×4 patches, d = 48;  ε_rms = 6/255 ⇔ eps = 6/255 · √3072 ≈ 1.3041
+    Fashion-MNIST, 28×28×1, p = 8   4×4 patches, d = 16, the last row and column 4 pixels wide (28 = 3·8 + 4);
+                                    ε_rms = 6/255 ⇔ eps = 6/255 · 28 = 168/255 ≈ 0.6588 (p = 7 tiles it exactly)
 
 As in the reference, x + δ is clipped to [0, 1] only in the release (which rounds to uint8 and keeps
 ‖q − x‖₂ ≤ 255 eps, ue_core.pga.quantise_release); δ here is the unclipped perturbation. Unlike the
 reference, which draws an equal number of points per class and so fails on unbalanced classes, every image
-draws its own. Shapes: images and δ float32 (N, C, H, W); the latent points float64 (N, d), features in
-(channel, patch row, patch column) order.
+draws its own; and the reference's feature count int((32/p)² · 3) is written for 32×32×3 images (it breaks
+on 28×28 with p = 8), where the grid here is ⌈H/p⌉ × ⌈W/p⌉ × C for any image shape. Shapes: images and δ
+float32 (N, C, H, W); the latent points float64 (N, d), features in (channel, patch row, patch column) order.
 """
 
 from __future__ import annotations
