@@ -44,9 +44,11 @@ def _add_protect(commands: argparse._SubParsersAction) -> None:
                         help="beo (default), or a baseline: random noise, error-minimising (em), targeted "
                              "adversarial poisoning (tap), one-pixel shortcut (ops, an L0 budget: "
                              "--set budget.norm=l0 --eps 1), autoregressive perturbations (ar; the paper's "
-                             "L2 setting: --set budget.norm=l2 --eps 1.0) (method)")
+                             "L2 setting: --set budget.norm=l2 --eps 1.0), linearly separable perturbations (lsp, "
+                             "an L2 budget: --set budget.norm=l2 --eps 168/255 on 28x28 gray) (method)")
     parser.add_argument("--eps",
-                        help="budget of every method, e.g. 8/255 (L-inf), 1.0 (l2) or 1 pixel (l0) (budget.eps)")
+                        help="budget of every method, e.g. 8/255 (L-inf), 1 pixel (l0) or 1.0 (the L2 norm of "
+                             "every perturbation, l2) (budget.eps)")
     parser.add_argument("--rounds", type=int, help="surrogate rounds (beo.rounds)")
     parser.add_argument("--subset", type=int, help="protect a class-balanced subset of this size (data.subset)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -5,7 +5,7 @@ Engines:
     reference  ue_core's one-process BEO, the ground truth the Ray engine is tested against, on ``device``
                ("auto": CUDA when this machine has it, else the CPU; ue_core.training.resolve_device).
 
-Methods (config key ``method``): BEO, or a baseline to compare it with (random noise, EM, TAP, OPS, AR).
+Methods (config key ``method``): BEO, or a baseline to compare it with (random noise, EM, TAP, OPS, AR, LSP).
 A baseline runs ue_core's one-process method: in this process on ``device`` (engine reference) or as one Ray
 task on the cluster (engine ray; on a GPU when the cluster has one). Baselines are comparison points, not
 the product's sharded job, and they are not resumable.

@@ -17,6 +17,7 @@ from ue_core.methods.ar import ARConfig
 from ue_core.methods.base import require_norm
 from ue_core.methods.beo import BEOConfig
 from ue_core.methods.em import EMConfig
+from ue_core.methods.lsp import LSPConfig
 from ue_core.methods.ops import OPSConfig
 from ue_core.methods.random_noise import RandomNoiseConfig
 from ue_core.methods.tap import TAPConfig
@@ -52,11 +53,14 @@ class ProtectConfig:
     Attributes:
         method: "beo" (the product), or a baseline to compare it with: "random" (±ε noise), "em"
             (error-minimising noise), "tap" (targeted adversarial poisoning), "ops" (one-pixel shortcut, an
-            L0 budget: ``budget.norm: l0``, ``budget.eps: 1``) or "ar" (autoregressive perturbations, L2 or
+            L0 budget: ``budget.norm: l0``, ``budget.eps: 1``), "ar" (autoregressive perturbations, L2 or
             L∞; the paper's main setting is ``budget: {norm: l2, eps: 1.0}``, the default budget gives its L∞
-            variant); see ue_core/methods/.
+            variant) or "lsp" (linearly separable patch noise, an L2 budget: ``budget.norm: l2``,
+            ``budget.eps`` the L2 norm of every δ); see ue_core/methods/. A method's norm is never implied: the
+            default budget is L∞, and a method not defined for it is a one-line error until ``budget.norm``
+            names one it is.
         budget: eps and norm, the budget of whichever method runs (``--eps`` sets ``budget.eps``).
-        beo, random, em, tap, ops, ar: each method's own settings, read only when it is the method.
+        beo, random, em, tap, ops, ar, lsp: each method's own settings, read only when it is the method.
         formats: the release formats (ue_core.release.RELEASE_FORMATS); "delta" needs a budget of at most
             127 levels (eps ≤ 127/255), checked here before a job starts.
     """
@@ -70,6 +74,7 @@ class ProtectConfig:
     tap: TAPConfig = field(default_factory=TAPConfig)
     ops: OPSConfig = field(default_factory=OPSConfig)
     ar: ARConfig = field(default_factory=ARConfig)
+    lsp: LSPConfig = field(default_factory=LSPConfig)
     formats: tuple[ReleaseFormat, ...] = ("parquet",)
 
     def __post_init__(self) -> None:

@@ -14,6 +14,7 @@ from ue_core.efficacy import ProbeConfig
 from ue_core.errors import InvalidInputError
 from ue_core.methods.beo import BEOConfig
 from ue_core.methods.em import EMConfig
+from ue_core.methods.lsp import LSPConfig
 from ue_core.methods.random_noise import RandomNoiseConfig
 from ue_core.methods.tap import TAPConfig
 from ue_core.pga import Budget
@@ -80,6 +81,6 @@ def test_the_path_starts_where_the_caller_says():
 
 
 @pytest.mark.parametrize("cls", [BEOConfig, Budget, DefenceConfig, ProbeConfig, EMConfig, TAPConfig,
-                                 RandomNoiseConfig])
+                                 RandomNoiseConfig, LSPConfig])
 def test_every_config_reads_back_its_own_dict(cls):
     assert from_dict(cls, to_dict(cls())) == cls()

@@ -163,3 +163,24 @@ def test_the_ar_baseline_publishes_a_verified_release_in_either_norm(fashion_mni
     difference = (release.images.astype(float) - originals).reshape(60, -1)
     size = np.sqrt((difference**2).sum(axis=1)) if norm == "l2" else np.abs(difference).max(axis=1)
     assert size.max() <= levels and size.min() > 0
+def test_the_lsp_baseline_publishes_a_verified_l2_release(fashion_mnist_root, tmp_path):
+    """`--method lsp` with the reference's L2 radius for 28×28 gray images (6/255 per pixel, root-mean-square):
+    a release `ue verify` accepts, every ‖q − x‖₂ within 168 levels, the manifest recording the lsp section."""
+    out = tmp_path / "lsp"
+    result = ue("protect", "--engine", "reference", "--method", "lsp", "--preset", "fashion-mnist",
+                "--source", str(fashion_mnist_root), "--out", str(out), "--set", "data.subset=60",
+                "--set", "data.test_subset=20", "--set", "budget.norm=l2", "--eps", "168/255",
+                "--set", "lsp.seed=4", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("protected 60 images with lsp (rms levels 6, peak levels ")
+    verified = ue("verify", str(out))
+    assert verified.returncode == 0, verified.stderr
+    manifest = read_manifest(out)
+    assert manifest["method"] == "lsp" and manifest["config"]["budget"] == {"eps": 168 / 255, "norm": "l2"}
+    assert manifest["config"]["lsp"] == {"seed": 4, "patch_size": 8, "class_sep": 10.0}
+    release = read_release(out).sorted_by_index()
+    source = read_dataset(str(fashion_mnist_root)).sorted_by_index()
+    originals = source.images[np.searchsorted(source.index, release.index)]
+    difference = release.images.astype(float) - originals
+    norms = np.sqrt(np.square(difference).reshape(60, -1).sum(axis=1))
+    assert norms.max() <= 168 + 1e-9 and norms.min() > 0
