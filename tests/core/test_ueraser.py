@@ -378,7 +378,8 @@ def test_pipeline_stays_in_range_is_seeded_and_ends_with_the_straight_through_jp
 
 def test_short_fashion_mnist_run_with_ueraser_learns(fashion_mnist_root):
     """1,000 real Fashion-MNIST images, a width-16 small CNN, 4 epochs of the standard setting (K = 5 in the
-    first): the victim learns (measured 2026-12-02: test accuracy 0.XX on 500 test images, chance 0.10)."""
+    first): the victim learns (measured 2026-12-02: test accuracy 0.636 on these 500 test images, 0.742 with
+    no defence, chance 0.10; the strong augmentations cost a short run some accuracy)."""
     train = balanced_subset(read_dataset(str(fashion_mnist_root), split="train"), 1000, seed=0)
     test = balanced_subset(read_dataset(str(fashion_mnist_root), split="test"), 500, seed=0)
     (x, y), (test_x, test_y) = train.tensors(), test.tensors()
