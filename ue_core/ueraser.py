@@ -36,8 +36,9 @@ all in plain torch and torchvision:
   and uniform noise, so P stays in [0, 1]); kornia's ``diamond_square`` differs in its seed grid and border
   handling, so the maps are alike in kind (smooth, in [0, 1], mean 1/2), not equal;
 - TrivialAugment draws an operation per image; kornia's ``TrivialAugment`` draws one per call, i.e. one for
-  the whole tiled batch of K copies (with per-image strengths), and draws rotation, shear and translation
-  without a random sign (kornia issue #4441). The operations and ranges are kornia's default policy's, with
+  the whole tiled batch of K copies (with per-image strengths), and (in the kornia source read for this)
+  draws the strengths of its symmetric operations, such as rotation, without their random sign (kornia issue
+  #4441). The operations and ranges are kornia's default policy's, with
   the meanings TrivialAugment gives them (torchvision's conventions: brightness, contrast and sharpness blend
   with black, the mean grey and a smoothed image by a factor; posterize keeps 1–4 high bits, as 0 bits would
   blank the image);
