@@ -48,9 +48,10 @@ TrainingLoss = Callable[
 """(forward, x, targets, generator, epoch) → (loss, logits): a training loss that replaces the batch's
 cross-entropy (e.g. UEraser's largest loss over augmented copies, :func:`ue_core.ueraser.max_loss`).
 
-``forward`` runs the model on images (N, C, H, W) under the run's autocast and returns logits (N, K); x and
-targets are the batch as the cross-entropy would see it (augmented, transformed, adversarial); ``epoch`` is
-1-based. The loss is a scalar to minimise, the logits (B, K) are what the training accuracy is counted on."""
+``forward`` runs the model on images (N, C, H, W) under the run's autocast and returns logits (N, num_classes);
+x and targets are the batch as the cross-entropy would see it (augmented, transformed, adversarial); ``epoch``
+is 1-based. The loss is a scalar to minimise, the logits (B, num_classes) are what the training accuracy is
+counted on."""
 
 SCHEDULES = ("cosine", "constant")
 
