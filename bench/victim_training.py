@@ -34,7 +34,7 @@ from pipelines.ray_utils import Shared, connect
 from pipelines.victims import train_victim
 from ue_core.data import read_dataset
 from ue_core.data.dataset import balanced_subset
-from ue_core.defences import adversarial_training, train_transform
+from ue_core.defences import adversarial_training, train_transform, training_loss
 from ue_core.models import build_model
 from ue_core.training import evaluate, fit
 
@@ -51,6 +51,7 @@ def plain(train, test, config, threads: int) -> dict[str, float]:
     history = fit(model, x, y, config.victim.to_recipe(1), seed=config.seed,
                   adversarial=adversarial_training(config.defence),
                   batch_transform=train_transform(config.defence, train.num_classes),
+                  training_loss=training_loss(config.defence, config.victim.epochs),
                   on_epoch_end=lambda record: evaluate(model, test_x, test_y))
     accuracy = evaluate(model, test_x, test_y)
     return {"train": sum(h["seconds"] for h in history), "wall": time.perf_counter() - started,

@@ -30,7 +30,7 @@ from pipelines.storage import is_s3, pyarrow_filesystem
 from pipelines.tracking import RemoteRun
 from ue_core.config import from_dict, to_dict
 from ue_core.data.dataset import ImageDataset
-from ue_core.defences import adversarial_training, purification, train_transform
+from ue_core.defences import adversarial_training, purification, train_transform, training_loss
 from ue_core.training import bare_model, evaluate, fit, robust_accuracy
 
 RANK_SEED_STRIDE = 1_000_003
@@ -132,6 +132,7 @@ def _victim_loop(loop: dict[str, Any]) -> None:
         model, x, y, config.victim.to_recipe(world), seed=config.seed + rank * RANK_SEED_STRIDE,
         adversarial=adversarial_training(config.defence), device=device,
         batch_transform=train_transform(config.defence, num_classes), on_epoch_end=report_epoch, compute=compute,
+        training_loss=training_loss(config.defence, config.victim.epochs),
     )
     final: dict[str, float] = {"epoch": config.victim.epochs, "train_images": train_images}
     if rank == 0:  # after fit's batch-norm recalibration: the weights that are checkpointed

@@ -9,14 +9,18 @@ Three kinds, all on float images (B, C, H, W) in [0, 1]:
 - augmentations, random: :func:`cutout` (DeVries & Taylor 2017), :func:`mixup` (Zhang et al., ICLR 2018),
   :func:`cutmix` (Yun et al., ICCV 2019);
 - PGD adversarial training (Madry et al., ICLR 2018), which :func:`ue_core.training.fit` already implements:
-  :func:`adversarial_training` only selects its :class:`~ue_core.training.PGDConfig`.
+  :func:`adversarial_training` only selects its :class:`~ue_core.training.PGDConfig`;
+- UEraser (Qin et al. 2023, :mod:`ue_core.ueraser`): strong random augmentations, K copies per image of which
+  the victim trains on the largest loss. It changes the loss rather than the batch: :func:`training_loss`
+  gives ``fit``'s ``training_loss``, configured by :class:`~ue_core.ueraser.UEraserConfig`.
 
 A :class:`DefenceConfig` names any combination of :data:`DEFENCE_NAMES` (mixup and cutmix exclude each other).
 :func:`purification` gives the purifications (grayscale → jpeg → bitdepth), applied once to every stored training
 image before training, as Image Shortcut Squeezing compresses the training set itself: crop and flip then work
 on the purified images, and JPEG is computed once rather than every epoch. :func:`train_transform` gives the
 :data:`~ue_core.training.BatchTransform` that ``fit`` applies to every training batch after its crop/flip
-augmentation and before PGD: cutout, then mixup or cutmix.
+augmentation and before PGD: cutout, then mixup or cutmix. UEraser's augmentations come last, inside its loss,
+on the batch as the cross-entropy would have seen it (after PGD, when combined with adversarial training).
 
 The same :func:`purification` applies to the test images: a defender controls its own inference pipeline, so
 the victim is evaluated on the input distribution it was trained on (a grayscale-trained model sees grayscale
@@ -42,9 +46,12 @@ import torch.nn.functional as F
 
 from ue_core.checks import check_images
 from ue_core.errors import InvalidInputError
-from ue_core.training import BatchTransform, PGDConfig
+from ue_core.training import BatchTransform, PGDConfig, TrainingLoss
+from ue_core.ueraser import UEraserConfig, ueraser_training_loss
 
-DEFENCE_NAMES: tuple[str, ...] = ("adversarial", "cutout", "mixup", "cutmix", "grayscale", "jpeg", "bitdepth")
+DEFENCE_NAMES: tuple[str, ...] = (
+    "adversarial", "cutout", "mixup", "cutmix", "grayscale", "jpeg", "bitdepth", "ueraser",
+)
 """Every defence a :class:`DefenceConfig` can name; :func:`parse_defences` returns names in this order."""
 
 PURIFICATIONS: tuple[str, ...] = ("grayscale", "jpeg", "bitdepth")
@@ -122,6 +129,7 @@ class DefenceConfig:
         cutmix_alpha: α of cutmix's λ ~ Beta(α, α), > 0 (Yun et al. use 1).
         pgd: adversarial training's attack; the default is Madry's ε 8/255, step 2/255, 10 steps, random start
             (docs/method.md §4 also uses ε 4/255 with step 0.8/255).
+        ueraser: UEraser's setting (lite, standard, max), K, the epochs of the largest loss, optional JPEG.
 
     Raises:
         InvalidInputError: on an unknown or repeated name, mixup together with cutmix, or a parameter out of
@@ -135,6 +143,7 @@ class DefenceConfig:
     mixup_alpha: float = 1.0
     cutmix_alpha: float = 1.0
     pgd: PGDConfig = field(default_factory=PGDConfig)
+    ueraser: UEraserConfig = field(default_factory=UEraserConfig)
 
     def __post_init__(self) -> None:
         names = parse_defences(self.names)
@@ -161,6 +170,10 @@ class DefenceConfig:
             object.__setattr__(self, name, float(value))
         if not isinstance(self.pgd, PGDConfig):
             raise InvalidInputError(f"defence pgd: must be a PGDConfig, got {type(self.pgd).__name__}")
+        if not isinstance(self.ueraser, UEraserConfig):
+            raise InvalidInputError(
+                f"defence ueraser: must be a UEraserConfig, got {type(self.ueraser).__name__}"
+            )
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -468,7 +481,8 @@ def train_transform(config: DefenceConfig, num_classes: int) -> BatchTransform |
 
     Applies cutout, then mixup or cutmix (those named). The purifications are not part of it: they apply
     once to the stored images (:func:`purification`). Nor is adversarial training: pass
-    :func:`adversarial_training` as ``fit``'s ``adversarial``.
+    :func:`adversarial_training` as ``fit``'s ``adversarial``; nor UEraser: pass :func:`training_loss` as
+    ``fit``'s ``training_loss``.
 
     Args:
         config: the defences and their parameters.
@@ -504,3 +518,13 @@ def train_transform(config: DefenceConfig, num_classes: int) -> BatchTransform |
 def adversarial_training(config: DefenceConfig) -> PGDConfig | None:
     """``config.pgd`` if "adversarial" is among ``config.names`` (for ``fit``'s ``adversarial``), else None."""
     return config.pgd if "adversarial" in config.names else None
+
+
+def training_loss(config: DefenceConfig, epochs: int) -> TrainingLoss | None:
+    """UEraser's loss for ``fit``'s ``training_loss`` if "ueraser" is among ``config.names``, else None.
+
+    Args:
+        config: the defences; ``config.ueraser`` says how many copies each epoch trains on.
+        epochs: the run's epochs (the recipe's), which the standard setting's schedule depends on.
+    """
+    return ueraser_training_loss(config.ueraser, epochs) if "ueraser" in config.names else None

@@ -41,6 +41,18 @@ BatchTransform = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[t
 x is float (B, C, H, W) in [0, 1] on the training device, targets int64 (B,) or class probabilities float
 (B, num_classes) (e.g. after mixup); the transform draws its randomness from the CPU generator it is given."""
 
+TrainingLoss = Callable[
+    [Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor, torch.Generator, int],
+    tuple[torch.Tensor, torch.Tensor],
+]
+"""(forward, x, targets, generator, epoch) → (loss, logits): a training loss that replaces the batch's
+cross-entropy (e.g. UEraser's largest loss over augmented copies, :func:`ue_core.ueraser.max_loss`).
+
+``forward`` runs the model on images (N, C, H, W) under the run's autocast and returns logits (N, num_classes);
+x and targets are the batch as the cross-entropy would see it (augmented, transformed, adversarial); ``epoch``
+is 1-based. The loss is a scalar to minimise, the logits (B, num_classes) are what the training accuracy is
+counted on."""
+
 SCHEDULES = ("cosine", "constant")
 
 
@@ -299,11 +311,13 @@ def train_one_epoch(
     batch_transform: BatchTransform | None = None,
     progress: bool = False,
     compute: Compute = Compute(),
+    training_loss: TrainingLoss | None = None,
+    epoch: int = 1,
 ) -> dict[str, float]:
     """One pass over (x, y) in a seeded random order, one optimiser and scheduler step per batch.
 
     Per batch: move to ``device`` → augment (if the recipe says so) → ``batch_transform`` → PGD examples
-    replace the batch (if ``adversarial``) → cross-entropy step.
+    replace the batch (if ``adversarial``) → a step on the cross-entropy, or on ``training_loss``.
 
     Args:
         model: on ``device``; left in train mode.
@@ -316,10 +330,13 @@ def train_one_epoch(
         batch_transform: optional per-batch defence or augmentation, see :data:`BatchTransform`.
         progress: show a tqdm bar over the batches.
         compute: memory format and autocast of the forward pass (PGD examples are made without autocast).
+        training_loss: replaces the cross-entropy of the batch, see :data:`TrainingLoss`.
+        epoch: this epoch's number (1-based), passed to ``training_loss``.
 
     Returns:
-        {"loss": mean cross-entropy in nats, "accuracy": fraction in [0, 1]} over the training batches as
-        the model saw them (augmented, transformed, adversarial), accuracy against the argmax of the targets.
+        {"loss": mean training loss (cross-entropy in nats by default), "accuracy": fraction in [0, 1]} over
+        the training batches as the model saw them (augmented, transformed, adversarial; with a
+        ``training_loss``, the logits it returns), accuracy against the argmax of the targets.
     """
     _check_images_labels(bare_model(model), x, y)
     model.train()
@@ -332,6 +349,11 @@ def train_one_epoch(
         unit="batch",
         disable=not progress,
     )
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        with compute.autocast(device):
+            return model(images)
+
     for batch in batches:
         inputs, targets = compute.move(x[batch], device), compute.move(y[batch], device)
         if recipe.augment:
@@ -340,9 +362,12 @@ def train_one_epoch(
             inputs, targets = batch_transform(inputs, targets, generator)
         if adversarial is not None:
             inputs = pgd_attack(bare_model(model), inputs, targets, adversarial, generator)
-        with compute.autocast(device):  # the loss too: autocast computes cross-entropy in float32
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, targets)
+        if training_loss is None:
+            with compute.autocast(device):  # the loss too: autocast computes cross-entropy in float32
+                logits = model(inputs)
+                loss = F.cross_entropy(logits, targets)
+        else:  # the one place a defence changes the loss (ue_core.defences.training_loss)
+            loss, logits = training_loss(forward, inputs, targets, generator, epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -403,6 +428,7 @@ def fit(
     batch_transform: BatchTransform | None = None,
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
     compute: Compute = Compute(),
+    training_loss: TrainingLoss | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on (x, y) with ``recipe``: SGD and a per-step schedule made here, seeded.
 
@@ -419,6 +445,8 @@ def fit(
         on_epoch_end: called with each epoch's record (below) as soon as the epoch ends, e.g. to report it;
             it may add keys to the record. Batch-norm recalibration comes after the last call.
         compute: memory format and autocast of the model's passes (the model is converted in place).
+        training_loss: replaces every batch's cross-entropy, called with the epoch (e.g. UEraser's largest
+            loss over augmented copies, see :data:`TrainingLoss` and :func:`ue_core.defences.training_loss`).
 
     ``model`` may be wrapped in DistributedDataParallel (one process per rank, each with its own x, y and
     seed): optimiser steps go through the wrapper, attacks, evaluation and recalibration use the bare module.
@@ -453,6 +481,8 @@ def fit(
             batch_transform=batch_transform,
             progress=progress,
             compute=compute,
+            training_loss=training_loss,
+            epoch=epoch,
         )
         record["lr"] = optimizer.param_groups[0]["lr"]
         if eval_data is not None:

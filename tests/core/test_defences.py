@@ -28,6 +28,7 @@ from ue_core.defences import (
     purification,
     to_uint8,
     train_transform,
+    training_loss,
 )
 from ue_core.errors import InvalidInputError
 from ue_core.models import build_model
@@ -456,6 +457,7 @@ def test_fit_runs_with_every_defence_combined(mix):
         batch_transform=train_transform(config, 10),
         adversarial=adversarial_training(config),
         eval_data=(purify(x[:16]), y[:16]),
+        training_loss=training_loss(config, 1),
     )
     assert len(history) == 1
     assert math.isfinite(history[0]["loss"]) and 0 <= history[0]["eval_accuracy"] <= 1
