@@ -4,8 +4,10 @@
     ue sweep my-sweep.yaml --out s3://bucket/sweeps/cifar10               # or a file
 
 1. Releases: one per distinct protect config (the grid's method × ε over the sweep's protect config: BEO
-   and the baselines it is compared with), content-addressed by a hash of (source, config) under --releases
-   (default: releases/ beside --out). A release already there is verified against its manifest and reused;
+   and the baselines it is compared with; a method with its own fixed budget in the sweep's ``budgets``, such
+   as OPS at L0 1 or LSP at L2 168/255, has that budget instead of the grid's ε, see
+   pipelines/config/sweep.py), content-addressed by a hash of (source, config: the budget's eps and norm
+   among it) under --releases (default: releases/ beside --out). A release already there is verified against its manifest and reused;
    a missing one is produced by `ue protect` on Ray.
 2. Trials (a Ray Tune grid; each trial is a function that fits a TorchTrainer with TuneReportCallback):
    for each victim × defence — ratio 0: one "clean-all" victim; 0 < ratio < 1: a "mixed" victim per release
@@ -52,9 +54,10 @@ from ue_core.release import MANIFEST_NAME, snapshot_uri, verify_release
 
 @dataclass(frozen=True)
 class Trial:
-    """One victim to train: an arm of the mixing protocol at one grid point. ``method``, ``eps`` and
-    ``settings`` (the release's protect-axis values, :func:`settings_label`) name the release of a mixed arm
-    and are empty for the clean arms, which no release enters; ``evaluation`` holds the evaluate-axis values."""
+    """One victim to train: an arm of the mixing protocol at one grid point. ``method``, ``eps``, ``norm``
+    (the budget's, None read as L∞) and ``settings`` (the release's protect-axis values,
+    :func:`settings_label`) name the release of a mixed arm and are empty for the clean arms, which no release
+    enters; ``evaluation`` holds the evaluate-axis values."""
 
     arm: str
     eps: float | None
@@ -64,11 +67,12 @@ class Trial:
     method: str | None = None
     settings: str = ""
     evaluation: str = ""
+    norm: str | None = None
 
     @property
     def release(self) -> str:
         """The label of the release this trial trains on ("eps=—" for a clean arm)."""
-        return release_label(self.method, self.eps, self.settings)
+        return release_label(self.method, self.eps, self.settings, self.norm)
 
     @property
     def key(self) -> str:
@@ -87,14 +91,15 @@ def plan_trials(config: SweepConfig) -> list[Trial]:
             trials.append(Trial("clean-all", None, ratio, victim, defence, evaluation=evaluation))
             continue
         trials.extend(Trial("mixed", spec.eps, ratio, victim, defence, spec.method, settings_label(spec.settings),
-                            evaluation) for spec in config.releases())
+                            evaluation, spec.norm) for spec in config.releases())
         if ratio < 1:
             trials.append(Trial("clean-only", None, ratio, victim, defence, evaluation=evaluation))
     return trials
 
 
 def release_uri(releases: str, source: str, config: SweepConfig, spec: ReleaseSpec) -> str:
-    """Where the release ``spec`` of ``source`` lives: a hash of (source, its protect config)."""
+    """Where the release ``spec`` of ``source`` lives: a hash of (source, its protect config), whose budget
+    holds eps and norm, so two budgets never share a release."""
     return _addressed(releases, source, config.protect_config(spec.method, spec.eps, spec.settings))
 
 
@@ -141,7 +146,7 @@ def _runs(config: SweepConfig) -> dict[ProtectConfig, dict[str, int | None]]:
             runs.setdefault(protect_config, {})[spec.label] = None
             continue
         others = {k: v for k, v in spec.settings.items() if k != "beo.rounds"}
-        groups.setdefault(release_label(spec.method, spec.eps, settings_label(others)), []).append(
+        groups.setdefault(release_label(spec.method, spec.eps, settings_label(others), spec.norm), []).append(
             (spec, protect_config))
     for members in groups.values():
         longest = max(c.beo.rounds for _, c in members)

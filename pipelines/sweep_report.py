@@ -11,15 +11,16 @@ from dataclasses import asdict, dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pipelines.config import ReleaseSpec
+from pipelines.config import ReleaseSpec, budget_label
 from ue_core.release import read_manifest
 
 
-def release_label(method: str | None, eps: float | None, settings: str = "") -> str:
-    """"beo eps=8/255" (plus the release's protect-axis settings) for a release, "eps=—" for no release."""
+def release_label(method: str | None, eps: float | None, settings: str = "", norm: str | None = None) -> str:
+    """"beo eps=8/255", "ops l0=1", "lsp l2=168/255" (plus the release's protect-axis settings) for a release
+    (``norm`` None: L∞, as in results from before sweeps had other norms), "eps=—" for no release."""
     if method is None or eps is None:
         return "eps=—"
-    return ReleaseSpec(method, eps, {}).label + (f" {settings}" if settings else "")
+    return ReleaseSpec(method, eps, {}, norm or "linf").label + (f" {settings}" if settings else "")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class TrialOutcome:
 
     arm: str
     eps: float | None
+    norm: str | None
     ratio: float
     victim: str
     defence: str
@@ -48,11 +50,11 @@ def results_table(outcomes: list[TrialOutcome]) -> tuple[str, str]:
     writer = csv.DictWriter(buffer, fieldnames=list(TrialOutcome.__dataclass_fields__), lineterminator="\n")
     writer.writeheader()
     writer.writerows(asdict(o) for o in outcomes)
-    header = ("| arm | method | ε | settings | ratio | victim | defence | evaluation | status | final test acc (%) "
+    header = ("| arm | method | budget | settings | ratio | victim | defence | evaluation | status | final test acc (%) "
               "| best test acc (%) |")
     lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
-        eps = "—" if o.eps is None else f"{o.eps * 255:g}/255"
+        eps = "—" if o.eps is None else budget_label(o.eps, o.norm or "linf")
         final = "—" if o.final_test_accuracy is None else f"{100 * o.final_test_accuracy:.2f}"
         best = "—" if o.best_test_accuracy is None else f"{100 * o.best_test_accuracy:.2f}"
         lines.append(f"| {o.arm} | {o.method or '—'} | {eps} | {o.settings or '—'} | {o.ratio:g} | {o.victim} "
@@ -74,17 +76,17 @@ def releases_table(release_uris: dict[str, str]) -> str:
 
 
 def sweep_plot(outcomes: list[TrialOutcome]) -> plt.Figure:
-    """Per victim × defence: accuracy versus ratio (a line per release, i.e. method × ε, the clean-only
+    """Per victim × defence: accuracy versus ratio (a line per release, i.e. method × budget, the clean-only
     reference dashed, clean-all at ratio 0 on every line) and a heatmap of release × ratio. Failed trials are
     gaps."""
     panels = sorted({(o.victim, o.defence, o.evaluation) for o in outcomes})
-    labels = list(dict.fromkeys(release_label(o.method, o.eps, o.settings) for o in outcomes if o.method is not None))
+    labels = list(dict.fromkeys(release_label(o.method, o.eps, o.settings, o.norm) for o in outcomes if o.method is not None))
     ratios = sorted({o.ratio for o in outcomes})
     figure, axes = plt.subplots(len(panels), 2, figsize=(10, 3.6 * len(panels)), squeeze=False)
     for row, (victim, defence, evaluation) in enumerate(panels):
         done = [o for o in outcomes if (o.victim, o.defence, o.evaluation) == (victim, defence, evaluation)
                 and o.final_test_accuracy is not None]
-        accuracies = {(o.arm, release_label(o.method, o.eps, o.settings), o.ratio): 100 * o.final_test_accuracy
+        accuracies = {(o.arm, release_label(o.method, o.eps, o.settings, o.norm), o.ratio): 100 * o.final_test_accuracy
                       for o in done}
         clean_all = accuracies.get(("clean-all", release_label(None, None), 0.0), math.nan)
         table = np.array([[clean_all if r == 0 else accuracies.get(("mixed", label, r), math.nan) for r in ratios]

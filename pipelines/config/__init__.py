@@ -18,6 +18,7 @@ from pipelines.config.sweep import (
     ReleaseSpec,
     SweepConfig,
     SweepGrid,
+    budget_label,
     load_sweep_config,
     settings_label,
     sweep_names,
@@ -25,6 +26,6 @@ from pipelines.config.sweep import (
 
 __all__ = [
     "LEGACY_KEYS", "METHODS", "DataConfig", "EvaluateConfig", "ProtectConfig", "ReleaseSpec", "SweepConfig",
-    "SweepGrid", "VictimConfig", "load_evaluate_config", "load_protect_config", "load_sweep_config",
+    "SweepGrid", "VictimConfig", "budget_label", "load_evaluate_config", "load_protect_config", "load_sweep_config",
     "parse_override", "preset_names", "read_yaml", "settings_label", "sweep_names", "upgrade_keys",
 ]

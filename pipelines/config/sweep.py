@@ -1,5 +1,14 @@
 """The sweep's config: the grid over methods, budgets, ratios, victims, defences and any other config key, and
-the releases it needs."""
+the releases it needs.
+
+Budgets: the grid's ``eps`` axis gives every method an L∞ ε (8/255, …). A method whose budget is not an L∞ ε
+(OPS: L0, LSP: L2; AR in its paper's L2 setting) takes a fixed budget of its own from the sweep's top-level
+``budgets`` key instead (``budgets: {ops: {norm: l0, eps: 1}}``): that budget replaces the eps axis for that
+method, which then has one release per point of the protect axes rather than one per grid ε. Why one fixed
+budget rather than an eps axis per norm: the baselines are compared at their authors' settings, and a
+per-method axis would need its own ranges per norm; a second budget of one method is a second sweep (or
+``--set budgets.ar.eps=…``). Labels show the budget with its norm (:func:`budget_label`), and a release's
+address hashes its whole protect config, norm included, so two budgets never share a release."""
 
 from __future__ import annotations
 
@@ -11,9 +20,12 @@ from typing import Any
 from pipelines.config.evaluate import EvaluateConfig, VictimConfig
 from pipelines.config.files import read_yaml, upgrade_keys
 from pipelines.config.protect import METHODS, ProtectConfig, load_protect_config
-from ue_core.config import flatten, from_dict, parse_fraction, set_dotted, to_dict
+from ue_core.config import flatten, from_dict, parse_fraction, read_value, set_dotted, to_dict
 from ue_core.defences import parse_defences
 from ue_core.errors import InvalidInputError
+from ue_core.methods import METHODS as METHOD_CLASSES
+from ue_core.methods.base import require_norm
+from ue_core.pga import Budget
 
 RESERVED_PROTECT_AXES = {"method": "grid.method", "budget.eps": "grid.eps"}
 RESERVED_EVALUATE_AXES = {"ratio": "grid.ratio", "victim.model": "grid.victim", "defence.names": "grid.defence",
@@ -26,12 +38,14 @@ class SweepGrid:
 
     Attributes:
         method: protection methods (ProtectConfig.method: BEO and the baselines it is compared with).
-        eps: L∞ budgets, each in (0, 1) (numbers or fractions such as "8/255").
+        eps: L∞ budgets, each in (0, 1) (numbers or fractions such as "8/255"), for every method without a
+            budget of its own in SweepConfig.budgets.
         ratio: mixing ratios, each in [0, 1].
         victim: victim models (ue_core.models.MODEL_NAMES).
         defence: defence specs, each "none" or names joined by "+" (ue_core.defences).
         protect: any other protect-config key (dotted, e.g. ``beo.rounds``, ``beo.estimator.sigma``) → its
-            values: each combination is a release per method × ε (a key the method never reads adds none).
+            values: each combination is a release per method × ε (a key the method never reads adds none;
+            a method with its own budget has one ε, its budget's).
         evaluate: any other evaluate-config key (dotted, e.g. ``victim.recipe``, ``seed``) → its values: each
             combination repeats every arm.
     """
@@ -98,18 +112,35 @@ def settings_label(settings: dict[str, Any]) -> str:
     return " ".join(f"{key}={value}" for key, value in settings.items())
 
 
+def budget_label(eps: float, norm: str = "linf") -> str:
+    """A budget as labels show it: "eps=8/255" (L∞, in levels of 255, as sweeps have always shown it),
+    "l2=168/255" (L2 when 255·eps is a whole number of levels, as the configs write it, else "l2=1" or
+    "l2=0.5"), "l0=1" (changed pixels per image). Exact rather than rounded, since labels key the releases."""
+    if norm == "l0":
+        return f"l0={eps:g}"
+    if norm == "l2":
+        levels = eps * 255
+        whole = not float(eps).is_integer() and abs(levels - round(levels)) < 1e-6
+        return f"l2={round(levels)}/255" if whole else f"l2={eps:g}"
+    return f"eps={eps * 255:g}/255"
+
+
 @dataclass(frozen=True)
 class ReleaseSpec:
-    """One release of a sweep: a method at a budget with the values of the grid's protect axes that it reads."""
+    """One release of a sweep: a method at a budget (``eps`` under ``norm``) with the values of the grid's
+    protect axes that it reads."""
 
     method: str
     eps: float
     settings: dict[str, Any]
+    norm: str = "linf"
 
     @property
     def label(self) -> str:
-        """"beo eps=16/255 beo.rounds=50": what the tables, plots and trial names call this release."""
-        return " ".join(filter(None, [f"{self.method} eps={self.eps * 255:g}/255", settings_label(self.settings)]))
+        """"beo eps=16/255 beo.rounds=50", "ops l0=1", "lsp l2=168/255": what the tables, plots and trial names
+        call this release (distinct for distinct releases of a sweep: the budget's norm is in it)."""
+        return " ".join(filter(None, [f"{self.method} {budget_label(self.eps, self.norm)}",
+                                      settings_label(self.settings)]))
 
 
 @dataclass(frozen=True)
@@ -120,10 +151,17 @@ class SweepConfig:
         source: the clean dataset (a flag may replace it).
         protect_preset: the shipped protect preset the releases start from.
         protect: protect config keys merged over the preset (nested, as in a protect YAML); grid.method
-            replaces method, grid.eps replaces budget.eps, and grid.protect the keys it names.
+            replaces method, grid.eps replaces budget.eps (budgets replaces the whole budget of the methods it
+            names), and grid.protect the keys it names.
         evaluate: the evaluate config of every trial; the grid replaces ratio, victim.model, defence.names
             and the keys grid.evaluate names.
         grid: method × eps × protect axes (the releases) × ratio × victim × defence × evaluate axes.
+        budgets: method → its own fixed budget, a mapping with both ``norm`` and ``eps`` (ue_core.pga.Budget,
+            e.g. ``ops: {norm: l0, eps: 1}``, ``lsp: {norm: l2, eps: 168/255}``), checked against the norms
+            the method is defined for. It replaces grid.eps for that method: one release per point of the
+            protect axes, at this budget. A method not in grid.method is ignored (so ``--set grid.method=…``
+            may narrow a sweep); an unknown method, a missing key or a bad budget is a one-line error naming
+            ``budgets.METHOD``. Without it (every older sweep file), every method follows grid.eps.
         max_failures: how often a failed trial is retried (Ray Tune's FailureConfig).
     """
 
@@ -132,20 +170,37 @@ class SweepConfig:
     protect: dict[str, Any] = field(default_factory=dict)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     grid: SweepGrid = field(default_factory=SweepGrid)
+    budgets: dict[str, Any] = field(default_factory=dict)
     max_failures: int = 1
 
     def __post_init__(self) -> None:
         if self.max_failures < 0:
             raise InvalidInputError(f"sweep max_failures: must be >= 0, got {self.max_failures}")
+        object.__setattr__(self, "budgets", _read_budgets(self.budgets))
+        if "budget.norm" in self.grid.protect and set(self.budgets) & set(self.grid.method):
+            raise InvalidInputError("sweep grid.protect: a budget.norm axis and budgets cannot both set the norm; "
+                                    "drop one")
         self.releases()  # every release's protect config is valid before anything starts
         for settings in self.grid.evaluate_points():
             self.evaluate_config(settings)  # and every trial's evaluate config
 
+    def method_eps(self, method: str) -> tuple[float, ...]:
+        """The budgets ``method`` is released at: its own budget's eps if it has one, else grid.eps."""
+        return (self.budgets[method].eps,) if method in self.budgets else self.grid.eps
+
     def protect_config(self, method: str, eps: float, settings: dict[str, Any] | None = None) -> ProtectConfig:
-        """The protect config of the release of ``method`` at budget ``eps`` with protect-axis ``settings``."""
+        """The protect config of the release of ``method`` at budget ``eps`` with protect-axis ``settings``;
+        a method with its own budget (``budgets``) takes its norm from it, and ``eps`` must be that budget's."""
+        budget: dict[str, Any] = {"budget.eps": eps}
+        if method in self.budgets:
+            own = self.budgets[method]
+            if abs(eps - own.eps) > 1e-12:
+                raise InvalidInputError(f"sweep budgets.{method}: {method} is released at its own budget "
+                                        f"{budget_label(own.eps, own.norm)} only, not eps {eps:g}")
+            budget = {"budget.eps": own.eps, "budget.norm": own.norm}
         try:
             return load_protect_config(self.protect_preset, data=self.protect,
-                                       overrides={"method": method, "budget.eps": eps, **(settings or {})})
+                                       overrides={"method": method, **budget, **(settings or {})})
         except InvalidInputError as error:
             where = f" ({settings_label(settings)})" if settings else ""
             raise InvalidInputError(f"sweep grid.protect{where}: {error}") from None
@@ -161,17 +216,43 @@ class SweepConfig:
             raise InvalidInputError(f"sweep grid.evaluate ({settings_label(settings or {})}): {error}") from None
 
     def releases(self) -> list[ReleaseSpec]:
-        """Every distinct release of the grid, in a stable order. A protect axis the method never reads
-        (``beo.rounds`` for EM) neither appears in its settings nor makes another release."""
+        """Every distinct release of the grid, in a stable order: per method, each of its budgets
+        (:meth:`method_eps`) × the protect points. A protect axis the method never reads (``beo.rounds`` for
+        EM) neither appears in its settings nor makes another release. A spec's norm is its protect config's."""
         specs, seen = [], set()
-        for method, eps, settings in product(self.grid.method, self.grid.eps, self.grid.protect_points()):
-            record = self.protect_config(method, eps, settings).method_record()
-            read = {key: value for key, value in settings.items() if _reads(record, key)}
-            spec = ReleaseSpec(method, eps, read)
-            if spec.label not in seen:
-                seen.add(spec.label)
-                specs.append(spec)
+        points = self.grid.protect_points()
+        for method in self.grid.method:
+            for eps, settings in product(self.method_eps(method), points):
+                config = self.protect_config(method, eps, settings)
+                record = config.method_record()
+                read = {key: value for key, value in settings.items() if _reads(record, key)}
+                spec = ReleaseSpec(method, eps, read, config.budget.norm)
+                if spec.label not in seen:
+                    seen.add(spec.label)
+                    specs.append(spec)
         return specs
+
+
+def _read_budgets(budgets: Any) -> dict[str, Budget]:
+    """SweepConfig.budgets as method → Budget, each checked (one-line errors naming ``budgets.METHOD``)."""
+    if not isinstance(budgets, dict):
+        raise InvalidInputError(f"sweep budgets: expected a mapping of method names to budgets, got {budgets!r}")
+    read = {}
+    for method, value in budgets.items():
+        where = f"sweep budgets.{method}"
+        if method not in METHODS:
+            raise InvalidInputError(f"{where}: unknown method {method!r}; expected one of {', '.join(METHODS)}")
+        if isinstance(value, dict) and not {"norm", "eps"} <= set(value):
+            raise InvalidInputError(f"{where}: give both norm and eps (a method's budget is never implied), "
+                                    f"got {value!r}")
+        try:
+            budget = value if isinstance(value, Budget) else read_value(Budget, value, where)
+            require_norm(budget, method, METHOD_CLASSES[method].norms)
+        except InvalidInputError as error:
+            message = str(error)
+            raise InvalidInputError(message if message.startswith(where) else f"{where}: {message}") from None
+        read[method] = budget
+    return read
 
 
 def _reads(record: dict[str, Any], dotted_key: str) -> bool:

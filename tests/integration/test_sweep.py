@@ -7,9 +7,11 @@ import pytest
 import ray
 from PIL import Image
 
-from pipelines.config import ReleaseSpec, load_sweep_config
+from pipelines.config import ReleaseSpec, budget_label, load_sweep_config
 from pipelines.sweep import Trial, _runs, ensure_releases, plan_trials, release_uri, run_trials, sweep
+from pipelines.sweep_report import TrialOutcome, results_table
 from ue_core.errors import InvalidInputError
+from ue_core.methods import METHODS as METHOD_CLASSES
 from ue_core.release import read_manifest, verify_release
 
 pytestmark = pytest.mark.slow
@@ -26,7 +28,7 @@ TINY = {
     "protect.beo.surrogate.epochs": 1, "evaluate.test_subset": 300, "evaluate.victim.epochs": 1,
     "grid.eps": ["8/255"], "grid.ratio": [0, 0.5], "grid.defence": ["none"],
 }
-TINY_METHODS = {**TINY, "grid.method": ["beo", "random"]}
+TINY_METHODS = {**TINY, "grid.method": ["beo", "random", "ops"]}
 
 
 def test_plan_has_the_arms_each_ratio_needs():
@@ -51,10 +53,89 @@ def test_a_method_axis_adds_a_mixed_victim_per_release_and_no_clean_one():
     keys = [t.key for t in plan_trials(config)]
     assert keys == ["clean-all eps=— ratio=0 small_cnn none",
                     *(f"mixed {m} eps=8/255 ratio=0.5 small_cnn none" for m in ("beo", "random", "em", "tap")),
+                    "mixed ops l0=1 ratio=0.5 small_cnn none", "mixed ar l2=1 ratio=0.5 small_cnn none",
+                    "mixed lsp l2=168/255 ratio=0.5 small_cnn none",
                     "clean-only eps=— ratio=0.5 small_cnn none"]
     assert config.protect_config("tap", 8 / 255).tap.model == "small_cnn"
     with pytest.raises(InvalidInputError, match="sweep grid.method: unknown 'no-such-method'"):
         load_sweep_config("fashion-mnist-baselines", {"grid.method": ["beo", "no-such-method"]})
+
+
+def test_the_baselines_sweep_has_every_method_at_a_budget_it_is_defined_for():
+    config = load_sweep_config("fashion-mnist-baselines")
+    assert config.grid.method == ("beo", "random", "em", "tap", "ops", "ar", "lsp") == tuple(METHOD_CLASSES)
+    budgets = {spec.method: (spec.norm, spec.eps) for spec in config.releases()}
+    assert budgets == {"beo": ("linf", 8 / 255), "random": ("linf", 8 / 255), "em": ("linf", 8 / 255),
+                       "tap": ("linf", 8 / 255), "ops": ("l0", 1.0), "ar": ("l2", 1.0), "lsp": ("l2", 168 / 255)}
+    for spec in config.releases():  # ProtectConfig checks the method's norms (ue_core.methods) as it builds
+        protect = config.protect_config(spec.method, spec.eps, spec.settings)
+        assert (protect.method, protect.budget.norm, protect.budget.eps) == (spec.method, spec.norm, spec.eps)
+        assert protect.budget.norm in METHOD_CLASSES[spec.method].norms
+        assert protect.data.subset == 2000
+    assert [spec.label for spec in config.releases()][-3:] == ["ops l0=1", "ar l2=1", "lsp l2=168/255"]
+    assert len(plan_trials(config)) == 1 + 7 + 1 + 7  # ratio 0, 0.5 (with clean-only), 1
+    # a budget of a method the grid leaves out is ignored, so --set grid.method=… narrows the sweep
+    narrow = load_sweep_config("fashion-mnist-baselines", {"grid.method": ["beo", "ops"]})
+    assert [spec.label for spec in narrow.releases()] == ["beo eps=8/255", "ops l0=1"]
+
+
+def test_a_method_with_its_own_budget_has_one_release_per_protect_point_not_per_eps():
+    config = load_sweep_config("fashion-mnist-baselines", {
+        "grid.method": ["beo", "random", "ops", "ar"], "grid.eps": ["4/255", "8/255"], "grid.ratio": [0.5],
+        "grid.protect": {"ar.seed": [0, 1], "beo.rounds": [2]},
+    })
+    assert [(spec.label, spec.norm) for spec in config.releases()] == [
+        ("beo eps=4/255 beo.rounds=2", "linf"), ("beo eps=8/255 beo.rounds=2", "linf"),
+        ("random eps=4/255", "linf"), ("random eps=8/255", "linf"),
+        ("ops l0=1", "l0"),  # neither axis is read by OPS: one release at its own budget
+        ("ar l2=1 ar.seed=0", "l2"), ("ar l2=1 ar.seed=1", "l2"),  # one per ar.seed, none per grid ε
+    ]
+    assert config.method_eps("ops") == (1.0,) and config.method_eps("beo") == (4 / 255, 8 / 255)
+    trials = [t for t in plan_trials(config) if t.arm == "mixed"]
+    assert [(t.method, t.eps, t.norm) for t in trials if t.method in ("ops", "ar")] == [
+        ("ops", 1.0, "l0"), ("ar", 1.0, "l2"), ("ar", 1.0, "l2")]
+    assert trials[4].key == "mixed ops l0=1 ratio=0.5 small_cnn none"
+    with pytest.raises(InvalidInputError, match="sweep budgets.ops: ops is released at its own budget l0=1 only"):
+        config.protect_config("ops", 8 / 255)
+
+
+def test_the_norm_is_in_the_label_and_the_release_address():
+    """AR at L2 8/255 and at L∞ 8/255 are two releases with two labels; AR given the grid's own budget
+    explicitly is the very release it had without a budget."""
+    plain = load_sweep_config("fashion-mnist", {"grid.method": ["ar"], "grid.eps": ["8/255"]})
+    l2 = load_sweep_config("fashion-mnist", {"grid.method": ["ar"], "budgets.ar": {"norm": "l2", "eps": "8/255"}})
+    same = load_sweep_config("fashion-mnist", {"grid.method": ["ar"], "budgets.ar": {"norm": "linf", "eps": "8/255"}})
+    (linf_spec,), (l2_spec,), (same_spec,) = (c.releases() for c in (plain, l2, same))
+    assert (linf_spec.label, l2_spec.label, same_spec.label) == ("ar eps=8/255", "ar l2=8/255", "ar eps=8/255")
+    assert release_uri("r", "data", plain, linf_spec) != release_uri("r", "data", l2, l2_spec)
+    assert release_uri("r", "data", plain, linf_spec) == release_uri("r", "data", same, same_spec)
+    assert Trial("mixed", 8 / 255, 1.0, "small_cnn", "none", "ar", norm="l2").key != \
+        Trial("mixed", 8 / 255, 1.0, "small_cnn", "none", "ar").key
+    assert [budget_label(e, n) for e, n in [(8 / 255, "linf"), (1, "l0"), (168 / 255, "l2"), (1.0, "l2"),
+                                            (0.5, "l2"), (1.3, "l2")]] == [
+        "eps=8/255", "l0=1", "l2=168/255", "l2=1", "l2=0.5", "l2=1.3"]
+    outcome = TrialOutcome("mixed", 1.0, "l0", 0.5, "small_cnn", "none", "ops", "", "", "DONE", 0.5, 0.6, "")
+    _, markdown = results_table([outcome])
+    assert "| mixed | ops | l0=1 | — | 0.5 |" in markdown
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"budgets.nope": {"norm": "l0", "eps": 1}}, "sweep budgets.nope: unknown method 'nope'; expected one of beo"),
+    ({"budgets.ops": {"norm": "l0"}}, "sweep budgets.ops: give both norm and eps"),
+    ({"budgets.ops": {"norm": "l9", "eps": 1}}, "sweep budgets.ops.norm: expected one of linf, l2, l0, got 'l9'"),
+    ({"budgets.ops": {"norm": "l0", "eps": 1.5}}, "sweep budgets.ops: eps must be an integer >= 1"),
+    ({"budgets.ops": {"norm": "l0", "eps": "one"}}, "sweep budgets.ops.eps: expected a number"),
+    ({"budgets.ops": {"norm": "l0", "eps": 1, "seed": 0}}, "unknown key sweep budgets.ops.seed"),
+    ({"budgets.ops": 1}, "sweep budgets.ops: expected a mapping of keys to values, got 1"),
+    ({"budgets.lsp": {"norm": "linf", "eps": "8/255"}}, "sweep budgets.lsp: lsp: defined for the budget norm l2 only"),
+    ({"budgets.em": {"norm": "l2", "eps": 0.5}}, "sweep budgets.em: em: defined for the budget norm linf only"),
+    ({"budgets": [1]}, "budgets: expected a mapping of keys to values"),
+    ({"grid.protect": {"budget.norm": ["l2"]}}, "a budget.norm axis and budgets cannot both set the norm"),
+])
+def test_a_bad_budget_is_one_line_naming_the_key(overrides, message):
+    with pytest.raises(InvalidInputError, match=message) as error:
+        load_sweep_config("fashion-mnist-baselines", overrides)
+    assert "\n" not in str(error.value)
 
 
 def test_releases_are_addressed_by_source_and_config():
@@ -137,32 +218,37 @@ def test_failed_trials_are_retried_and_reported(tmp_path):
 
 
 def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
+    """BEO and random noise on the grid's ε beside OPS at its own L0 budget (model-free, so cheap)."""
     store = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    config = load_sweep_config("fashion-mnist", TINY_METHODS)
+    config = load_sweep_config("fashion-mnist", {**TINY_METHODS, "budgets.ops": {"norm": "l0", "eps": 1}})
     out = tmp_path / "sweep"
     summary = sweep(config, str(out), source=str(fashion_mnist_root), tracking_uri=store, progress=False)
 
-    assert [o.status for o in summary.outcomes] == ["DONE"] * 4, summary.markdown
+    assert [o.status for o in summary.outcomes] == ["DONE"] * 5, summary.markdown
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["arm"], r["method"], r["ratio"]) for r in rows] == [
-        ("clean-all", "", "0.0"), ("mixed", "beo", "0.5"), ("mixed", "random", "0.5"), ("clean-only", "", "0.5")]
+    assert [(r["arm"], r["method"], r["norm"], r["ratio"]) for r in rows] == [
+        ("clean-all", "", "", "0.0"), ("mixed", "beo", "linf", "0.5"), ("mixed", "random", "linf", "0.5"),
+        ("mixed", "ops", "l0", "0.5"), ("clean-only", "", "", "0.5")]
+    assert "| mixed | ops | l0=1 | — | 0.5 |" in summary.markdown
     with Image.open(out / "accuracy.png") as image:
         assert image.size[0] > 200 and image.convert("L").getextrema()[0] < 128
 
     releases = {read_manifest(r)["method"]: r for r in (tmp_path / "releases").iterdir()}
-    assert set(releases) == {"beo", "random"}
-    for release in releases.values():
+    assert set(releases) == {"beo", "random", "ops"}
+    labels = {"beo": "beo eps=8/255", "random": "random eps=8/255", "ops": "ops l0=1"}
+    for method, release in releases.items():
         manifest = verify_release(release)
-        assert manifest["count"] == 200 and manifest["eps"] == pytest.approx(8 / 255)
-        assert manifest["config"]["data"]["subset"] == 200
+        assert manifest["count"] == 200 and manifest["config"]["data"]["subset"] == 200
+        assert manifest["config"]["budget"] == ({"eps": 1.0, "norm": "l0"} if method == "ops" else
+                                                {"eps": pytest.approx(8 / 255), "norm": "linf"})
     for method, release in releases.items():
         quality = read_manifest(release)["summary"]
-        row = f"| {method} eps=8/255 | {quality['psnr_db']:.2f} | {quality['ssim']:.4f} | {release} |"
+        row = f"| {labels[method]} | {quality['psnr_db']:.2f} | {quality['ssim']:.4f} | {release} |"
         assert row in summary.markdown and row in (out / "results.md").read_text()
     before = (releases["beo"] / "manifest.json").stat().st_mtime_ns
     again = ensure_releases(str(fashion_mnist_root), config, str(tmp_path / "releases"), None, store, False)
-    assert again == {"beo eps=8/255": str(releases["beo"]), "random eps=8/255": str(releases["random"])}
+    assert again == {label: str(releases[method]) for method, label in labels.items()}
     assert (releases["beo"] / "manifest.json").stat().st_mtime_ns == before
 
     client = mlflow.MlflowClient(store)
@@ -172,11 +258,12 @@ def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     by_key = {c.data.tags["ue.trial"]: c for c in children}
-    assert len(children) == 4 and set(by_key) == {Trial(**{k: o.__dict__[k] for k in Trial.__dataclass_fields__}).key
+    assert len(children) == 5 and set(by_key) == {Trial(**{k: o.__dict__[k] for k in Trial.__dataclass_fields__}).key
                                                   for o in summary.outcomes}
+    assert "mixed ops l0=1 ratio=0.5 small_cnn none" in by_key
     for outcome, row in zip(summary.outcomes, rows):
         child = by_key[Trial(outcome.arm, outcome.eps, outcome.ratio, outcome.victim, outcome.defence,
-                             outcome.method, outcome.settings, outcome.evaluation).key]
+                             outcome.method, outcome.settings, outcome.evaluation, outcome.norm).key]
         assert child.info.status == "FINISHED" and child.data.params["arm"] == outcome.arm
         assert child.data.metrics["final_test_accuracy"] == pytest.approx(float(row["final_test_accuracy"]))
         assert 0 <= outcome.final_test_accuracy <= 1
@@ -196,3 +283,4 @@ def test_a_rounds_axis_is_one_protect_run(fashion_mnist_root, tmp_path):
     assert manifest["config"]["beo"]["rounds"] == 2 and manifest["snapshots"] == {"1": "rounds/round-00001"}
     assert verify_release(release / "rounds" / "round-00001")["rounds"] == 1
     assert "beo eps=8/255 beo.rounds=1" in summary.markdown and str(release / "rounds" / "round-00001") in summary.markdown
+
