@@ -118,9 +118,10 @@ class PassActor:
             state = PixelState(delta, exp_avg, exp_avg_sq, torch.from_numpy(rows["steps"].astype(np.int64)))
             state = pixel_step(model, x, state, feature_gradients, views, self.budget, config.pga,
                                config.batch_size, self.device, config.compute)
-            new = {"delta": state.delta.numpy(), "exp_avg": state.exp_avg.numpy(),
-                   "exp_avg_sq": state.exp_avg_sq.numpy(), "steps": state.steps.numpy()}
-            blocks.append({name: new.get(name, rows[name]) for name in self.columns})
+            new = {"delta": state.delta.numpy(), "steps": state.steps.numpy()}
+            if adam:
+                new |= {"exp_avg": state.exp_avg.numpy(), "exp_avg_sq": state.exp_avg_sq.numpy()}
+            blocks.append({name: new[name] if name in new else rows[name] for name in self.columns})
             size = state.delta.abs().flatten(1)
             summaries.append({"index": rows["index"], "delta_abs_max": size.max(1).values.numpy(),
                               "delta_abs_mean": size.mean(1).numpy(), "on_gpu": np.full(len(x), on_gpu(self.device))})
