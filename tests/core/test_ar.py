@@ -8,8 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from ue_core.checks import check_release
-from ue_core.data import read_dataset
-from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError
 from ue_core.methods.ar import ARConfig, AutoregressivePerturbation
 from ue_core.pga import Budget
@@ -17,15 +15,6 @@ from ue_core.pga import Budget
 L2 = Budget(eps=1.0, norm="l2")
 LINF = Budget(eps=8 / 255, norm="linf")
 
-
-@pytest.fixture(scope="module")
-def datasets(fashion_mnist_root):
-    """100 real Fashion-MNIST images (10 classes, 1×28×28) and 30 random RGB 6×6 images (3 classes)."""
-    fashion = read_dataset(str(fashion_mnist_root), split="train").subset(np.arange(100))
-    rng = np.random.default_rng(0)
-    rgb = ImageDataset(images=rng.integers(0, 256, (30, 6, 6, 3), dtype=np.uint8),
-                       labels=np.arange(30) % 3, num_classes=3)
-    return [fashion, rgb]
 
 
 def matching_residual(delta: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from ue_core.checks import check_release
-from ue_core.data import read_dataset
 from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError, ReleaseCheckError
 from ue_core.methods.ops import OnePixelShortcut, OPSConfig, choose_pixels
@@ -17,15 +16,6 @@ from ue_core.pga import Budget, quantise_release
 
 L0 = Budget(eps=1, norm="l0")
 
-
-@pytest.fixture(scope="module")
-def datasets(fashion_mnist_root):
-    """100 real Fashion-MNIST images (10 classes) and 30 random RGB 6×6 images (3 classes)."""
-    fashion = read_dataset(str(fashion_mnist_root), split="train").subset(np.arange(100))
-    rng = np.random.default_rng(0)
-    rgb = ImageDataset(images=rng.integers(0, 256, (30, 6, 6, 3), dtype=np.uint8),
-                       labels=np.arange(30) % 3, num_classes=3)
-    return [fashion, rgb]
 
 
 def brute_force_choices(images: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
