@@ -73,7 +73,8 @@ def test_the_baselines_sweep_has_every_method_at_a_budget_it_is_defined_for():
         assert protect.budget.norm in METHOD_CLASSES[spec.method].norms
         assert protect.data.subset == 2000
     assert [spec.label for spec in config.releases()][-3:] == ["ops l0=1", "ar l2=1", "lsp l2=168/255"]
-    assert len(plan_trials(config)) == 1 + 7 + 1 + 7  # ratio 0, 0.5 (with clean-only), 1
+    assert config.grid.defence == ("none", "jpeg")
+    assert len(plan_trials(config)) == 2 * (1 + 7 + 1 + 7)  # per defence: ratio 0, 0.5 (with clean-only), 1
     # a budget of a method the grid leaves out is ignored, so --set grid.method=… narrows the sweep
     narrow = load_sweep_config("fashion-mnist-baselines", {"grid.method": ["beo", "ops"]})
     assert [spec.label for spec in narrow.releases()] == ["beo eps=8/255", "ops l0=1"]
@@ -82,6 +83,7 @@ def test_the_baselines_sweep_has_every_method_at_a_budget_it_is_defined_for():
 def test_a_method_with_its_own_budget_has_one_release_per_protect_point_not_per_eps():
     config = load_sweep_config("fashion-mnist-baselines", {
         "grid.method": ["beo", "random", "ops", "ar"], "grid.eps": ["4/255", "8/255"], "grid.ratio": [0.5],
+        "grid.defence": ["none"],
         "grid.protect": {"ar.seed": [0, 1], "beo.rounds": [2]},
     })
     assert [(spec.label, spec.norm) for spec in config.releases()] == [
