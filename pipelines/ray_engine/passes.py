@@ -23,7 +23,15 @@ from ray.data.block import BlockAccessor
 from ray.data.dataset import MaterializedDataset
 
 from pipelines.ray_engine.resources import Resources, actor_device, on_gpu
-from pipelines.ray_engine.state import MOMENT_COLUMNS, images_and_delta, load_model, state_columns
+from pipelines.ray_engine.state import (
+    MOMENT_COLUMNS,
+    Rows,
+    concat_rows,
+    images_and_delta,
+    load_model,
+    sorted_by_index,
+    state_columns,
+)
 from pipelines.ray_utils import Shared, unwrap
 from ue_core.config import from_dict, to_dict
 from ue_core.methods.beo import BEOConfig, pixel_step, step_views
@@ -34,17 +42,6 @@ from ue_core.training import compute_features
 CHUNK_BATCHES = 16
 """A block is mapped in chunks of this many batches (``beo.batch_size`` rows each), which bounds an actor's
 memory whatever the block's size; batches start at a chunk's first row, so the chunking changes no result."""
-
-Rows = dict[str, np.ndarray]
-
-
-def _concat(parts: list[Rows]) -> Rows:
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-
-
-def _by_index(rows: Rows) -> Rows:
-    order = np.argsort(rows["index"], kind="stable")
-    return {name: values[order] for name, values in rows.items()}
 
 
 @ray.remote
@@ -91,7 +88,7 @@ class PassActor:
             if anchored:
                 part["anchors"] = compute_features(model, x, **options).numpy()
             parts.append(part)
-        return _concat(parts)
+        return concat_rows(parts)
 
     @ray.method(num_returns=2)
     def ascent(
@@ -125,7 +122,7 @@ class PassActor:
             size = state.delta.abs().flatten(1)
             summaries.append({"index": rows["index"], "delta_abs_max": size.max(1).values.numpy(),
                               "delta_abs_mean": size.mean(1).numpy(), "on_gpu": np.full(len(x), on_gpu(self.device))})
-        return BlockAccessor.batch_to_block(_concat(blocks)), _concat(summaries)
+        return BlockAccessor.batch_to_block(concat_rows(blocks)), concat_rows(summaries)
 
 
 class PassPool:
@@ -159,7 +156,7 @@ class PassPool:
         blocks = state.to_arrow_refs()
         calls = [actor.features.remote(block, surrogate, round_index, step, view)
                  for actor, block in zip(self._assign(blocks), blocks, strict=True)]
-        return _by_index(_concat(unwrap(calls)))
+        return sorted_by_index(concat_rows(unwrap(calls)))
 
     def ascent(self, state: MaterializedDataset, surrogate: Shared, round_index: int, step: int,
                gradients: list[Shared]) -> tuple[MaterializedDataset, Rows]:
@@ -168,7 +165,7 @@ class PassPool:
         blocks = state.to_arrow_refs()
         calls = [actor.ascent.remote(block, surrogate, round_index, step, gradients)
                  for actor, block in zip(self._assign(blocks), blocks, strict=True)]
-        summaries = _by_index(_concat(unwrap([summary for _, summary in calls])))
+        summaries = sorted_by_index(concat_rows(unwrap([summary for _, summary in calls])))
         return ray.data.from_arrow_refs([new for new, _ in calls]), summaries
 
     def close(self) -> None:

@@ -27,6 +27,9 @@ from ue_core.pga import PGAConfig
 
 MOMENT_COLUMNS = ("exp_avg", "exp_avg_sq")
 
+Rows = dict[str, np.ndarray]
+"""Columns of the same rows: name → array whose first axis is the row."""
+
 
 def state_columns(pga: PGAConfig) -> list[str]:
     """The columns of the state shards: Adam's two moments only under ``update: adam``.
@@ -65,15 +68,15 @@ def load_model(spec: dict[str, Any]) -> Classifier:
     return model.eval()
 
 
-def images_and_delta(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+def images_and_delta(batch: Rows) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean images x (B, C, H, W) in [0, 1] and δ (B, C, H, W) from a state batch."""
     x = torch.from_numpy(np.ascontiguousarray(batch["image"])).permute(0, 3, 1, 2).float().div_(255.0)
     return x.contiguous(), torch.from_numpy(np.ascontiguousarray(batch["delta"]))
 
 
 def initial_state(
-    batch: dict[str, np.ndarray], image_shape: tuple[int, int, int], columns: list[str]
-) -> dict[str, np.ndarray]:
+    batch: Rows, image_shape: tuple[int, int, int], columns: list[str]
+) -> Rows:
     """Ingest shard rows (index, label, image bytes) → state rows of ``columns`` (:func:`state_columns`), with
     δ = 0 and zero Adam moments."""
     height, width, channels = image_shape
@@ -90,23 +93,30 @@ def initial_state(
     return {name: state[name] for name in columns}
 
 
-def collect(dataset: ray.data.Dataset, columns: list[str]) -> dict[str, np.ndarray]:
+def concat_rows(parts: list[Rows]) -> Rows:
+    """The rows of ``parts`` (each with the same columns) one after another."""
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def sorted_by_index(rows: Rows) -> Rows:
+    """``rows`` in the order of their ``index`` column (the reference engine's order)."""
+    order = np.argsort(rows["index"], kind="stable")
+    return {name: values[order] for name, values in rows.items()}
+
+
+def collect(dataset: ray.data.Dataset, columns: list[str]) -> Rows:
     """Bring ``columns`` of a dataset to the driver, rows sorted by index."""
-    parts = list(dataset.select_columns(columns).iter_batches(batch_size=None, batch_format="numpy"))
-    merged = {c: np.concatenate([p[c] for p in parts]) for c in columns}
-    order = np.argsort(merged["index"], kind="stable")
-    return {c: v[order] for c, v in merged.items()}
+    return sorted_by_index(concat_rows(
+        list(dataset.select_columns(columns).iter_batches(batch_size=None, batch_format="numpy"))
+    ))
 
 
-def state_rows(blocks: list[Any], columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+def state_rows(blocks: list[Any], columns: tuple[str, ...]) -> Rows:
     """``columns`` of the state blocks (Arrow tables from the object store), rows sorted by index."""
     from ray.data.block import BlockAccessor
 
     parts = [BlockAccessor.for_block(block).select(list(columns)) for block in blocks]
-    batches = [BlockAccessor.for_block(part).to_batch_format("numpy") for part in parts]
-    merged = {c: np.concatenate([b[c] for b in batches]) for c in columns}
-    order = np.argsort(merged["index"], kind="stable")  # the reference trains in index order
-    return {c: v[order] for c, v in merged.items()}
+    return sorted_by_index(concat_rows([BlockAccessor.for_block(part).to_batch_format("numpy") for part in parts]))
 
 
 
