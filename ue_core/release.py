@@ -70,7 +70,7 @@ def write_release(
         raise InvalidInputError("the delta release format needs the clean images (write_release's clean=)")
     uri = os.fspath(uri)
     snapshots = snapshots or {}
-    with staged_directory(uri, overwrite) as (fs, staging):
+    with staged_directory(uri, overwrite, last=MANIFEST_NAME) as (fs, staging):
         for rounds, (snapshot, snapshot_manifest) in sorted(snapshots.items()):
             folder = join(staging, snapshot_path(rounds))
             _write_files(snapshot, fs, folder, snapshot_manifest, formats, test, clean)

@@ -111,3 +111,31 @@ def test_invalid_input_creates_nothing(tmp_path, dataset_factory):
     with pytest.raises(InvalidInputError):
         write_shards(dataset_factory(n=3), tmp_path / "out", extra={"delta": np.zeros(3, np.float32)})
     assert _entries(tmp_path) == []
+
+
+def test_an_object_store_release_is_copied_with_its_manifest_last(dataset_factory, monkeypatch):
+    """Off a local disk the publish is a copy file by file: a writer killed during it must leave no manifest,
+    so manifest.json is copied only after every other file (the early release's own manifest included)."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from ue_core.release import verify_release, write_release
+
+    copied: list[list[str]] = []
+    real_copy = MemoryFileSystem.copy
+
+    def recording_copy(self, path1, path2, *args, **kwargs):
+        copied.append(list(path2) if isinstance(path2, list) else [path2])
+        return real_copy(self, path1, path2, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "copy", recording_copy)
+    out = f"memory://atomic-{uuid.uuid4().hex}/release"
+    early = (dataset_factory(n=6, shape=(5, 5, 3), seed=1), {"method": "test"})
+    write_release(dataset_factory(n=6, shape=(5, 5, 3)), out, {"method": "test"}, formats=("parquet", "png"),
+                  snapshots={1: early})
+    release = out.removeprefix("memory://")
+    *others, final = copied
+    assert [name.lstrip("/") for name in final] == [f"{release}/manifest.json"]
+    everything = [name.lstrip("/") for group in others for name in group]
+    assert len(everything) > 6 and f"{release}/manifest.json" not in everything
+    assert any(name.endswith("rounds/round-00001/manifest.json") for name in everything)
+    assert verify_release(out)["count"] == 6

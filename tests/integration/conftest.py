@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,41 +114,92 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
 
 
+@dataclass
+class SeaweedFS:
+    """`weed mini` serving S3 from its own folder on fixed free 127.0.0.1 ports: it can be killed and started
+    again on the same data (a fault drill), and is always stopped by its PID."""
+
+    root: Path
+    ports: dict[str, int]
+    grpc: dict[str, int]
+    process: subprocess.Popen | None = None
+
+    NAMES = ("master", "volume", "filer", "s3", "admin")
+
+    @staticmethod
+    def create() -> SeaweedFS:
+        root = Path(tempfile.mkdtemp(prefix="ue-weed-"))  # short: unix socket paths are limited to ~100 chars
+        (root / "data").mkdir()
+        (root / "logs").mkdir()
+        config = {"identities": [{"name": "ue-test", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                                  "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+        (root / "s3.json").write_text(json.dumps(config))
+        allocated = free_ports(2 * len(SeaweedFS.NAMES))
+        return SeaweedFS(root, dict(zip(SeaweedFS.NAMES, allocated)), dict(zip(SeaweedFS.NAMES, allocated[len(SeaweedFS.NAMES):])))
+
+    @property
+    def server(self) -> S3Server:
+        return S3Server(f"http://127.0.0.1:{self.ports['s3']}", ACCESS_KEY, SECRET_KEY)
+
+    @property
+    def sockets(self) -> list[Path]:
+        """The unix socket weed puts in /tmp per gRPC server."""
+        return [Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock") for name, port in self.grpc.items()]
+
+    def start(self) -> S3Server:
+        """Start weed (on the data already in its folder) and wait until a bucket can be created."""
+        ports_args = [f"-{name}.port={port}" for name, port in self.ports.items()]
+        ports_args += [f"-{name}.port.grpc={port}" for name, port in self.grpc.items()]
+        root = self.root
+        command = [
+            weed_binary(), f"-logdir={root / 'logs'}", "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1", f"-s3.config={root / 's3.json'}", "-admin.ui=false", "-webdav=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false", "-master.telemetry=false",
+            f"-filer.localSocket={root / 'filer.sock'}", f"-s3.localSocket={root / 's3.sock'}", *ports_args,
+        ]
+        log = root / "weed.out"
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            cwd=root)
+        _wait_until_ready(self.server, self.process, log)
+        return self.server
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is flushed or closed."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+
+
+@contextmanager
+def seaweedfs() -> Iterator[SeaweedFS]:
+    """A SeaweedFS of its own, started, then stopped by PID with its folder and its sockets removed."""
+    instance = SeaweedFS.create()
+    existing = {path for path in instance.sockets if path.exists()}  # remove only ours
+    try:
+        instance.start()
+        yield instance
+    finally:
+        instance.stop()
+        for path in instance.sockets:
+            if path not in existing and path.exists():
+                path.unlink()
+        shutil.rmtree(instance.root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real SeaweedFS S3 server on free 127.0.0.1 ports for the whole session, stopped by PID at the end."""
-    weed = weed_binary()
-    root = Path(tempfile.mkdtemp(prefix="ue-weed-"))  # short: unix socket paths are limited to ~100 chars
-    (root / "data").mkdir()
-    (root / "logs").mkdir()
-    config = {"identities": [{"name": "ue-test", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                              "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
-    (root / "s3.json").write_text(json.dumps(config))
-    names = ("master", "volume", "filer", "s3", "admin")
-    allocated = free_ports(2 * len(names))
-    ports, grpc = dict(zip(names, allocated)), dict(zip(names, allocated[len(names):]))
-    ports_args = [f"-{name}.port={port}" for name, port in ports.items()]
-    ports_args += [f"-{name}.port.grpc={port}" for name, port in grpc.items()]
-    # weed puts a unix socket per gRPC server in /tmp; remember which exist so only ours are removed
-    ours = [Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock") for name, port in grpc.items()]
-    existing = {path for path in ours if path.exists()}
-    command = [
-        weed, f"-logdir={root / 'logs'}", "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-s3.config={root / 's3.json'}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
-        "-s3.port.lance=0", "-s3.autoCreateBucket=false", "-master.telemetry=false",
-        f"-filer.localSocket={root / 'filer.sock'}", f"-s3.localSocket={root / 's3.sock'}", *ports_args,
-    ]
-    log = root / "weed.out"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   cwd=root)
-    server = S3Server(f"http://127.0.0.1:{ports['s3']}", ACCESS_KEY, SECRET_KEY)
-    try:
-        _wait_until_ready(server, process, log)
-        yield server
-    finally:
-        _stop(process)
-        for path in ours:
-            if path not in existing and path.exists():
-                path.unlink()
-        shutil.rmtree(root, ignore_errors=True)
+    with seaweedfs() as instance:
+        yield instance.server
+
+
+@pytest.fixture
+def own_seaweedfs():
+    """A SeaweedFS of the test's own, which a fault drill may kill and start again on the same data (the
+    session's server stays up for the other tests)."""
+    with seaweedfs() as instance:
+        yield instance

@@ -3,8 +3,11 @@ target only when every file is written. A failed write removes the staging direc
 is ever visible under the target name.
 
 On a local disk the final step is a single ``rename`` (atomic). On other fsspec filesystems (``s3://``,
-``memory://``) it is ``fs.mv``, which is a copy-then-delete: the target appears only after every file was
-written, but it is not filled in one step.
+``memory://``) it is a copy of every file, then the staging folder's removal: the target appears only after
+every file was written, but it is not filled in one step. The file a reader takes as the mark of a whole
+output (``last``: a release's manifest.json) is copied after all others, so a writer killed during the copy
+leaves at most a target without that mark — not a release (ue_core.release) — which a rerun replaces only
+with ``--overwrite``.
 
 Writers never follow symlinks. A target that is a symlink (dangling or not) is refused with an
 InvalidInputError, with or without overwrite: replacing it would either write through the link into
@@ -44,12 +47,13 @@ def check_output_free(fs: AbstractFileSystem, path: str, uri: str, overwrite: bo
 
 @contextmanager
 def staged_directory(
-    uri: str | os.PathLike, overwrite: bool = False
+    uri: str | os.PathLike, overwrite: bool = False, last: str | None = None
 ) -> Iterator[tuple[AbstractFileSystem, str]]:
     """Yield ``(fs, staging_path)``; write every output file under ``staging_path``.
 
     On normal exit the staging directory replaces ``uri`` (an existing output is removed only then, and
-    only if ``overwrite``); on an exception it is deleted and ``uri`` is left as it was.
+    only if ``overwrite``), the file ``last`` (a path relative to the folder) published after every other;
+    on an exception the staging directory is deleted and ``uri`` is left as it was.
     """
     uri = os.fspath(uri)
     fs, path = filesystem(uri)
@@ -60,7 +64,7 @@ def staged_directory(
     fs.makedirs(staging, exist_ok=False)
     try:
         yield fs, staging
-        _publish(fs, staging, path)
+        _publish(fs, staging, path, last)
     except BaseException:
         _remove_quietly(fs, staging)
         raise
@@ -86,8 +90,8 @@ def remove_stale_staging(uri: str | os.PathLike) -> list[str]:
     return stale
 
 
-def _publish(fs: AbstractFileSystem, staging: str, path: str) -> None:
-    """Move ``staging`` to ``path``, replacing whatever is there."""
+def _publish(fs: AbstractFileSystem, staging: str, path: str, last: str | None) -> None:
+    """Move ``staging`` to ``path``, replacing whatever is there; off a local disk, ``last`` is copied last."""
     if isinstance(fs, LocalFileSystem):
         if os.path.lexists(path):
             old = f"{staging}.old"
@@ -104,7 +108,10 @@ def _publish(fs: AbstractFileSystem, staging: str, path: str) -> None:
         fs.rm(path, recursive=True)
     # file by file: object stores have no folders, and a recursive move trips over folder entries
     files = fs.find(staging)
-    fs.copy(files, [path + name[len(staging):] for name in files])
+    final = [name for name in files if last is not None and name == f"{staging}/{last}"]
+    for group in ([name for name in files if name not in final], final):
+        if group:
+            fs.copy(group, [path + name[len(staging):] for name in group])
     fs.rm(staging, recursive=True)
 
 

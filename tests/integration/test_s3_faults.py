@@ -1,0 +1,64 @@
+"""Fault drills against a real S3 server (SeaweedFS) of the test's own, killed and started again on its data."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ue_core.release import verify_release
+
+SOURCE = "s3://source/fmnist"
+OUT = "s3://releases/drill"
+# PNG and ImageFolder exports of 300 images: a few hundred objects, so the publish takes seconds
+PROTECT = ["protect", "--preset", "fashion-mnist", "--source", SOURCE, "--out", OUT, "--engine", "reference",
+           "--set", "data.subset=300", "--set", "data.test_subset=0", "--rounds", "1",
+           "--set", "beo.surrogate.epochs=1", "--set", "formats=[parquet,png,imagefolder]", "--no-progress"]
+
+
+@pytest.fixture
+def drill_s3(own_seaweedfs, fashion_mnist_root):
+    """The test's own SeaweedFS holding the real Fashion-MNIST idx files at s3://source/fmnist and an empty
+    s3://releases."""
+    own_seaweedfs.server.upload(Path(fashion_mnist_root) / "FashionMNIST" / "raw", f"{SOURCE}/FashionMNIST/raw")
+    own_seaweedfs.server.create_bucket("releases")
+    return own_seaweedfs
+
+
+def start_protect(env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *PROTECT,
+                             "--tracking-uri", f"sqlite:///{cwd / 'mlflow.db'}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+
+
+def test_the_s3_server_killed_while_publishing_leaves_no_release_and_the_rerun_publishes(
+    drill_s3, tmp_path, monkeypatch
+):
+    server = drill_s3.server
+    job = start_protect(server.env(), tmp_path)
+    fs = server.filesystem()
+    deadline = time.monotonic() + 480
+    while not any(key.startswith("releases/.drill.partial-") for key in fs.find("releases")):
+        assert job.poll() is None, job.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "the release's staging folder never appeared"
+        time.sleep(0.05)
+    drill_s3.kill()  # the first objects of the release are being written
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode != 0 and stderr.strip(), stderr[-2000:]
+
+    drill_s3.start()  # the same data folder: everything written before the kill is there
+    fs = server.filesystem()
+    assert not fs.exists("releases/drill/manifest.json") and not fs.exists("releases/drill")
+    assert fs.exists("releases/.drill.claim")  # the failed job could not remove it: S3 was down
+
+    rerun = start_protect(server.env(), tmp_path)
+    _, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stderr[-2000:]
+    for name, value in server.env().items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    assert verify_release(OUT)["count"] == 300
+    fs = server.filesystem()
+    leftovers = [key for key in fs.find("releases") if not key.startswith("releases/drill/")]
+    assert leftovers == []  # the stale staging folder and the stale claim are gone
