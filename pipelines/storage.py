@@ -17,6 +17,7 @@ fails before any work.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -104,9 +105,9 @@ def pyarrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.S3FileSystem(**options), uri.split("://", 1)[1]
 
 
-def _describe(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}"
-    lowered = text.lower()
+def _known_reason(error: BaseException) -> str | None:
+    """What a user can fix behind an object-store error (endpoint, credentials, bucket), or None."""
+    lowered = f"{type(error).__name__}: {error}".lower()
     if any(s in lowered for s in ("could not connect", "connect timeout", "connection refused", "cannot connect",
                                   "name or service not known", "endpointconnectionerror")):
         return "the S3 endpoint is unreachable"
@@ -115,7 +116,11 @@ def _describe(error: BaseException) -> str:
         return "access denied: check the S3 credentials"
     if any(s in lowered for s in ("nosuchbucket", "bucket does not exist", "the specified bucket")):
         return "the bucket does not exist"
-    return text.splitlines()[0][:200]
+    return None
+
+
+def _describe(error: BaseException) -> str:
+    return _known_reason(error) or f"{type(error).__name__}: {error}".splitlines()[0][:200]
 
 
 def _check_filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
@@ -244,7 +249,19 @@ def claim_output(out: str, job: dict[str, Any], overwrite: bool = False) -> Iter
     try:
         remove_stale_staging(out)  # a killed job's half-published release: no writer of ``out`` is left
         yield uri
+    except Exception as error:
+        reason = None if isinstance(error, UEError) or not is_s3(uri) else _known_reason(error)
+        if reason is None:
+            raise
+        raise StorageError(f"the job on {out} stopped: {reason} (the same command resumes once S3 is back)") from error
     finally:
+        _release_claim(fs, path, record)
+
+
+def _release_claim(fs: AbstractFileSystem, path: str, record: dict[str, Any]) -> None:
+    """Remove the claim if it is still ``record``; best effort: when the store is gone (the job's own error
+    says so) the claim stays, and a rerun of the same job takes it over."""
+    with contextlib.suppress(Exception):  # never hide the job's own outcome behind the claim's
         if _read_claim(fs, path) == record:
             fs.rm(path)
 
