@@ -2,14 +2,17 @@
 
     ue fetch fashion-mnist --root data            # the real Fashion-MNIST, offline (Debian package)
     ue protect --preset fashion-mnist --source data --out outputs/fmnist-beo
+    ue protect --preset fashion-mnist --set beo.rounds=20 --print-config > mine.yaml   # then --config mine.yaml
     ue evaluate --source data --release outputs/fmnist-beo --out results/fmnist --victim small_cnn --epochs 8
     ue verify outputs/fmnist-beo                  # re-check a release against its manifest
     ue sweep fashion-mnist --source data --out results/fmnist-sweep
     ue presets                                    # list the shipped presets and sweeps
     ue submit --address http://head:8265 -- protect …   # any of these on a Ray cluster; ue jobs; ue logs ID
 
-Errors the user can act on print one line, ``error: …``, and exit with status 2 — a command that needs the
-``[ray]`` extra (Ray, MLflow, s3fs, matplotlib) on a base install among them.
+Jobs print a plain progress line per round, victim epoch and sweep trial on stderr (pipelines.progress);
+--no-progress hides the bars only. Errors the user can act on print one line, ``error: …``, and exit with
+status 2 — a command that needs the ``[ray]`` extra (Ray, MLflow, s3fs, matplotlib) on a base install among
+them.
 """
 
 from __future__ import annotations

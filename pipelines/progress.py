@@ -67,9 +67,9 @@ class RoundLines:
 
 class EpochLines:
     """Prints ``victim LABEL epoch k/N: …`` for each epoch report of a victim (rank 0's, with its test
-    accuracy) and ``victim LABEL done: …`` for its final report."""
+    accuracy; ``epoch k`` when ``epochs`` is None) and ``victim LABEL done: …`` for its final report."""
 
-    def __init__(self, label: str, epochs: int) -> None:
+    def __init__(self, label: str, epochs: int | None) -> None:
         self.label = label
         self.epochs = epochs
 
@@ -77,5 +77,5 @@ class EpochLines:
         if "final_test_accuracy" in report:
             emit(progress_line(f"victim {self.label} done", report, FINAL_FIGURES))
         elif "train_loss" in report:
-            emit(progress_line(f"victim {self.label} epoch {int(report['epoch'])}/{self.epochs}", report,
-                               EPOCH_FIGURES))
+            total = "" if self.epochs is None else f"/{self.epochs}"
+            emit(progress_line(f"victim {self.label} epoch {int(report['epoch'])}{total}", report, EPOCH_FIGURES))

@@ -33,7 +33,7 @@ from typing import Any
 
 from pipelines.config import ProtectConfig, ReleaseSpec, SweepConfig, settings_label
 from pipelines.evaluate import publish_results
-from pipelines.progress import EPOCH_FIGURES, FINAL_FIGURES, emit, progress_line
+from pipelines.progress import FINAL_FIGURES, EpochLines, emit, progress_line
 from pipelines.storage import (
     WorkDir,
     absolute,
@@ -213,9 +213,8 @@ def trial_lines(planned: list[Trial], epochs: dict[str, int] | None = None) -> A
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             key = Trial(**trial.config["trial"]).key
-            if "train_loss" in result:  # an epoch's report (the victim's final report has none)
-                total = f"/{epochs[key]}" if epochs and key in epochs else ""
-                emit(progress_line(f"victim {key} epoch {int(result['epoch'])}{total}", result, EPOCH_FIGURES))
+            if "train_loss" in result:  # an epoch's report; the final one is the trial's line
+                EpochLines(key, (epochs or {}).get(key))(result)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             emit(progress_line(self.ended_trial(trial), trial.last_result or {}, FINAL_FIGURES))
