@@ -1,7 +1,7 @@
 """Progress lines: one plain line per protect round, per victim epoch and per sweep trial.
 
     protect round 3/10: bayes_error=0.8774 surrogate_train_accuracy=0.9100 seconds=16.3
-    victim mixed epoch 4/10: train_loss=0.5123 train_accuracy=0.8012 test_accuracy=0.7800 seconds=3.2
+    victim mixed epoch 4/10: train_loss=0.5123 train_accuracy=0.8012 test_accuracy=0.7800 epoch_seconds=3.2
     victim mixed done: final_test_accuracy=0.7880 best_test_accuracy=0.7900
     sweep trial 5/32 mixed beo eps=8/255 ratio=0.5 small_cnn none: final_test_accuracy=0.7965 ...
 
