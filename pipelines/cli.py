@@ -2,14 +2,17 @@
 
     ue fetch fashion-mnist --root data            # the real Fashion-MNIST, offline (Debian package)
     ue protect --preset fashion-mnist --source data --out outputs/fmnist-beo
+    ue protect --preset fashion-mnist --set beo.rounds=20 --print-config > mine.yaml   # then --config mine.yaml
     ue evaluate --source data --release outputs/fmnist-beo --out results/fmnist --victim small_cnn --epochs 8
     ue verify outputs/fmnist-beo                  # re-check a release against its manifest
     ue sweep fashion-mnist --source data --out results/fmnist-sweep
     ue presets                                    # list the shipped presets and sweeps
     ue submit --address http://head:8265 -- protect …   # any of these on a Ray cluster; ue jobs; ue logs ID
 
-Errors the user can act on print one line, ``error: …``, and exit with status 2 — a command that needs the
-``[ray]`` extra (Ray, MLflow, s3fs, matplotlib) on a base install among them.
+Jobs print a plain progress line per round, victim epoch and sweep trial on stderr (pipelines.progress);
+--no-progress hides the bars only. Errors the user can act on print one line, ``error: …``, and exit with
+status 2 — a command that needs the ``[ray]`` extra (Ray, MLflow, s3fs, matplotlib) on a base install among
+them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 from pipelines import DISTRIBUTION, __version__
 from ue_core.errors import UEError
@@ -27,17 +32,24 @@ RAY_EXTRA_MODULES = frozenset({"ray", "mlflow", "s3fs", "boto3", "matplotlib"})
 
 
 def _add_job_options(parser: argparse.ArgumentParser, overwrite_help: str) -> None:
-    """The options every Ray job command shares: where to run, where to track, overwrite, progress."""
+    """The options every Ray job command shares: where to run, where to track, overwrite, progress, printing
+    the config; the options in the command's ``required`` default are required unless it prints its config."""
+    parser.set_defaults(command_parser=parser)
     parser.add_argument("--ray-address", help="a Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
     parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide progress bars (the plain progress lines on stderr stay)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the merged, validated config as YAML (a --config or sweep file) and exit "
+                             "without doing any work")
 
 
 def _add_protect(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("protect", help="protect a dataset with BEO (or a baseline) and publish the release")
-    parser.add_argument("--source", required=True, help="dataset folder or URI (any supported layout)")
-    parser.add_argument("--out", required=True, help="release folder or URI (must not exist)")
+    parser.add_argument("--source", help="dataset folder or URI (any supported layout; required)")
+    parser.add_argument("--out", help="release folder or URI (must not exist; required)")
+    parser.set_defaults(required=("--source", "--out"))
     parser.add_argument("--preset", help="a shipped preset (see `ue presets`)")
     parser.add_argument("--config", help="a YAML config file, merged over the preset")
     parser.add_argument("--method",
@@ -73,6 +85,8 @@ def _protect(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[key] = value
     config = load_protect_config(args.preset, args.config, overrides)
+    if args.print_config:
+        return print_config(config)
     from pipelines.protect import protect  # after the config, so its errors come first
     summary = protect(
         args.source, args.out, config, engine=args.engine, overwrite=args.overwrite, progress=not args.no_progress,
@@ -86,9 +100,10 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "evaluate", help="train victims on the clean-all / clean-only / mixed arms and report their test accuracy"
     )
-    parser.add_argument("--source", required=True, help="the clean dataset folder or URI (train and test splits)")
-    parser.add_argument("--release", required=True, help="a published release of (a subset of) that dataset")
-    parser.add_argument("--out", required=True, help="results folder or URI (must not exist)")
+    parser.add_argument("--source", help="the clean dataset folder or URI (train and test splits; required)")
+    parser.add_argument("--release", help="a published release of (a subset of) that dataset (required)")
+    parser.add_argument("--out", help="results folder or URI (must not exist; required)")
+    parser.set_defaults(required=("--source", "--release", "--out"))
     parser.add_argument("--config", help="a YAML evaluate config (pipelines.config.EvaluateConfig)")
     parser.add_argument("--ratio", help="probability that an index takes its protected version (ratio)")
     parser.add_argument("--victim", help="victim model, e.g. resnet18 or small_cnn (victim.model)")
@@ -122,6 +137,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.robust:
         overrides["robust_accuracy"] = True
     config = load_evaluate_config(args.config, overrides)
+    if args.print_config:
+        return print_config(config)
     from pipelines.evaluate import evaluate_release  # after the config, so its errors come first
     summary = evaluate_release(
         args.source, args.release, args.out, config, overwrite=args.overwrite, storage=args.storage,
@@ -135,7 +152,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _add_sweep(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("sweep", help="Ray Tune over method x eps x mixing ratio x victim x defence")
     parser.add_argument("sweep", help="a shipped sweep name (see `ue presets`) or a sweep YAML file")
-    parser.add_argument("--out", required=True, help="results folder or URI (must not exist)")
+    parser.add_argument("--out", help="results folder or URI (must not exist; required)")
+    parser.set_defaults(required=("--out",))
     parser.add_argument("--source", help="the clean dataset (default: the sweep file's source)")
     parser.add_argument("--releases", help="where releases are kept and reused (default: releases/ beside --out)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -147,6 +165,8 @@ def _sweep(args: argparse.Namespace) -> int:
     from pipelines.config import load_sweep_config, parse_override
 
     config = load_sweep_config(args.sweep, dict(parse_override(text) for text in args.set))
+    if args.print_config:  # with --source in it: the file, run without --source, is this sweep
+        return print_config(replace(config, source=args.source or config.source))
     from pipelines.sweep import sweep  # after the config, so its errors come first
     summary = sweep(
         config, args.out, source=args.source, releases=args.releases, overwrite=args.overwrite,
@@ -155,6 +175,17 @@ def _sweep(args: argparse.Namespace) -> int:
     print(summary.markdown, end="")
     print(summary.line())
     return 1 if any(o.status == "FAILED" for o in summary.outcomes) else 0
+
+
+def print_config(config: Any) -> int:
+    """Print ``config`` (a validated job config) as YAML that reads back as the same config: the job's
+    ``--config`` file (protect, evaluate) or sweep file; 0."""
+    import yaml
+
+    from ue_core.config import to_dict
+
+    print(yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True), end="")
+    return 0
 
 
 def _add_cluster_commands(commands: argparse._SubParsersAction) -> None:
@@ -248,6 +279,9 @@ HANDLERS = {"protect": _protect, "evaluate": _evaluate, "sweep": _sweep, "submit
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    missing = [flag for flag in getattr(args, "required", ()) if getattr(args, flag.lstrip("-")) is None]
+    if missing and not args.print_config:  # argparse's own message and exit status 2
+        args.command_parser.error(f"the following arguments are required: {', '.join(missing)}")
     if args.s3_endpoint:
         os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint
     try:

@@ -10,7 +10,8 @@ evaluated against the same subset); every release index must be in the source wi
 index-set.json (the mixing draw: which indices were protected), accuracy.png, models/ARM.pt (each victim's
 final weights), and with the clean-all arm bayes_error.json: β̂ of the clean images and of the release in
 that victim's feature space, one fixed space for every method. Ray Train's checkpoints go to --storage
-(default: a hidden work folder beside --out, removed at the end).
+(default: a hidden work folder beside --out, removed at the end). While the victims train, this process prints
+a line per epoch and one as each victim ends (stderr; pipelines.progress: ``victim ARM epoch k/N: …``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from pipelines.config import EvaluateConfig
+from pipelines.progress import EpochLines
 from pipelines.storage import (
     WorkDir,
     absolute,
@@ -241,7 +243,7 @@ def evaluate_release(
                                       "protected_images": len(protected), "release": release, **to_dict(config)})
                     result = train_victim(
                         train, test_ref, config, name=f"{mode}-{child.run_id}", storage_uri=storage_uri,
-                        run=child.remote(),
+                        run=child.remote(), on_report=EpochLines(mode, config.victim.epochs),
                     )
                     rows.append(ArmResult(
                         mode=mode, ratio=config.ratio, train_images=result.train_images,

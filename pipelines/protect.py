@@ -10,6 +10,9 @@ A baseline runs ue_core's one-process method: in this process on ``device`` (eng
 task on the cluster (engine ray; on a GPU when the cluster has one). Baselines are comparison points, not
 the product's sharded job, and they are not resumable.
 
+BEO prints one line per round to stderr with either engine (pipelines.progress: ``protect round k/N: …``),
+with or without progress bars.
+
 Both check the inputs before any work (existing output, readable source, writable destination), claim
 the output (pipelines.storage.claim_output: a second job on the same --out fails at once; a rerun of this
 same job after a kill takes the claim over and, on the Ray engine, resumes from the work folder), track
@@ -27,6 +30,7 @@ from typing import Any
 
 from pipelines import __version__
 from pipelines.config import ProtectConfig
+from pipelines.progress import RoundLines
 from pipelines.sources import load_test_set, load_training_set
 from pipelines.storage import (
     WorkDir,
@@ -135,7 +139,8 @@ def protect(
                 clean, result = protect_in_one_task(source, config, ray_address, progress)
             else:
                 clean = load_training_set(source, config)
-                result = config.build(test, str(resolve_device(device))).protect(clean, progress=progress)
+                method = config.build(test, str(resolve_device(device)), on_round=RoundLines(config.beo.rounds))
+                result = method.protect(clean, progress=progress)
             release, history, summary, snapshots = result.release, result.history, result.summary, result.snapshots
             for step, record in enumerate(history):
                 tracker.log_metrics(record, step=step)

@@ -33,6 +33,7 @@ from typing import Any
 
 from pipelines.config import ProtectConfig, ReleaseSpec, SweepConfig, settings_label
 from pipelines.evaluate import publish_results
+from pipelines.progress import FINAL_FIGURES, EpochLines, emit, progress_line
 from pipelines.storage import (
     WorkDir,
     absolute,
@@ -199,6 +200,36 @@ def run_trial(tune_config: dict[str, Any], context: dict[str, Any]) -> None:
     run.finish("FINISHED")
 
 
+def trial_lines(planned: list[Trial], epochs: dict[str, int] | None = None) -> Any:
+    """A Ray Tune callback (it runs in this, the driver's, process) that prints a line per epoch of every
+    trial's victim, ``victim KEY epoch k/N: …`` (N from ``epochs``, trial key → its victim's epochs, when
+    given), and one as each trial ends, ``sweep trial i/T KEY: …`` (i counts the trials ended so far;
+    pipelines.progress)."""
+    from ray import tune
+
+    class TrialLines(tune.Callback):
+        def __init__(self) -> None:
+            self.ended = 0
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            key = Trial(**trial.config["trial"]).key
+            if "train_loss" in result:  # an epoch's report; the final one is the trial's line
+                EpochLines(key, (epochs or {}).get(key))(result)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            emit(progress_line(self.ended_trial(trial), trial.last_result or {}, FINAL_FIGURES))
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            emit(f"{self.ended_trial(trial)}: FAILED")
+
+        def ended_trial(self, trial: Any) -> str:
+            """Counts ``trial`` as ended; "sweep trial i/T KEY"."""
+            self.ended += 1
+            return f"sweep trial {self.ended}/{len(planned)} {Trial(**trial.config['trial']).key}"
+
+    return TrialLines()
+
+
 def run_trials(
     trial_function: Callable[[dict[str, Any], dict[str, Any]], None],
     trials: list[Trial],
@@ -207,9 +238,11 @@ def run_trials(
     max_failures: int,
     storage_uri: str,
     name: str,
+    epochs: dict[str, int] | None = None,
 ) -> list[TrialOutcome]:
     """Run ``trial_function({"trial": asdict(trial)}, context)`` for every trial as a Ray Tune grid; one
-    outcome per trial, in the order of ``trials``.
+    outcome per trial, in the order of ``trials``. This process prints a line per victim epoch and per trial
+    (:func:`trial_lines`; ``epochs``: trial key → its victim's epochs, for "epoch k/N").
 
     The Tune function itself holds a token 0.01 CPU (Tune refuses an empty request; its TorchTrainer's
     workers hold the real resources), so ``concurrency`` alone bounds how many victims train at once. A trial
@@ -227,7 +260,7 @@ def run_trials(
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
-            failure_config=tune.FailureConfig(max_failures=max_failures),
+            failure_config=tune.FailureConfig(max_failures=max_failures), callbacks=[trial_lines(trials, epochs)],
         ),
     )
     outcomes = {}
@@ -308,8 +341,9 @@ def sweep(
                 "sweep": to_dict(config), "source": source, "releases": release_uris,
                 "tracking_uri": parent.uri, "parent_run": parent.run_id, "storage": work.path("checkpoints"),
             }
+            epochs = {trial.key: _evaluate_config(config, trial).victim.epochs for trial in trials}
             outcomes = run_trials(run_trial, trials, context, trial_concurrency(config), config.max_failures,
-                                  work.path("tune"), name=f"sweep-{parent.run_id}")
+                                  work.path("tune"), name=f"sweep-{parent.run_id}", epochs=epochs)
             csv_text, markdown = results_table(outcomes)
             markdown += "\n" + releases_table(release_uris)
             figure = sweep_plot(outcomes)

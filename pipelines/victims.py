@@ -5,6 +5,9 @@
               ue_core.training.fit with the defences of ue_core.defences; rank 0 evaluates on the clean test
               set after every epoch and logs to MLflow; every rank reports each epoch (a barrier)
     result    final and best test accuracy (rank 0's), the checkpoint of the final weights in storage_path
+    progress  with ``on_report``, rank 0's reports reach the driver as they are made: a Ray Train callback
+              (it runs in the Train controller, an actor) puts them into a Ray queue that a driver thread
+              reads, so the driver prints a line per epoch (pipelines.progress.EpochLines)
 
 Used by `ue evaluate` (one victim per arm of the mixing protocol) and `ue sweep` (one per Tune trial, with
 TuneReportCallback passing the reports on to Tune).
@@ -13,7 +16,10 @@ TuneReportCallback passing the reports on to Tune).
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +29,7 @@ import ray
 import torch
 from ray.train import Checkpoint, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
+from ray.util.queue import Empty, Queue
 
 from pipelines.config import EvaluateConfig
 from pipelines.ray_utils import Shared
@@ -153,6 +160,42 @@ def _victim_loop(loop: dict[str, Any]) -> None:
         ray.train.report(final, checkpoint=checkpoint)
 
 
+class _ForwardReports(UserCallback):
+    """A Ray Train callback (run in the Train controller actor): puts rank 0's report, which holds the test
+    accuracy, into ``queue`` after every ``ray.train.report``."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
+        self.queue.put(dict(metrics[0]))
+
+
+@contextmanager
+def forwarded_reports(on_report: Callable[[dict[str, Any]], None]) -> Iterator[UserCallback]:
+    """A Train callback to pass to the trainer; while the block runs, a driver thread calls ``on_report``
+    with each report it forwards, in order, and every report is handled before the block is left."""
+    queue = Queue(actor_options={"num_cpus": 0})  # schedulable while the victim holds the CPUs
+    done = threading.Event()
+
+    def drain() -> None:
+        while True:
+            try:
+                on_report(queue.get(timeout=1.0))
+            except Empty:
+                if done.is_set():
+                    return
+
+    thread = threading.Thread(target=drain, name="victim-reports", daemon=True)
+    thread.start()
+    try:
+        yield _ForwardReports(queue)
+    finally:
+        done.set()  # the controller has put every report before fit returns: the thread empties the queue
+        thread.join()
+        ray.kill(queue.actor)
+
+
 @dataclass(frozen=True)
 class VictimResult:
     """One trained victim: accuracies are fractions in [0, 1] on the clean test set."""
@@ -176,6 +219,7 @@ def train_victim(
     storage_uri: str,
     run: RemoteRun | None = None,
     callbacks: list[UserCallback] | None = None,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
 ) -> VictimResult:
     """Train ``config.victim`` on ``train`` with ``config.defence`` on Ray Train and test it.
 
@@ -187,30 +231,34 @@ def train_victim(
         storage_uri: local folder or s3:// URI for Ray Train's checkpoints.
         run: the MLflow run that rank 0 logs the per-epoch metrics to.
         callbacks: Ray Train callbacks, e.g. TuneReportCallback inside a Tune trial.
+        on_report: called in this process with rank 0's report of every epoch and its final report, as they
+            are made (:func:`forwarded_reports`), e.g. pipelines.progress.EpochLines.
     """
     started = time.perf_counter()
     scaling = Scaling.for_victim(config.victim.workers)
     config.victim.to_recipe(scaling.workers)  # a batch that does not split over the workers fails here
     storage_fs, storage_path = pyarrow_filesystem(storage_uri)
-    trainer = TorchTrainer(
-        _victim_loop,
-        train_loop_config={
-            "config": to_dict(config),
-            "image_shape": list(train.image_shape),
-            "num_classes": train.num_classes,
-            "test": test_ref,
-            "threads": scaling.threads,
-            "run": None if run is None else {"uri": run.uri, "run_id": run.run_id},
-        },
-        datasets={"train": to_ray_dataset(train)},
-        scaling_config=ScalingConfig(
-            num_workers=scaling.workers, use_gpu=scaling.use_gpu, resources_per_worker=scaling.resources_per_worker
-        ),
-        run_config=RunConfig(
-            name=name, storage_path=storage_path, storage_filesystem=storage_fs, callbacks=callbacks or []
-        ),
-    )
-    result = trainer.fit()
+    with ExitStack() as stack:  # with on_report: the reports reach this process while the victim trains
+        forward = [stack.enter_context(forwarded_reports(on_report))] if on_report is not None else []
+        trainer = TorchTrainer(
+            _victim_loop,
+            train_loop_config={
+                "config": to_dict(config),
+                "image_shape": list(train.image_shape),
+                "num_classes": train.num_classes,
+                "test": test_ref,
+                "threads": scaling.threads,
+                "run": None if run is None else {"uri": run.uri, "run_id": run.run_id},
+            },
+            datasets={"train": to_ray_dataset(train)},
+            scaling_config=ScalingConfig(
+                num_workers=scaling.workers, use_gpu=scaling.use_gpu,
+                resources_per_worker=scaling.resources_per_worker,
+            ),
+            run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+                                 callbacks=[*(callbacks or []), *forward]),
+        )
+        result = trainer.fit()
     metrics = result.metrics or {}
     return VictimResult(
         final_test_accuracy=float(metrics["final_test_accuracy"]),

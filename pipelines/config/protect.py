@@ -3,6 +3,7 @@ release formats; :func:`load_protect_config` merges its layers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -89,11 +90,17 @@ class ProtectConfig:
         if "delta" in self.formats:
             check_delta_budget(self.budget)
 
-    def build(self, test_set: ImageDataset | None = None, device: str = "cpu") -> ProtectionMethod:
+    def build(
+        self,
+        test_set: ImageDataset | None = None,
+        device: str = "cpu",
+        on_round: Callable[[list[dict[str, float]]], None] | None = None,
+    ) -> ProtectionMethod:
         """The ue_core method this config names, built from ``budget`` and its own section on ``device``;
-        ``test_set`` goes to the methods that take one (BEO: per-round surrogate test accuracy and probe)."""
+        ``test_set`` (per-round surrogate test accuracy and probe) and ``on_round`` (called with each round's
+        records) go to the methods that run in rounds (BEO)."""
         method = METHOD_CLASSES[self.method]
-        extras = {"test_set": test_set} if method.takes_test_set else {}
+        extras = {"test_set": test_set, "on_round": on_round} if method.runs_in_rounds else {}
         return method(self.budget, getattr(self, self.method), device, **extras)
 
     def method_record(self) -> dict[str, Any]:

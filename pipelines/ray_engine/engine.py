@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipelines.config import ProtectConfig
+from pipelines.progress import RoundLines
 from pipelines.ray_engine.passes import PassPool
 from pipelines.ray_engine.probe import EfficacyProbe
 from pipelines.ray_engine.resources import Resources, actor_device
@@ -69,8 +70,8 @@ def protect_on_ray(
 ) -> tuple[
     ImageDataset, ImageDataset, list[dict[str, float]], dict[str, float], ImageDataset | None, dict[int, ImageDataset]
 ]:
-    """Run or resume the job; returns (clean, release, history, summary, test set, the releases after the
-    rounds of ``beo.release_rounds``)."""
+    """Run or resume the job, printing a line per round run (pipelines.progress.RoundLines); returns (clean,
+    release, history, summary, test set, the releases after the rounds of ``beo.release_rounds``)."""
     connect(address, progress)
     job = JobState(work)
     info = prepare(source, config, job)
@@ -84,6 +85,7 @@ def protect_on_ray(
     # the state the next round starts from: read lazily here, laid out by run_round, then handed on in memory
     state = job.state_after(done[-1]) if done else initial_state_dataset(job, info, config)
     bar = tqdm(total=config.beo.rounds, initial=len(done), desc="BEO rounds", unit="round", disable=not progress)
+    lines = RoundLines(config.beo.rounds)
     if len(done) < config.beo.rounds:
         # one Ray Train run trains every remaining round's surrogate (see SurrogateTrainer), one pool of actors
         # runs every remaining round's passes (see PassPool)
@@ -102,6 +104,7 @@ def protect_on_ray(
                     tracker.log_metrics(record, step=len(history) - len(records) + record["step"])
                 bar.set_postfix(bayes_error=f"{records[-1]['bayes_error']:.4f}")
                 bar.update()
+                lines(records)
     bar.close()
 
     clean = read_shards(job.ingest_uri).sorted_by_index()

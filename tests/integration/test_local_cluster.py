@@ -4,6 +4,7 @@ leaves no process and no port behind."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -120,11 +121,17 @@ def test_plain_ray_job_submit_runs_ue_too(cluster):
     assert "cifar10-paper" in output and "succeeded" in output, output[-2000:]
 
 
-def test_protect_job_from_s3_to_s3_runs_on_both_nodes_and_tracks_to_the_mlflow_server(cluster):
+@pytest.fixture(scope="module")
+def protect_job(cluster) -> tuple[subprocess.CompletedProcess, str]:
+    """A tiny protect of 2 rounds submitted with `ue submit` and followed to its end: (the process, job id)."""
     result = cluster.ue("submit", "--", "protect", "--source", "s3://datasets/fashion-mnist",
-                        "--out", "s3://releases/fmnist-beo", *TINY_PROTECT)
+                        "--out", "s3://releases/fmnist-beo", *[a if a != "1" else "2" for a in TINY_PROTECT])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-    job_id = result.stdout.split("submitted job ", 1)[1].split()[0]
+    return result, result.stdout.split("submitted job ", 1)[1].split()[0]
+
+
+def test_protect_job_from_s3_to_s3_runs_on_both_nodes_and_tracks_to_the_mlflow_server(cluster, protect_job):
+    result, job_id = protect_job
     assert "protected 300 images" in result.stdout
     keys = cluster.state["s3_credentials"]
     assert keys["secret_key"] not in result.stdout + result.stderr + cluster.ue("logs", job_id).stdout
@@ -148,6 +155,19 @@ def test_protect_job_from_s3_to_s3_runs_on_both_nodes_and_tracks_to_the_mlflow_s
     assert any(path.endswith(f"{run_.info.run_id}/artifacts/images.png") for path in stored), stored[:5]
 
 
+def test_a_submitted_job_logs_a_line_per_round(cluster, protect_job):
+    """The driver prints the round lines, so the job's log through the job API has them, in order, although
+    the rounds compute in workers whose logs are not forwarded (and without bars: --no-progress)."""
+    result, job_id = protect_job
+    logs = cluster.ue("logs", job_id).stdout
+    lines = [line for line in logs.splitlines() if line.startswith("protect round ")]
+    assert [line.split(":")[0] for line in lines] == ["protect round 1/2", "protect round 2/2"], logs[-3000:]
+    assert all(re.search(r": bayes_error=\d\.\d{4} surrogate_train_accuracy=\d\.\d{4} seconds=\d+\.\d$", line)
+               for line in lines), lines
+    assert logs.index(lines[-1]) < logs.index("protected 300 images")
+    assert "protect round 2/2" in result.stdout  # and `ue submit` showed them as they came
+
+
 def test_tiny_sweep_job(cluster):
     result = cluster.ue(
         "submit", "--", "sweep", "fashion-mnist", "--source", "s3://datasets/fashion-mnist",
@@ -159,6 +179,10 @@ def test_tiny_sweep_job(cluster):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "1 trials (0 failed)" in result.stdout
+    trial = "mixed beo eps=8/255 ratio=1 small_cnn none"
+    assert re.search(rf"^victim {trial} epoch 1/1: train_loss=", result.stdout, re.MULTILINE), result.stdout[-3000:]
+    assert re.search(rf"^sweep trial 1/1 {trial}: final_test_accuracy=\d\.\d{{4}}", result.stdout, re.MULTILINE)
+    assert "protect round 1/1: bayes_error=" in result.stdout  # the sweep's release
     fs = cluster.s3()
     assert {p.rsplit("/", 1)[1] for p in fs.ls("results/sweep")} == {"results.csv", "results.md", "accuracy.png"}
     client = mlflow.MlflowClient(cluster.state["endpoints"]["mlflow"])

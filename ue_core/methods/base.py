@@ -54,8 +54,9 @@ class ProtectionMethod(ABC):
     name: str = "method"
     norms: tuple[str, ...] = ("linf", "l2")
     """The budget norms (:data:`ue_core.pga.NORMS`) this method is defined for; any other is refused."""
-    takes_test_set: bool = False
-    """True for methods that take a keyword-only ``test_set`` (BEO: its per-round reports)."""
+    runs_in_rounds: bool = False
+    """True for methods that run in rounds and take keyword-only ``test_set`` (per-round reports) and
+    ``on_round`` (called with each round's history records as the round ends): BEO."""
 
     def __init__(self, budget: Budget, device: str = "cpu") -> None:
         """``budget`` bounds every δ this method makes; ``device`` is the torch device its models run on."""

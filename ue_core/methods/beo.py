@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -421,19 +422,27 @@ class BEO(ProtectionMethod):
     """Bayes-error optimisation (the one-process reference). See the module docstring."""
 
     name = "beo"
-    takes_test_set = True
+    runs_in_rounds = True
 
     def __init__(
-        self, budget: Budget, config: BEOConfig, device: str = "cpu", *, test_set: ImageDataset | None = None
+        self,
+        budget: Budget,
+        config: BEOConfig,
+        device: str = "cpu",
+        *,
+        test_set: ImageDataset | None = None,
+        on_round: Callable[[list[dict[str, float]]], None] | None = None,
     ) -> None:
         """``budget`` bounds δ, ``config`` sets the rest. ``device`` ("cpu", "cuda", "cuda:N" or "auto",
         :func:`ue_core.training.resolve_device`) runs the surrogate's training, the features, the exact
         estimator and the feature VJP; images, δ and the optimiser state stay on the host and batches move.
         ``test_set``, when given, serves only the surrogate's test accuracy per round and, with
-        ``config.probe``, the mixed efficacy probe (which trains its own models on the CPU)."""
+        ``config.probe``, the mixed efficacy probe (which trains its own models on the CPU). ``on_round``, when
+        given, is called after every round with that round's history records (one per step)."""
         super().__init__(budget, str(resolve_device(device)))
         self.config = config
         self.test_set = test_set
+        self.on_round = on_round
         self._clean_only_probe: float | None = None
 
     def perturb(self, dataset: ImageDataset, progress: bool = False) -> ProtectionResult:
@@ -500,6 +509,8 @@ class BEO(ProtectionMethod):
             if self.test_set is not None and config.probe.due(round_index + 1, config.rounds):
                 history[-1].update(self.probe(dataset, release_of(dataset, state.delta, self.budget)))
             rounds.set_postfix(bayes_error=f"{history[-1]['bayes_error']:.4f}")
+            if self.on_round is not None:
+                self.on_round([record for record in history if record["round"] == round_index])
             if round_index + 1 in config.release_rounds:
                 snapshots[round_index + 1] = state.delta.clone()
         return ProtectionResult(release=dataset, delta=state.delta, history=history, surrogate=surrogate,
