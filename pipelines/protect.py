@@ -193,17 +193,24 @@ def protect(
         tracker.log_figure(image_grid(clean.images, release.images, clean.labels, clean.class_names), "images.png")
         tracker.log_json(written, "manifest.json")
         early = {rounds: snapshot_uri(out, rounds) for rounds in sorted(snapshots)}
-        tracker.log_datasets({
-            "source": [DatasetRef(clean.name, absolute(source), manifest["source_digest"])],
-            "produced": [release_ref(absolute(out), written)]
-                        + [release_ref(absolute(uri), read_manifest(uri)) for uri in early.values()],
-        })
+        log_lineage(tracker, source, clean.name, out, written, list(early.values()))
         if surrogate is not None and keep_surrogate:
             tracker.log_torch(surrogate, "surrogate.pt")
         if sharded:
             remove(work.uri)
     return ProtectSummary(config.method, out, len(clean), summary, time.perf_counter() - started, tracker.run_id,
                           tracker.uri, early)
+
+
+def log_lineage(tracker: Tracker, source: str, dataset: str, out: str, manifest: dict[str, Any],
+                early: list[str]) -> None:
+    """The run's dataset inputs: the clean images (``source``, the manifest's source_digest), the release at
+    ``out`` with ``manifest`` and the ``early`` releases inside it (``produced``)."""
+    tracker.log_datasets({
+        "source": [DatasetRef(dataset, absolute(source), manifest["source_digest"])],
+        "produced": [release_ref(absolute(out), manifest)]
+                    + [release_ref(absolute(uri), read_manifest(uri)) for uri in early],
+    })
 
 
 def surrogate_spec(model: torch.nn.Module, config: ProtectConfig, clean: ImageDataset) -> dict[str, Any]:

@@ -284,7 +284,7 @@ def release_inputs(source: str, release_uris: dict[str, str]) -> dict[str, list[
     the clean images they were made from (``source``, one per distinct digest; releases made before manifests
     held the source's digest add none)."""
     manifests = {uri: read_manifest(uri) for uri in dict.fromkeys(release_uris.values())}
-    sources = {m["source_digest"]: DatasetRef(m.get("dataset", "dataset"), source, m["source_digest"])
+    sources = {m["source_digest"]: DatasetRef(m["dataset"], source, m["source_digest"])
                for m in manifests.values() if "source_digest" in m}
     return {"source": list(sources.values()),
             "evaluated": [release_ref(uri, manifest) for uri, manifest in manifests.items()]}

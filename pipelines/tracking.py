@@ -92,15 +92,11 @@ class DatasetRef:
 def release_ref(uri: str, manifest: dict[str, Any]) -> DatasetRef:
     """The release at ``uri``: named by dataset, method and budget (and the round of an early release), with
     the digest of its manifest."""
-    name = f"{manifest.get('dataset', 'dataset')} {manifest.get('method', 'unknown')} {release_budget(manifest)}"
+    budget = budget_label(manifest["eps"], manifest.get("norm", "linf"))  # "eps=8/255", "l2=168/255", "l0=1"
+    name = f"{manifest['dataset']} {manifest['method']} {budget}"
     if "rounds" in manifest:
         name += f" round {manifest['rounds']}"
     return DatasetRef(name, uri, release_digest(manifest))
-
-
-def release_budget(manifest: dict[str, Any]) -> str:
-    """"eps=8/255", "l2=168/255", "l0=1": the budget a release was made within (pipelines.config.budget_label)."""
-    return budget_label(manifest["eps"], manifest.get("norm", "linf")) if "eps" in manifest else "eps=?"
 
 
 def run_tags(method: str, dataset: str, eps: float, norm: str, ratio: float | None = None) -> dict[str, str]:
