@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.utils.uri import is_local_uri
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep a failing job's stderr to its one error line
 
@@ -45,7 +46,6 @@ from ue_core.errors import UEError
 from ue_core.release import release_digest
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # mlflow.store.tracking.DEFAULT_TRACKING_URI: what `mlflow ui` opens
-NODE_LOCAL_SCHEMES = ("sqlite:", "file:")  # stores kept in one node's files (as is a URI without a scheme)
 REACH_TIMEOUT_S = 5.0  # how long `check_reachable` waits for a tracking server to answer
 
 
@@ -68,9 +68,10 @@ def experiment_name(explicit: str | None, default: str) -> str:
 
 
 def is_node_local(uri: str | None = None) -> bool:
-    """Whether the store (:func:`tracking_uri`) is files on one node: sqlite:, file: or a plain path."""
+    """Whether the store (:func:`tracking_uri`) is files on one node: sqlite:, file: or a plain path (as
+    MLflow reads a tracking URI: mlflow.utils.uri.is_local_uri)."""
     uri = tracking_uri(uri)
-    return uri.startswith(NODE_LOCAL_SCHEMES) or "://" not in uri
+    return uri.startswith("sqlite:") or is_local_uri(uri, is_tracking_or_registry_uri=True)
 
 
 @dataclass(frozen=True)

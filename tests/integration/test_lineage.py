@@ -2,7 +2,10 @@
 not to (`--no-surrogate`), in a real MLflow sqlite store; tiny jobs on the reference engine (100 images, one
 round, one epoch). The search from a release's digest to its runs is in test_evaluate.py, beside the runs."""
 
+from pathlib import Path
+
 import mlflow
+import mlflow.store.tracking
 import pytest
 import torch
 
@@ -10,6 +13,7 @@ from pipelines.cli import main
 from pipelines.config import load_protect_config
 from pipelines.protect import protect
 from pipelines.sources import load_training_set
+from pipelines.tracking import DEFAULT_TRACKING_URI, is_node_local, tracking_uri
 from ue_core.methods.beo import release_summary
 from ue_core.models import build_model
 from ue_core.release import read_manifest, read_release
@@ -45,3 +49,18 @@ def test_no_surrogate_leaves_it_out_and_experiment_names_the_experiment(fashion_
     run = client.get_run(read_manifest(out)["mlflow_run"])
     assert run.info.experiment_id == client.get_experiment_by_name("mine").experiment_id
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"manifest.json", "bayes_error.png", "images.png"}
+
+
+def test_the_default_store_is_the_one_mlflow_ui_opens(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert DEFAULT_TRACKING_URI == mlflow.store.tracking.DEFAULT_TRACKING_URI == "sqlite:///mlflow.db"
+    assert tracking_uri() == f"sqlite:///{Path('mlflow.db').resolve()}"  # absolute, for Ray workers
+
+
+@pytest.mark.parametrize("uri, local", [
+    (None, True), ("sqlite:////tmp/x.db", True), ("file:///tmp/mlruns", True), ("/tmp/mlruns", True),
+    ("mlruns", True), ("http://mlflow:5000", False), ("postgresql://u@db/mlflow", False), ("databricks", False),
+])
+def test_node_local_stores(uri, local, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert is_node_local(uri) == local
