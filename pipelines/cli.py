@@ -36,7 +36,9 @@ def _add_job_options(parser: argparse.ArgumentParser, overwrite_help: str) -> No
     the config; the options in the command's ``required`` default are required unless it prints its config."""
     parser.set_defaults(command_parser=parser)
     parser.add_argument("--ray-address", help="a Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+                                               "sqlite:///mlflow.db, the store `mlflow ui` opens)")
+    parser.add_argument("--experiment", help="MLflow experiment (default: MLFLOW_EXPERIMENT_NAME, else ue-COMMAND)")
     parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
     parser.add_argument("--no-progress", action="store_true",
                         help="hide progress bars (the plain progress lines on stderr stay)")
@@ -72,6 +74,8 @@ def _add_protect(commands: argparse._SubParsersAction) -> None:
                         help="where the reference engine runs: auto (default: CUDA when available), cpu or cuda; "
                              "the Ray engine uses the GPUs Ray gives its workers")
     parser.add_argument("--work-dir", help="where an interrupted job resumes from (default: .OUT.work beside --out)")
+    parser.add_argument("--no-surrogate", action="store_true",
+                        help="do not keep the final surrogate's weights as the MLflow artifact surrogate.pt")
     _add_job_options(parser, "replace an existing release at --out")
 
 
@@ -91,6 +95,7 @@ def _protect(args: argparse.Namespace) -> int:
     summary = protect(
         args.source, args.out, config, engine=args.engine, overwrite=args.overwrite, progress=not args.no_progress,
         work_dir=args.work_dir, ray_address=args.ray_address, tracking_uri=args.tracking_uri, device=args.device,
+        experiment=args.experiment, keep_surrogate=not args.no_surrogate,
     )
     print(summary.line())
     return 0
@@ -143,6 +148,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     summary = evaluate_release(
         args.source, args.release, args.out, config, overwrite=args.overwrite, storage=args.storage,
         ray_address=args.ray_address, tracking_uri=args.tracking_uri, progress=not args.no_progress,
+        experiment=args.experiment,
     )
     print(summary.markdown, end="")
     print(summary.line())
@@ -171,6 +177,7 @@ def _sweep(args: argparse.Namespace) -> int:
     summary = sweep(
         config, args.out, source=args.source, releases=args.releases, overwrite=args.overwrite,
         ray_address=args.ray_address, tracking_uri=args.tracking_uri, progress=not args.no_progress,
+        experiment=args.experiment,
     )
     print(summary.markdown, end="")
     print(summary.line())
@@ -240,10 +247,11 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from ue_core.release import verify_release
+    from ue_core.release import release_digest, verify_release
 
     manifest = verify_release(args.uri)
-    print(f"release {args.uri} verified: {manifest['count']} images, {len(manifest['files'])} files match")
+    print(f"release {args.uri} verified: {manifest['count']} images, {len(manifest['files'])} files match; "
+          f"digest {release_digest(manifest)}")
     return 0
 
 

@@ -12,6 +12,10 @@ final weights), and with the clean-all arm bayes_error.json: β̂ of the clean i
 that victim's feature space, one fixed space for every method. Ray Train's checkpoints go to --storage
 (default: a hidden work folder beside --out, removed at the end). While the victims train, this process prints
 a line per epoch and one as each victim ends (stderr; pipelines.progress: ``victim ARM epoch k/N: …``).
+
+In MLflow (pipelines/tracking.py) the parent run and each arm's run are tagged with the release's method,
+dataset, eps and norm and the ratio, and log the clean training images as a ``source`` dataset input and the
+release as ``evaluated`` (its manifest's digest); the results table is also an MLflow table (results.json).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import csv
 import io
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -36,7 +41,14 @@ from pipelines.storage import (
     claim_output,
     remove,
 )
-from pipelines.tracking import Tracker, check_reachable
+from pipelines.tracking import (
+    DatasetRef,
+    Tracker,
+    check_reachable,
+    experiment_name,
+    release_ref,
+    run_tags,
+)
 from ue_core.config import to_dict
 from ue_core.data import read_dataset
 from ue_core.data.atomic import check_output_free, staged_directory
@@ -49,6 +61,7 @@ from ue_core.methods.beo import EstimatorConfig, measure_bayes_error
 from ue_core.release import read_manifest, read_release
 
 _MAX_SHOWN = 5
+RELEASE_ARMS = ("mixed", "poison-only")  # the arms whose victims see released images
 
 
 @dataclass(frozen=True)
@@ -170,13 +183,16 @@ def accuracy_plot(rows: list[ArmResult], title: str) -> plt.Figure:
     return figure
 
 
-def publish_results(out_fs, staging: str, tracker: Tracker, csv_text: str, markdown: str, figure: plt.Figure) -> None:
+def publish_results(out_fs, staging: str, tracker: Tracker, csv_text: str, markdown: str, figure: plt.Figure,
+                    table: list[dict[str, Any]]) -> None:
     """results.csv, results.md and accuracy.png into a staging folder (ue_core.data.atomic), and the same
-    three as artifacts of ``tracker``'s run: what `ue evaluate` and `ue sweep` both publish."""
+    three as artifacts of ``tracker``'s run, with ``table`` (the rows of results.csv) as the MLflow table
+    results.json: what `ue evaluate` and `ue sweep` both publish."""
     for name, text in (("results.csv", csv_text), ("results.md", markdown)):
         with out_fs.open(f"{staging}/{name}", "w") as f:
             f.write(text)
         tracker.log_text(text, name)
+    tracker.log_table(table, "results.json")
     with out_fs.open(f"{staging}/accuracy.png", "wb") as f:
         figure.savefig(f, format="png", dpi=120)
     tracker.log_figure(figure, "accuracy.png")
@@ -205,10 +221,11 @@ def evaluate_release(
     storage: str | None = None,
     ray_address: str | None = None,
     tracking_uri: str | None = None,
-    experiment: str = "ue-evaluate",
+    experiment: str | None = None,
     progress: bool = True,
 ) -> EvaluateSummary:
-    """Train one victim per arm of ``config.modes`` and publish the results table at ``out``."""
+    """Train one victim per arm of ``config.modes`` and publish the results table at ``out``. ``experiment``:
+    the MLflow experiment (default: MLFLOW_EXPERIMENT_NAME, else ue-evaluate)."""
     source, release, out = absolute(source), absolute(release), absolute(out)
     check_writable(out)
     fs, path = filesystem(out)
@@ -218,12 +235,15 @@ def evaluate_release(
     if storage is not None:
         check_writable(storage)
     check_reachable(tracking_uri)
+    from pipelines.ray_utils import Shared, check_tracking_store, connect
+
+    check_tracking_store(ray_address, tracking_uri)
+    experiment = experiment_name(experiment, "ue-evaluate")
     job = {"command": "evaluate", "source": source, "release": release, "config": to_dict(config)}
     with claim_output(out, job, overwrite):
         data = load_evaluation_data(source, release, config)
         training_sets = arms(data, config)
 
-        from pipelines.ray_utils import Shared, connect
         from pipelines.victims import train_victim
 
         connect(ray_address, progress)
@@ -233,14 +253,22 @@ def evaluate_release(
         storage_uri = storage or work.path("checkpoints")
         rows: list[ArmResult] = []
         weights: dict[str, bytes] = {}
+        manifest = read_manifest(release)
+        method = manifest.get("method", "unknown")
+        tags = run_tags(method, data.clean.name, manifest["eps"], manifest.get("norm", "linf"), config.ratio)
+        datasets = {"source": [DatasetRef(data.clean.name, source, data.clean.digest())],
+                    "evaluated": [release_ref(release, manifest)]}
         with Tracker(tracking_uri, experiment, run_name=f"evaluate {basename(release)}") as parent:
-            method = read_manifest(release).get("method", "unknown")
             parent.log_params({"source": source, "release": release, "release_method": method, "out": out,
                                **to_dict(config)})
+            parent.set_tags(tags)
+            parent.log_datasets(datasets)
             for mode, (train, protected) in training_sets.items():
                 with Tracker(tracking_uri, experiment, run_name=f"{mode} r={config.ratio:g}") as child:
                     child.log_params({"mode": mode, "train_images": len(train),
                                       "protected_images": len(protected), "release": release, **to_dict(config)})
+                    child.set_tags(tags)
+                    child.log_datasets(datasets if mode in RELEASE_ARMS else {"source": datasets["source"]})
                     result = train_victim(
                         train, test_ref, config, name=f"{mode}-{child.run_id}", storage_uri=storage_uri,
                         run=child.remote(), on_report=EpochLines(mode, config.victim.epochs),
@@ -265,7 +293,7 @@ def evaluate_release(
             figure = accuracy_plot(rows, f"{method} release, {config.victim.model}, ratio {config.ratio:g}, "
                                          f"defence {'+'.join(config.defence.names) or 'none'}")
             with staged_directory(out, overwrite) as (out_fs, staging):
-                publish_results(out_fs, staging, parent, csv_text, markdown, figure)
+                publish_results(out_fs, staging, parent, csv_text, markdown, figure, [asdict(r) for r in rows])
                 save_index_set(out_fs.unstrip_protocol(f"{staging}/index-set.json"), drawn, mode="mixed",
                                ratio=config.ratio, seed=config.seed)
                 if bayes_error is not None:

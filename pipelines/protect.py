@@ -17,6 +17,11 @@ Both check the inputs before any work (existing output, readable source, writabl
 the output (pipelines.storage.claim_output: a second job on the same --out fails at once; a rerun of this
 same job after a kill takes the claim over and, on the Ray engine, resumes from the work folder), track
 the job in MLflow, and publish atomically with manifest.json last (ue_core.release).
+
+The MLflow run (pipelines/tracking.py) is tagged with method, dataset, eps and norm; it logs the clean images
+as a ``source`` dataset input and the release (and each early release) as ``produced``, with the release's
+digest, and keeps the final surrogate's weights as the artifact ``surrogate.pt`` (:func:`surrogate_spec`;
+``keep_surrogate=False``, `--no-surrogate`, leaves it out): with the release they reproduce β̂.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from pipelines import __version__
 from pipelines.config import ProtectConfig
@@ -41,11 +48,20 @@ from pipelines.storage import (
     claim_output,
     remove,
 )
-from pipelines.tracking import Tracker, bayes_error_plot, check_reachable, image_grid
+from pipelines.tracking import (
+    DatasetRef,
+    Tracker,
+    bayes_error_plot,
+    check_reachable,
+    experiment_name,
+    image_grid,
+    release_ref,
+    run_tags,
+)
 from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError
 from ue_core.quality import psnr, ssim
-from ue_core.release import check_release_target, snapshot_uri, write_release
+from ue_core.release import check_release_target, read_manifest, snapshot_uri, write_release
 from ue_core.training import resolve_device
 
 ENGINES = ("ray", "reference")
@@ -107,11 +123,13 @@ def protect(
     work_dir: str | None = None,
     ray_address: str | None = None,
     tracking_uri: str | None = None,
-    experiment: str = "ue-protect",
+    experiment: str | None = None,
     device: str = "auto",
+    keep_surrogate: bool = True,
 ) -> ProtectSummary:
     """Protect ``source`` and publish the release at ``out``; see the module docstring. ``device`` serves
-    the reference engine only: the Ray engine uses the devices Ray gives its workers."""
+    the reference engine only: the Ray engine uses the devices Ray gives its workers. ``experiment``: the
+    MLflow experiment (default: MLFLOW_EXPERIMENT_NAME, else ue-protect)."""
     if engine not in ENGINES:
         raise InvalidInputError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     started = time.perf_counter()
@@ -119,8 +137,13 @@ def protect(
     check_release_target(out, overwrite)
     check_readable(source)
     check_reachable(tracking_uri)
+    if engine == "ray":
+        from pipelines.ray_utils import check_tracking_store
+
+        check_tracking_store(ray_address, tracking_uri)
     job = {"command": "protect", "source": absolute(source), "config": config.method_record()}
     run_name = f"protect {basename(out)}"
+    experiment = experiment_name(experiment, "ue-protect")
     with claim_output(out, job, overwrite), Tracker(tracking_uri, experiment, run_name=run_name) as tracker:
         tracker.log_params({"engine": engine, "source": source, "out": out, **config.method_record()})
         sharded = engine == "ray" and config.method == "beo"  # BEO's rounds on Ray, resumable from ``work``
@@ -128,7 +151,7 @@ def protect(
             from pipelines.ray_engine import protect_on_ray
 
             work = WorkDir(work_dir) if work_dir else WorkDir.beside(out)
-            clean, release, history, summary, test, snapshots = protect_on_ray(
+            clean, release, history, summary, test, snapshots, surrogate = protect_on_ray(
                 source, config, work, ray_address, progress, tracker
             )
         else:
@@ -142,8 +165,10 @@ def protect(
                 method = config.build(test, str(resolve_device(device)), on_round=RoundLines(config.beo.rounds))
                 result = method.protect(clean, progress=progress)
             release, history, summary, snapshots = result.release, result.history, result.summary, result.snapshots
+            surrogate = None if result.surrogate is None else surrogate_spec(result.surrogate, config, clean)
             for step, record in enumerate(history):
                 tracker.log_metrics(record, step=step)
+        tracker.set_tags(run_tags(config.method, clean.name, config.budget.eps, config.budget.norm))
         summary = {**summary, **quality(clean, release)}
         manifest: dict[str, Any] = {
             "method": config.method,
@@ -156,6 +181,7 @@ def protect(
             "code_version": code_version(),
             "python": platform.python_version(),
             "mlflow_run": tracker.run_id,
+            "source_digest": clean.digest(),
             "summary": summary,
             "history": history,
         }
@@ -171,11 +197,35 @@ def protect(
             tracker.log_figure(bayes_error_plot(history), "bayes_error.png")
         tracker.log_figure(image_grid(clean.images, release.images, clean.labels, clean.class_names), "images.png")
         tracker.log_json(written, "manifest.json")
+        early = {rounds: snapshot_uri(out, rounds) for rounds in sorted(snapshots)}
+        log_lineage(tracker, source, clean.name, out, written, list(early.values()))
+        if surrogate is not None and keep_surrogate:
+            tracker.log_torch(surrogate, "surrogate.pt")
         if sharded:
             remove(work.uri)
-    early = {rounds: snapshot_uri(out, rounds) for rounds in sorted(snapshots)}
     return ProtectSummary(config.method, out, len(clean), summary, time.perf_counter() - started, tracker.run_id,
                           tracker.uri, early)
+
+
+def log_lineage(tracker: Tracker, source: str, dataset: str, out: str, manifest: dict[str, Any],
+                early: list[str]) -> None:
+    """The run's dataset inputs: the clean images (``source``, the manifest's source_digest), the release at
+    ``out`` with ``manifest`` and the ``early`` releases inside it (``produced``)."""
+    tracker.log_datasets({
+        "source": [DatasetRef(dataset, absolute(source), manifest["source_digest"])],
+        "produced": [release_ref(absolute(out), manifest)]
+                    + [release_ref(absolute(uri), read_manifest(uri)) for uri in early],
+    })
+
+
+def surrogate_spec(model: torch.nn.Module, config: ProtectConfig, clean: ImageDataset) -> dict[str, Any]:
+    """A method's final surrogate as the Ray engine keeps it: {name, num_classes, in_channels, image_size,
+    state_dict}; ``ue_core.models.build_model(name, num_classes, in_channels=…, image_size=…)`` rebuilds it
+    and ``load_state_dict`` loads the weights (pipelines.ray_engine.state.load_model does both)."""
+    section = getattr(config, config.method)
+    name = section.surrogate.model if config.method == "beo" else section.model
+    return {"name": name, "num_classes": clean.num_classes, "in_channels": clean.image_shape[2],
+            "image_size": clean.image_shape[0], "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}
 
 
 def quality(clean: ImageDataset, release: ImageDataset) -> dict[str, float]:

@@ -10,7 +10,8 @@ from typing import Any
 import ray
 
 from pipelines.storage import storage_env
-from ue_core.errors import UEError
+from pipelines.tracking import is_node_local, tracking_uri
+from ue_core.errors import InvalidInputError, UEError
 
 
 def connect(address: str | None, progress: bool) -> None:
@@ -36,6 +37,22 @@ def connect(address: str | None, progress: bool) -> None:
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # the same blocks in the same order on every run
     context.enable_progress_bars = progress
+
+
+def check_tracking_store(address: str | None, uri: str | None) -> None:
+    """Refuse, before any work, a node-local MLflow store (sqlite:, file: or a path: pipelines.tracking.
+    is_node_local) for a job on a Ray cluster with more than one alive node: workers on the other nodes
+    would log into files of their own, or fail. Joins the cluster at ``address`` (or RAY_ADDRESS) to count
+    its nodes; a local Ray, one node, is not started for this."""
+    if not is_node_local(uri) or not (ray.is_initialized() or address or os.environ.get("RAY_ADDRESS")):
+        return
+    connect(address, progress=False)
+    nodes = sum(bool(node["Alive"]) for node in ray.nodes())
+    if nodes > 1:
+        raise InvalidInputError(
+            f"the MLflow store {tracking_uri(uri)} is files on one node, and this Ray cluster has {nodes} alive "
+            "nodes: give --tracking-uri (or MLFLOW_TRACKING_URI) an MLflow server every node reaches, e.g. http://mlflow:5000"
+        )
 
 
 def unwrap(refs: Any) -> Any:

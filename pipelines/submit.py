@@ -28,7 +28,7 @@ from ue_core.errors import InvalidInputError, UEError
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI")
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|ACCESS_KEY", re.IGNORECASE)
-WORKING_DIR_EXCLUDES = [".git", ".venv", "data", "outputs", "results", "mlruns.db", "mlartifacts", "*.egg-info",
+WORKING_DIR_EXCLUDES = [".git", ".venv", "data", "outputs", "results", "mlflow.db", "mlruns.db", "mlartifacts", "*.egg-info",
                         "__pycache__", ".pytest_cache", ".ruff_cache"]
 
 

@@ -19,7 +19,13 @@
    lists the releases with their PSNR and SSIM), accuracy.png
    (test accuracy versus mixing ratio, one line per release, with the clean-only reference; a heatmap of
    release × ratio; one row of panels per victim × defence; all three from pipelines/sweep_report.py). The
-   same files are artifacts of the MLflow parent run.
+   same files are artifacts of the MLflow parent run, and the table an MLflow table (results.json).
+
+Lineage in MLflow (pipelines/tracking.py): the parent run logs every release as an ``evaluated`` dataset
+input and the clean source as ``source`` (both digests from the releases' manifests); each trial's run is
+tagged with dataset and ratio (a mixed arm also with its release's method, eps and norm) and logs the clean
+images it read as ``source`` and, for a mixed arm, its release as ``evaluated``. The releases' protect runs
+go to the experiment given (`--experiment`, MLFLOW_EXPERIMENT_NAME), else to ue-sweep-releases.
 """
 
 from __future__ import annotations
@@ -44,13 +50,21 @@ from pipelines.storage import (
     remove,
 )
 from pipelines.sweep_report import TrialOutcome, release_label, releases_table, results_table, sweep_plot
-from pipelines.tracking import RemoteRun, Tracker, check_reachable
+from pipelines.tracking import (
+    DatasetRef,
+    RemoteRun,
+    Tracker,
+    check_reachable,
+    experiment_name,
+    release_ref,
+    run_tags,
+)
 from ue_core.config import from_dict, to_dict
 from ue_core.data.atomic import check_output_free, staged_directory
 from ue_core.data.fsutil import filesystem
 from ue_core.defences import DefenceConfig
 from ue_core.errors import InvalidInputError
-from ue_core.release import MANIFEST_NAME, snapshot_uri, verify_release
+from ue_core.release import MANIFEST_NAME, read_manifest, snapshot_uri, verify_release
 
 
 @dataclass(frozen=True)
@@ -112,7 +126,7 @@ def _addressed(releases: str, source: str, protect_config: ProtectConfig) -> str
 
 def ensure_releases(
     source: str, config: SweepConfig, releases: str, ray_address: str | None, tracking_uri: str | None,
-    progress: bool,
+    progress: bool, experiment: str = "ue-sweep-releases",
 ) -> dict[str, str]:
     """Release label → release URI for every release of the grid, protecting only what has no verified
     release yet.
@@ -130,7 +144,7 @@ def ensure_releases(
             verify_release(uri)  # a damaged release is an error, never silently replaced
         else:  # an interrupted BEO job resumes from its work folder
             protect(source, uri, job, progress=progress, ray_address=ray_address,
-                    tracking_uri=tracking_uri, experiment="ue-sweep-releases")
+                    tracking_uri=tracking_uri, experiment=experiment)
         for label, rounds in labels.items():
             uris[label] = uri if rounds is None else snapshot_uri(uri, rounds)
     return uris
@@ -188,8 +202,16 @@ def run_trial(tune_config: dict[str, Any], context: dict[str, Any]) -> None:
     ((train, protected),) = arms(data, config).values()
     test_images, test_labels = data.test.tensors()
     test_ref = Shared.put((test_images.numpy(), test_labels.numpy()))
-    run = RemoteRun.start_child(context["tracking_uri"], context["parent_run"], plan.key, tags={"ue.trial": plan.key})
+    name = data.clean.name
+    tags = {"dataset": name, "ratio": f"{plan.ratio:g}"}
+    datasets = {"source": [DatasetRef(name, context["source"], data.clean.digest())]}
+    if plan.method:  # a mixed arm: its victim trains on the release
+        tags = run_tags(plan.method, name, plan.eps, plan.norm or "linf", plan.ratio)
+        datasets["evaluated"] = [release_ref(release, read_manifest(release))]
+    run = RemoteRun.start_child(context["tracking_uri"], context["parent_run"], plan.key,
+                                tags={"ue.trial": plan.key, **tags})
     try:
+        run.log_datasets(datasets)
         run.log_params({**asdict(plan), "train_images": len(train), "protected_images": len(protected),
                         **to_dict(config)})
         train_victim(train, test_ref, config, name=f"{plan.arm}-{run.run_id}", storage_uri=context["storage"],
@@ -290,6 +312,17 @@ def trial_concurrency(config: SweepConfig) -> int:
     return max(1, int(spare // scaling.cpus))
 
 
+def release_inputs(source: str, release_uris: dict[str, str]) -> dict[str, list[DatasetRef]]:
+    """The sweep's datasets as MLflow inputs, from the releases' manifests: every release (``evaluated``) and
+    the clean images they were made from (``source``, one per distinct digest; releases made before manifests
+    held the source's digest add none)."""
+    manifests = {uri: read_manifest(uri) for uri in dict.fromkeys(release_uris.values())}
+    sources = {m["source_digest"]: DatasetRef(m["dataset"], source, m["source_digest"])
+               for m in manifests.values() if "source_digest" in m}
+    return {"source": list(sources.values()),
+            "evaluated": [release_ref(uri, manifest) for uri, manifest in manifests.items()]}
+
+
 @dataclass
 class SweepSummary:
     out: str
@@ -312,10 +345,12 @@ def sweep(
     overwrite: bool = False,
     ray_address: str | None = None,
     tracking_uri: str | None = None,
-    experiment: str = "ue-sweep",
+    experiment: str | None = None,
     progress: bool = True,
 ) -> SweepSummary:
-    """Produce (or reuse) the releases, run every trial on Ray Tune, publish the results at ``out``."""
+    """Produce (or reuse) the releases, run every trial on Ray Tune, publish the results at ``out``.
+    ``experiment``: the MLflow experiment of every run (default: MLFLOW_EXPERIMENT_NAME, else ue-sweep for
+    the sweep and ue-sweep-releases for the releases' protect runs)."""
     source = source or config.source
     if source is None:
         raise InvalidInputError("no source: give --source or a source key in the sweep file")
@@ -327,16 +362,19 @@ def sweep(
     releases = absolute(releases or f"{out.rstrip('/').rsplit('/', 1)[0]}/releases")
     check_writable(releases)
     check_reachable(tracking_uri)
+    from pipelines.ray_utils import check_tracking_store, connect
+
+    check_tracking_store(ray_address, tracking_uri)
     trials = plan_trials(config)
     job = {"command": "sweep", "source": source, "releases": releases, "config": to_dict(config)}
     with claim_output(out, job, overwrite):
-        from pipelines.ray_utils import connect
-
         connect(ray_address, progress)
-        release_uris = ensure_releases(source, config, releases, ray_address, tracking_uri, progress)
+        release_uris = ensure_releases(source, config, releases, ray_address, tracking_uri, progress,
+                                       experiment_name(experiment, "ue-sweep-releases"))
         work = WorkDir.beside(out)
-        with Tracker(tracking_uri, experiment, run_name=f"sweep {basename(out)}") as parent:
+        with Tracker(tracking_uri, experiment_name(experiment, "ue-sweep"), run_name=f"sweep {basename(out)}") as parent:
             parent.log_params({"source": source, "out": out, "releases": releases, **to_dict(config)})
+            parent.log_datasets(release_inputs(source, release_uris))
             context = {
                 "sweep": to_dict(config), "source": source, "releases": release_uris,
                 "tracking_uri": parent.uri, "parent_run": parent.run_id, "storage": work.path("checkpoints"),
@@ -348,7 +386,7 @@ def sweep(
             markdown += "\n" + releases_table(release_uris)
             figure = sweep_plot(outcomes)
             with staged_directory(out, overwrite) as (out_fs, staging):
-                publish_results(out_fs, staging, parent, csv_text, markdown, figure)
+                publish_results(out_fs, staging, parent, csv_text, markdown, figure, [asdict(o) for o in outcomes])
             failed = sum(o.status == "FAILED" for o in outcomes)
             parent.log_metrics({"trials": len(outcomes), "failed_trials": failed})
         remove(work.uri)

@@ -1,14 +1,25 @@
 """MLflow tracking for `ue` jobs: one run per job, params, per-round metrics, figures as artifacts.
 
-Embedded default: a sqlite store in ./mlruns.db (artifacts in ./mlartifacts); a server or any other store
-through `--tracking-uri` or MLFLOW_TRACKING_URI. Credentials never reach params: only config values do.
+Embedded default: a sqlite store in ./mlflow.db, the store a plain `mlflow ui` opens in the same folder
+(artifacts in ./mlartifacts); a server or any other store through `--tracking-uri` or MLFLOW_TRACKING_URI.
+The experiment: `--experiment`, else MLFLOW_EXPERIMENT_NAME, else the command's own (ue-protect, …).
+Credentials never reach params: only config values do.
+
+Lineage: every run logs the datasets it read or wrote as MLflow dataset inputs (:class:`DatasetRef`: name,
+URI, digest), with the context saying their part: ``source`` (the clean images, digest
+ue_core.data.dataset.ImageDataset.digest), ``produced`` (a release a protect run made) or ``evaluated`` (a
+release an evaluate or sweep run trained on), the release's digest being its manifest's
+(ue_core.release.release_digest). So `dataset.digest = 'D'` in a run search finds the run that made release
+D and every run that used it; runs are tagged with method, dataset, eps, norm (and ratio).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -22,13 +33,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
+import torch
+from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.utils.uri import is_local_uri
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep a failing job's stderr to its one error line
 
+from pipelines.config import budget_label
 from ue_core.config import flatten
 from ue_core.errors import UEError
+from ue_core.release import release_digest
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # mlflow.store.tracking.DEFAULT_TRACKING_URI: what `mlflow ui` opens
 REACH_TIMEOUT_S = 5.0  # how long `check_reachable` waits for a tracking server to answer
 
 
@@ -43,6 +60,58 @@ def tracking_uri(explicit: str | None = None) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
     return uri
+
+
+def experiment_name(explicit: str | None, default: str) -> str:
+    """The flag, else MLFLOW_EXPERIMENT_NAME, else the command's ``default``."""
+    return explicit or os.environ.get("MLFLOW_EXPERIMENT_NAME") or default
+
+
+def is_node_local(uri: str | None = None) -> bool:
+    """Whether the store (:func:`tracking_uri`) is files on one node: sqlite:, file: or a plain path (as
+    MLflow reads a tracking URI: mlflow.utils.uri.is_local_uri)."""
+    uri = tracking_uri(uri)
+    return uri.startswith("sqlite:") or is_local_uri(uri, is_tracking_or_registry_uri=True)
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A dataset as MLflow records it: a name, where it lives (a path or URI) and its digest."""
+
+    name: str
+    uri: str
+    digest: str
+
+    def entity(self) -> Dataset:
+        """The MLflow dataset: its source is {"uri": …}, of type "local" or the URI's scheme, as MLflow's own
+        artifact dataset sources write it."""
+        scheme = self.uri.split("://", 1)[0] if "://" in self.uri else "local"
+        return Dataset(name=self.name, digest=self.digest, source_type="local" if scheme == "file" else scheme,
+                       source=json.dumps({"uri": self.uri}))
+
+
+def release_ref(uri: str, manifest: dict[str, Any]) -> DatasetRef:
+    """The release at ``uri``: named by dataset, method and budget (and the round of an early release), with
+    the digest of its manifest."""
+    budget = budget_label(manifest["eps"], manifest.get("norm", "linf"))  # "eps=8/255", "l2=168/255", "l0=1"
+    name = f"{manifest['dataset']} {manifest['method']} {budget}"
+    if "rounds" in manifest:
+        name += f" round {manifest['rounds']}"
+    return DatasetRef(name, uri, release_digest(manifest))
+
+
+def run_tags(method: str, dataset: str, eps: float, norm: str, ratio: float | None = None) -> dict[str, str]:
+    """The tags a run is searched by: method, dataset, eps ("8/255", "168/255", "1"), norm, and ratio."""
+    tags = {"method": method, "dataset": dataset, "eps": budget_label(eps, norm).split("=", 1)[1], "norm": norm}
+    return tags if ratio is None else {**tags, "ratio": f"{ratio:g}"}
+
+
+def log_datasets(uri: str, run_id: str, datasets: dict[str, list[DatasetRef]]) -> None:
+    """Log each dataset of ``datasets`` (context → datasets) as an input of the run."""
+    _client(uri).log_inputs(run_id, datasets=[
+        DatasetInput(ref.entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        for context, refs in datasets.items() for ref in refs
+    ])
 
 
 def check_reachable(uri: str | None = None) -> None:
@@ -106,6 +175,24 @@ class Tracker:
     def log_text(self, text: str, name: str) -> None:
         mlflow.log_text(text, name)
 
+    def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
+        """A results table as an MLflow table (``name`` ends in .json): one row per dict."""
+        mlflow.log_table({key: [row[key] for row in rows] for key in rows[0]}, name)
+
+    def log_torch(self, content: Any, name: str) -> None:
+        """``content`` saved with torch.save as the artifact ``name``."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name
+            torch.save(content, path)
+            mlflow.log_artifact(str(path))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        mlflow.set_tags(tags)
+
+    def log_datasets(self, datasets: dict[str, list[DatasetRef]]) -> None:
+        """See :func:`log_datasets`."""
+        log_datasets(self.uri, self.run_id, datasets)
+
     def remote(self) -> RemoteRun:
         """A handle through which another process (a Ray Train worker) logs to this run."""
         return RemoteRun(self.uri, self.run_id)
@@ -152,6 +239,10 @@ class RemoteRun:
 
         client = _client(self.uri)
         client.log_batch(self.run_id, params=[Param(k, str(v)[:500]) for k, v in flatten(params).items()])
+
+    def log_datasets(self, datasets: dict[str, list[DatasetRef]]) -> None:
+        """See :func:`log_datasets`."""
+        log_datasets(self.uri, self.run_id, datasets)
 
 
 def bayes_error_plot(history: list[dict[str, float]]) -> plt.Figure:

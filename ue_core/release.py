@@ -13,7 +13,8 @@ Layout of a release at URI (a local folder or any fsspec URI):
                                        images and a budget of at most 127 levels (ue_core.data.delta)
     URI/rounds/round-00010/ …          optional: the release after round 10 of the same run, itself a whole
                                        release (formats and manifest.json) that `ue evaluate` reads as any
-    URI/manifest.json                  config, counts, ε, history, and the sha256 of every file above
+    URI/manifest.json                  config, counts, ε, history, the sha256 of every file above, and the
+                                       release's digest (:func:`files_digest`), what identifies it
 
 No manifest, no release: everything is written under a hidden staging folder, the manifest goes in last,
 and only then does the folder appear under its name (ue_core.data.atomic).
@@ -113,10 +114,24 @@ def _write_files(
         "num_classes": release.num_classes,
         "image_shape": list(release.image_shape),
         "files": files,
+        "digest": files_digest(files),
     }
     with fs.open(join(folder, MANIFEST_NAME), "w") as f:
         json.dump(written, f, indent=2, sort_keys=True)
     return written
+
+
+def files_digest(files: dict[str, str]) -> str:
+    """What identifies a release: 16 hex digits of the sha256 of its manifest's ``files`` (every file's name
+    and sha256), so equal files give equal digests. Written in the manifest as ``digest``; MLflow's dataset
+    inputs carry it (pipelines/tracking.py)."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def release_digest(manifest: dict[str, Any]) -> str:
+    """The digest of the release this manifest describes (:func:`files_digest`), for releases written before
+    manifests held it too."""
+    return files_digest(manifest["files"])
 
 
 def check_delta_budget(budget: Budget) -> None:
@@ -169,6 +184,8 @@ def verify_release(uri: str | os.PathLike) -> dict[str, Any]:
             raise ReleaseCheckError(f"release {uri} is missing {name}, listed in its manifest")
         if hashlib.sha256(read_bytes(fs, file_path)).hexdigest() != expected:
             raise ReleaseCheckError(f"release {uri}: {name} does not match its sha256 in the manifest")
+    if manifest.get("digest", release_digest(manifest)) != release_digest(manifest):
+        raise ReleaseCheckError(f"release {uri}: its manifest's digest does not match its files")
     return manifest
 
 

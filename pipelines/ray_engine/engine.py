@@ -68,10 +68,12 @@ def initial_state_dataset(job: JobState, info: DatasetInfo, config: ProtectConfi
 def protect_on_ray(
     source: str, config: ProtectConfig, work: WorkDir, address: str | None, progress: bool, tracker: Tracker
 ) -> tuple[
-    ImageDataset, ImageDataset, list[dict[str, float]], dict[str, float], ImageDataset | None, dict[int, ImageDataset]
+    ImageDataset, ImageDataset, list[dict[str, float]], dict[str, float], ImageDataset | None,
+    dict[int, ImageDataset], dict[str, Any],
 ]:
     """Run or resume the job, printing a line per round run (pipelines.progress.RoundLines); returns (clean,
-    release, history, summary, test set, the releases after the rounds of ``beo.release_rounds``)."""
+    release, history, summary, test set, the releases after the rounds of ``beo.release_rounds``, the final
+    surrogate's spec: state.load_model rebuilds it)."""
     connect(address, progress)
     job = JobState(work)
     info = prepare(source, config, job)
@@ -119,7 +121,7 @@ def protect_on_ray(
     for rounds in config.beo.release_rounds:  # every round's state stays in the work folder until the end
         delta = collect(job.state_after(rounds - 1), ["index", "delta"])["delta"]
         snapshots[rounds] = release_of(clean, torch.from_numpy(delta), config.budget)
-    return clean, release, history, summary, test, snapshots
+    return clean, release, history, summary, test, snapshots, surrogate
 
 
 @ray.remote

@@ -359,7 +359,7 @@ def test_a_bad_input_is_one_line_and_changes_nothing(case: Case, outcomes: dict[
     for text in case.says:
         assert fill(text, outcome.folder / "src", outcome.folder / "dest" / "out") in lines[0], lines[0]
     assert list((outcome.folder / "dest").iterdir()) == []  # no output, no claim, no work folder
-    assert list((outcome.folder / "cwd").iterdir()) == []  # no `foo:` folder, no ./mlruns.db
+    assert list((outcome.folder / "cwd").iterdir()) == []  # no `foo:` folder, no ./mlflow.db
     assert (outcome.folder / "mlruns.db").exists() == case.tracked
     assert outcome.after == outcome.before
 

@@ -17,7 +17,7 @@ TINY = ["--set", "data.subset=100", "--set", "data.test_subset=50", "--rounds", 
 
 @pytest.fixture(scope="module", autouse=True)
 def tracking_store(tmp_path_factory):
-    """Every CLI run here tracks into a temporary sqlite store (the default would be ./mlruns.db)."""
+    """Every CLI run here tracks into a temporary sqlite store (the default would be ./mlflow.db)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlruns.db'}")
         yield

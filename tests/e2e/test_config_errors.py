@@ -12,7 +12,7 @@ import pytest
 
 @pytest.fixture(scope="module", autouse=True)
 def tracking_store(tmp_path_factory):
-    """Every CLI run here would track into a temporary sqlite store (the default would be ./mlruns.db)."""
+    """Every CLI run here would track into a temporary sqlite store (the default would be ./mlflow.db)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlruns.db'}")
         yield

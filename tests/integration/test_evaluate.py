@@ -23,7 +23,7 @@ from ue_core.data import read_dataset
 from ue_core.data.dataset import balanced_subset
 from ue_core.data.mixing import load_index_set, protected_mask
 from ue_core.models import build_model
-from ue_core.release import read_release
+from ue_core.release import read_manifest, read_release
 from ue_core.training import PGDConfig, compute_features, evaluate, robust_accuracy
 
 pytestmark = pytest.mark.slow
@@ -59,15 +59,22 @@ def clean_test_set(source, seed=0):
     return balanced_subset(test, TEST_IMAGES, seed=seed)
 
 
-def test_triple_with_results_table_index_set_models_and_mlflow_runs(fashion_mnist_root, release, tmp_path, store):
+@pytest.fixture(scope="module")
+def triple(fashion_mnist_root, release, tmp_path_factory, store):
+    """The triple on the release at ratio 0.4: (the folder holding --out, its summary)."""
     config = load_evaluate_config(overrides={
         "ratio": 0.4, "seed": 5, "test_subset": TEST_IMAGES, "defence.names": "cutout",
         "victim.model": "small_cnn", "victim.epochs": 2,
     })
-    out = tmp_path / "results"
-    summary = evaluate_release(str(fashion_mnist_root), str(release), str(out), config, tracking_uri=store,
-                               progress=False)
+    folder = tmp_path_factory.mktemp("triple")
+    summary = evaluate_release(str(fashion_mnist_root), str(release), str(folder / "results"), config,
+                               tracking_uri=store, progress=False)
+    return folder, summary
 
+
+def test_triple_with_results_table_index_set_models_and_mlflow_runs(fashion_mnist_root, release, triple, store):
+    tmp_path, summary = triple
+    out = tmp_path / "results"
     released = read_release(release)
     drawn = np.sort(released.index[protected_mask(released.index, 0.4, seed=5)])
     assert 0 < len(drawn) < len(released)
@@ -123,6 +130,44 @@ def test_triple_with_results_table_index_set_models_and_mlflow_runs(fashion_mnis
         assert child.data.metrics["final_test_accuracy"] == pytest.approx(row.final_test_accuracy)
         history = client.get_metric_history(child.info.run_id, "test_accuracy")
         assert sorted(m.step for m in history) == [1, 2]
+
+
+def test_a_release_digest_finds_the_protect_run_that_made_it_and_the_evaluate_runs_that_used_it(
+    release, triple, store
+):
+    """MLflow's own search, by the digest in the release's manifest, across the protect and evaluate
+    experiments; the contexts tell the run that made the release from the runs that trained on it."""
+    _, summary = triple
+    manifest = read_manifest(release)
+    client = mlflow.MlflowClient(store)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    rows = {row.mode: row for row in summary.rows}
+
+    runs = client.search_runs(experiments, f"dataset.digest = '{manifest['digest']}'")
+    assert {run.info.run_id for run in runs} == {manifest["mlflow_run"], summary.mlflow_run, rows["mixed"].mlflow_run}
+    (maker,) = client.search_runs(experiments, f"dataset.digest = '{manifest['digest']}' AND dataset.context = 'produced'")
+    assert maker.info.run_id == manifest["mlflow_run"]
+    assert maker.data.tags.items() >= {"method": "beo", "dataset": "fashion-mnist", "eps": "8/255"}.items()
+    release_input = ("fashion-mnist beo eps=8/255", manifest["digest"])
+    source_input = ("fashion-mnist", manifest["source_digest"])  # the evaluate side computes the same digest
+    assert dataset_inputs(maker) == {"produced": release_input, "source": source_input}
+    for run_id in (summary.mlflow_run, rows["mixed"].mlflow_run):
+        run = client.get_run(run_id)
+        assert dataset_inputs(run) == {"evaluated": release_input, "source": source_input}
+        assert run.data.tags["ratio"] == "0.4" and run.data.tags["method"] == "beo"
+    assert dataset_inputs(client.get_run(rows["clean-only"].mlflow_run)) == {"source": source_input}
+
+    table = mlflow.load_table("results.json", run_ids=[summary.mlflow_run])
+    assert table["mode"].tolist() == list(rows) and table["mlflow_run"].tolist() == [r.mlflow_run for r in rows.values()]
+
+
+def dataset_inputs(run) -> dict[str, tuple[str, str]]:
+    """A run's dataset inputs: context → (name, digest)."""
+    found = {}
+    for dataset_input in run.inputs.dataset_inputs:
+        context = next(t.value for t in dataset_input.tags if t.key == "mlflow.data.context")
+        found[context] = (dataset_input.dataset.name, dataset_input.dataset.digest)
+    return found
 
 
 def test_adversarial_training_raises_robust_accuracy(fashion_mnist_root, release, tmp_path, store):

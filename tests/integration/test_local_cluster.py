@@ -194,6 +194,20 @@ def test_tiny_sweep_job(cluster):
     assert "final_test_accuracy" in children[0].data.metrics
 
 
+def test_a_node_local_tracking_store_is_refused_on_two_nodes_before_any_work(cluster, fashion_mnist_root, tmp_path):
+    """A driver joining the two-node cluster (RAY_ADDRESS) with a sqlite store: one line, exit 2, and no
+    output, claim, work folder or store written."""
+    store, out = tmp_path / "mlflow.db", tmp_path / "out"
+    result = cluster.ue("protect", "--source", fashion_mnist_root, "--out", out, "--tracking-uri", f"sqlite:///{store}",
+                        *TINY_PROTECT, timeout=300)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: the MLflow store sqlite:///{store} is files on one node, and this Ray cluster has 2 "
+                      "alive nodes: give --tracking-uri (or MLFLOW_TRACKING_URI) an MLflow server every node reaches, "
+                      "e.g. http://mlflow:5000"], result.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failing_job_is_reported(cluster):
     result = cluster.ue("submit", "--", "protect", "--source", "s3://datasets/missing", "--out", "s3://releases/x",
                         *TINY_PROTECT)

@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 import ray
+import torch
 import yaml
 from PIL import Image
 
@@ -176,7 +177,11 @@ def test_the_mlflow_run_holds_params_metrics_and_figures(job, ray_release):
     assert [m.step for m in history] == [0, 1]
     assert run.data.metrics["bayes_error_release"] == pytest.approx(summary.results["bayes_error_release"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(summary.mlflow_run)}
-    assert {"bayes_error.png", "images.png", "manifest.json"} <= artifacts
+    assert {"bayes_error.png", "images.png", "manifest.json", "surrogate.pt"} <= artifacts
+    surrogate = mlflow.artifacts.download_artifacts(run_id=summary.mlflow_run, artifact_path="surrogate.pt")
+    spec = torch.load(surrogate, weights_only=True)
+    assert (spec["name"], spec["num_classes"], spec["in_channels"]) == ("small_cnn", 10, 1)
+    assert run.data.tags["method"] == "beo" and run.data.tags["eps"] == "8/255"
     local = Path(mlflow.artifacts.download_artifacts(run_id=summary.mlflow_run, artifact_path="images.png"))
     with Image.open(local) as image:
         assert image.size[0] > 100 and image.size[1] > 100

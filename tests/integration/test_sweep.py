@@ -270,6 +270,23 @@ def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
         assert child.data.metrics["final_test_accuracy"] == pytest.approx(float(row["final_test_accuracy"]))
         assert 0 <= outcome.final_test_accuracy <= 1
 
+    # lineage: the parent logs every release it evaluated, a mixed trial its own, a clean trial the source only
+    digests = {method: read_manifest(release)["digest"] for method, release in releases.items()}
+    assert {(i.dataset.name, i.dataset.digest) for i in parent.inputs.dataset_inputs if context(i) == "evaluated"} == {
+        (f"fashion-mnist {label}", digests[method]) for method, label in labels.items()}
+    ops = by_key["mixed ops l0=1 ratio=0.5 small_cnn none"]
+    assert {context(i): i.dataset.digest for i in ops.inputs.dataset_inputs}["evaluated"] == digests["ops"]
+    assert ops.data.tags.items() >= {"method": "ops", "eps": "1", "norm": "l0", "ratio": "0.5"}.items()
+    clean_all = by_key["clean-all eps=— ratio=0 small_cnn none"]
+    assert [context(i) for i in clean_all.inputs.dataset_inputs] == ["source"]
+    table = mlflow.load_table("results.json", run_ids=[parent.info.run_id])
+    assert table["arm"].tolist() == [r["arm"] for r in rows]
+
+
+def context(dataset_input) -> str:
+    """The context an MLflow dataset input was logged with."""
+    return next(t.value for t in dataset_input.tags if t.key == "mlflow.data.context")
+
 
 def test_a_rounds_axis_is_one_protect_run(fashion_mnist_root, tmp_path):
     """grid.protect beo.rounds [1, 2]: one protect job of 2 rounds publishes both releases (the 1-round one

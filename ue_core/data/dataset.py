@@ -7,6 +7,7 @@ across the whole pipeline, and no code relies on row order.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,6 +109,18 @@ class ImageDataset:
     def sorted_by_index(self) -> ImageDataset:
         """The rows ordered by index."""
         return self.subset(np.argsort(self.index, kind="stable"))
+
+    def digest(self) -> str:
+        """A content digest (16 hex digits of a sha256) of the indices, labels and pixels, row order aside:
+        the same images under the same indices give the same digest, whichever file or order they came from
+        (MLflow's dataset inputs carry it, pipelines/tracking.py)."""
+        order = np.argsort(self.index, kind="stable")
+        digest = hashlib.sha256(repr((self.image_shape, self.num_classes)).encode())
+        digest.update(self.index[order].tobytes())
+        digest.update(self.labels[order].tobytes())
+        for start in range(0, len(order), 4096):  # a block at a time: never a second copy of every image
+            digest.update(np.ascontiguousarray(self.images[order[start:start + 4096]]).tobytes())
+        return digest.hexdigest()[:16]
 
 
 def images_to_uint8(x: torch.Tensor) -> np.ndarray:
