@@ -49,7 +49,7 @@ def test_plan_has_the_arms_each_ratio_needs():
 
 
 def test_a_method_axis_adds_a_mixed_victim_per_release_and_no_clean_one():
-    config = load_sweep_config("fashion-mnist-baselines", {"grid.ratio": [0, 0.5]})
+    config = load_sweep_config("fashion-mnist-baselines", {"grid.ratio": [0, 0.5], "grid.defence": ["none"]})
     keys = [t.key for t in plan_trials(config)]
     assert keys == ["clean-all eps=— ratio=0 small_cnn none",
                     *(f"mixed {m} eps=8/255 ratio=0.5 small_cnn none" for m in ("beo", "random", "em", "tap")),
@@ -156,7 +156,7 @@ def test_releases_are_addressed_by_source_and_config():
 
 def test_any_config_key_is_a_grid_axis():
     config = load_sweep_config("fashion-mnist-baselines", {
-        "grid.method": ["beo", "random"], "grid.ratio": [0, 0.5],
+        "grid.method": ["beo", "random"], "grid.ratio": [0, 0.5], "grid.defence": ["none"],
         "grid.protect": {"beo.rounds": [2, 4], "beo.estimator.sigma": [0.3, 1.0]},
         "grid.evaluate": {"seed": [0, 1], "victim.recipe": ["plain"]},
     })
