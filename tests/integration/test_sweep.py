@@ -220,38 +220,47 @@ def test_failed_trials_are_retried_and_reported(tmp_path):
 
 
 def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
-    """BEO and random noise on the grid's ε beside OPS at its own L0 budget (model-free, so cheap)."""
+    """BEO over a rounds axis (grid.protect beo.rounds [1, 2]: one protect job of 2 rounds publishes both
+    releases, the 1-round one inside it) and random noise on the grid's ε, beside OPS at its own L0 budget
+    (model-free, so cheap): a victim per release, the clean references, the report, the MLflow runs."""
     store = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    config = load_sweep_config("fashion-mnist", {**TINY_METHODS, "budgets.ops": {"norm": "l0", "eps": 1}})
+    config = load_sweep_config("fashion-mnist", {**TINY_METHODS, "budgets.ops": {"norm": "l0", "eps": 1},
+                                                 "grid.protect": {"beo.rounds": [1, 2]}})
     out = tmp_path / "sweep"
     summary = sweep(config, str(out), source=str(fashion_mnist_root), tracking_uri=store, progress=False)
 
-    assert [o.status for o in summary.outcomes] == ["DONE"] * 5, summary.markdown
+    assert [o.status for o in summary.outcomes] == ["DONE"] * 6, summary.markdown
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["arm"], r["method"], r["norm"], r["ratio"]) for r in rows] == [
-        ("clean-all", "", "", "0.0"), ("mixed", "beo", "linf", "0.5"), ("mixed", "random", "linf", "0.5"),
-        ("mixed", "ops", "l0", "0.5"), ("clean-only", "", "", "0.5")]
+    assert [(r["arm"], r["method"], r["settings"], r["norm"], r["ratio"]) for r in rows] == [
+        ("clean-all", "", "", "", "0.0"), ("mixed", "beo", "beo.rounds=1", "linf", "0.5"),
+        ("mixed", "beo", "beo.rounds=2", "linf", "0.5"), ("mixed", "random", "", "linf", "0.5"),
+        ("mixed", "ops", "", "l0", "0.5"), ("clean-only", "", "", "", "0.5")]
     assert "| mixed | ops | l0=1 | — | 0.5 |" in summary.markdown
     with Image.open(out / "accuracy.png") as image:
         assert image.size[0] > 200 and image.convert("L").getextrema()[0] < 128
 
     releases = {read_manifest(r)["method"]: r for r in (tmp_path / "releases").iterdir()}
-    assert set(releases) == {"beo", "random", "ops"}
-    labels = {"beo": "beo eps=8/255", "random": "random eps=8/255", "ops": "ops l0=1"}
+    assert set(releases) == {"beo", "random", "ops"}  # one BEO job for both rounds
     for method, release in releases.items():
         manifest = verify_release(release)
         assert manifest["count"] == 200 and manifest["config"]["data"]["subset"] == 200
         assert manifest["config"]["budget"] == ({"eps": 1.0, "norm": "l0"} if method == "ops" else
                                                 {"eps": pytest.approx(8 / 255), "norm": "linf"})
-    for method, release in releases.items():
+    beo = releases["beo"]
+    assert read_manifest(beo)["config"]["beo"]["rounds"] == 2
+    assert read_manifest(beo)["snapshots"] == {"1": "rounds/round-00001"}
+    assert verify_release(beo / "rounds" / "round-00001")["rounds"] == 1
+    labels = {"beo eps=8/255 beo.rounds=1": beo / "rounds" / "round-00001", "beo eps=8/255 beo.rounds=2": beo,
+              "random eps=8/255": releases["random"], "ops l0=1": releases["ops"]}
+    for label, release in labels.items():
         quality = read_manifest(release)["summary"]
-        row = f"| {labels[method]} | {quality['psnr_db']:.2f} | {quality['ssim']:.4f} | {release} |"
+        row = f"| {label} | {quality['psnr_db']:.2f} | {quality['ssim']:.4f} | {release} |"
         assert row in summary.markdown and row in (out / "results.md").read_text()
-    before = (releases["beo"] / "manifest.json").stat().st_mtime_ns
+    before = (beo / "manifest.json").stat().st_mtime_ns
     again = ensure_releases(str(fashion_mnist_root), config, str(tmp_path / "releases"), None, store, False)
-    assert again == {label: str(releases[method]) for method, label in labels.items()}
-    assert (releases["beo"] / "manifest.json").stat().st_mtime_ns == before
+    assert again == {label: str(release) for label, release in labels.items()}
+    assert (beo / "manifest.json").stat().st_mtime_ns == before
 
     client = mlflow.MlflowClient(store)
     parent = client.get_run(summary.mlflow_run)
@@ -260,7 +269,7 @@ def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     by_key = {c.data.tags["ue.trial"]: c for c in children}
-    assert len(children) == 5 and set(by_key) == {Trial(**{k: o.__dict__[k] for k in Trial.__dataclass_fields__}).key
+    assert len(children) == 6 and set(by_key) == {Trial(**{k: o.__dict__[k] for k in Trial.__dataclass_fields__}).key
                                                   for o in summary.outcomes}
     assert "mixed ops l0=1 ratio=0.5 small_cnn none" in by_key
     for outcome, row in zip(summary.outcomes, rows):
@@ -271,11 +280,12 @@ def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
         assert 0 <= outcome.final_test_accuracy <= 1
 
     # lineage: the parent logs every release it evaluated, a mixed trial its own, a clean trial the source only
-    digests = {method: read_manifest(release)["digest"] for method, release in releases.items()}
+    digests = {label: read_manifest(release)["digest"] for label, release in labels.items()}
+    names = {"beo eps=8/255 beo.rounds=1": "beo eps=8/255 round 1", "beo eps=8/255 beo.rounds=2": "beo eps=8/255"}
     assert {(i.dataset.name, i.dataset.digest) for i in parent.inputs.dataset_inputs if context(i) == "evaluated"} == {
-        (f"fashion-mnist {label}", digests[method]) for method, label in labels.items()}
+        (f"fashion-mnist {names.get(label, label)}", digest) for label, digest in digests.items()}
     ops = by_key["mixed ops l0=1 ratio=0.5 small_cnn none"]
-    assert {context(i): i.dataset.digest for i in ops.inputs.dataset_inputs}["evaluated"] == digests["ops"]
+    assert {context(i): i.dataset.digest for i in ops.inputs.dataset_inputs}["evaluated"] == digests["ops l0=1"]
     assert ops.data.tags.items() >= {"method": "ops", "eps": "1", "norm": "l0", "ratio": "0.5"}.items()
     clean_all = by_key["clean-all eps=— ratio=0 small_cnn none"]
     assert [context(i) for i in clean_all.inputs.dataset_inputs] == ["source"]
@@ -286,20 +296,3 @@ def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
 def context(dataset_input) -> str:
     """The context an MLflow dataset input was logged with."""
     return next(t.value for t in dataset_input.tags if t.key == "mlflow.data.context")
-
-
-def test_a_rounds_axis_is_one_protect_run(fashion_mnist_root, tmp_path):
-    """grid.protect beo.rounds [1, 2]: one protect job of 2 rounds publishes both releases (the 1-round one
-    inside it), and a mixed victim trains on each."""
-    store = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    config = load_sweep_config("fashion-mnist", {**TINY, "grid.ratio": [0.5], "grid.protect": {"beo.rounds": [1, 2]}})
-    summary = sweep(config, str(tmp_path / "sweep"), source=str(fashion_mnist_root), tracking_uri=store,
-                    progress=False)
-    assert [(o.arm, o.settings, o.status) for o in summary.outcomes] == [
-        ("mixed", "beo.rounds=1", "DONE"), ("mixed", "beo.rounds=2", "DONE"), ("clean-only", "", "DONE")]
-    (release,) = (tmp_path / "releases").iterdir()  # one job
-    manifest = verify_release(release)
-    assert manifest["config"]["beo"]["rounds"] == 2 and manifest["snapshots"] == {"1": "rounds/round-00001"}
-    assert verify_release(release / "rounds" / "round-00001")["rounds"] == 1
-    assert "beo eps=8/255 beo.rounds=1" in summary.markdown and str(release / "rounds" / "round-00001") in summary.markdown
-
