@@ -52,6 +52,18 @@ class S3Server:
         env.update(overrides)
         return env
 
+    def use_in_this_process(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Point this test process's S3 settings at this server (for ue_core's own readers in a test).
+
+        fsspec caches s3fs instances by their arguments, not by the AWS_* variables they read, so an
+        instance made for another server earlier in the session would be reused: the cache is cleared."""
+        import s3fs
+
+        for name, value in self.env().items():
+            if name.startswith("AWS_"):
+                monkeypatch.setenv(name, value)
+        s3fs.S3FileSystem.clear_instance_cache()
+
     def filesystem(self):
         """A fresh s3fs filesystem on this server (no instance cache, no listing cache)."""
         import s3fs

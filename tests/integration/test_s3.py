@@ -53,9 +53,7 @@ def buckets(s3_server, fashion_mnist_root):
 @pytest.fixture
 def s3_env(buckets, monkeypatch):
     """This process's S3 settings (for ue_core's own readers in the test)."""
-    for name, value in buckets.env().items():
-        if name.startswith("AWS_"):
-            monkeypatch.setenv(name, value)
+    buckets.use_in_this_process(monkeypatch)
     return buckets
 
 

@@ -58,9 +58,7 @@ def test_the_s3_server_killed_while_publishing_leaves_no_release_and_the_rerun_p
     rerun = start_protect(server.env(), tmp_path)
     _, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, stderr[-2000:]
-    for name, value in server.env().items():
-        if name.startswith("AWS_"):
-            monkeypatch.setenv(name, value)
+    server.use_in_this_process(monkeypatch)
     assert verify_release(OUT)["count"] == 300
     fs = server.filesystem()
     leftovers = [key for key in fs.find("releases") if not key.startswith("releases/drill/")]
