@@ -43,6 +43,7 @@ from pipelines.storage import (
 )
 from pipelines.tracking import (
     DatasetRef,
+    RemoteRun,
     Tracker,
     check_reachable,
     experiment_name,
@@ -76,7 +77,7 @@ class ArmResult:
     best_test_accuracy: float
     final_robust_accuracy: float | None
     seconds: float
-    mlflow_run: str
+    mlflow_run: str | None
     model: str
     """The victim's final weights (a torch state dict), relative to the results folder."""
 
@@ -183,7 +184,7 @@ def accuracy_plot(rows: list[ArmResult], title: str) -> plt.Figure:
     return figure
 
 
-def publish_results(out_fs, staging: str, tracker: Tracker, csv_text: str, markdown: str, figure: plt.Figure,
+def publish_results(out_fs, staging: str, tracker: RemoteRun, csv_text: str, markdown: str, figure: plt.Figure,
                     table: list[dict[str, Any]]) -> None:
     """results.csv, results.md and accuracy.png into a staging folder (ue_core.data.atomic), and the same
     three as artifacts of ``tracker``'s run, with ``table`` (the rows of results.csv) as the MLflow table
@@ -198,11 +199,27 @@ def publish_results(out_fs, staging: str, tracker: Tracker, csv_text: str, markd
     tracker.log_figure(figure, "accuracy.png")
 
 
+def check_evaluate_job(source: str, release: str, out: str, overwrite: bool, storage: str | None,
+                       ray_address: str | None, tracking_uri: str | None) -> None:
+    """What an evaluate job checks before it claims ``out`` and starts any work (`--dry-run` too)."""
+    check_writable(out)
+    fs, path = filesystem(out)
+    check_output_free(fs, path, out, overwrite)
+    check_readable(source)
+    check_readable(release)
+    if storage is not None:
+        check_writable(storage)
+    check_reachable(tracking_uri)
+    from pipelines.ray_utils import check_tracking_store
+
+    check_tracking_store(ray_address, tracking_uri)
+
+
 @dataclass
 class EvaluateSummary:
     out: str
     rows: list[ArmResult]
-    mlflow_run: str
+    mlflow_run: str | None
     tracking_uri: str
     markdown: str
     bayes_error: dict[str, float] | None
@@ -227,17 +244,9 @@ def evaluate_release(
     """Train one victim per arm of ``config.modes`` and publish the results table at ``out``. ``experiment``:
     the MLflow experiment (default: MLFLOW_EXPERIMENT_NAME, else ue-evaluate)."""
     source, release, out = absolute(source), absolute(release), absolute(out)
-    check_writable(out)
-    fs, path = filesystem(out)
-    check_output_free(fs, path, out, overwrite)
-    check_readable(source)
-    check_readable(release)
-    if storage is not None:
-        check_writable(storage)
-    check_reachable(tracking_uri)
-    from pipelines.ray_utils import Shared, check_tracking_store, connect
+    check_evaluate_job(source, release, out, overwrite, storage, ray_address, tracking_uri)
+    from pipelines.ray_utils import Shared, connect
 
-    check_tracking_store(ray_address, tracking_uri)
     experiment = experiment_name(experiment, "ue-evaluate")
     job = {"command": "evaluate", "source": source, "release": release, "config": to_dict(config)}
     with claim_output(out, job, overwrite):
@@ -271,7 +280,7 @@ def evaluate_release(
                     child.log_datasets(datasets if mode in RELEASE_ARMS else {"source": datasets["source"]})
                     result = train_victim(
                         train, test_ref, config, name=f"{mode}-{child.run_id}", storage_uri=storage_uri,
-                        run=child.remote(), on_report=EpochLines(mode, config.victim.epochs),
+                        run=child, on_report=EpochLines(mode, config.victim.epochs),
                     )
                     rows.append(ArmResult(
                         mode=mode, ratio=config.ratio, train_images=result.train_images,

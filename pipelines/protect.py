@@ -50,6 +50,7 @@ from pipelines.storage import (
 )
 from pipelines.tracking import (
     DatasetRef,
+    RemoteRun,
     Tracker,
     bayes_error_plot,
     check_reachable,
@@ -80,7 +81,7 @@ class ProtectSummary:
     count: int
     results: dict[str, float]
     seconds: float
-    mlflow_run: str
+    mlflow_run: str | None
     tracking_uri: str
     early_releases: dict[int, str] = field(default_factory=dict)
 
@@ -130,17 +131,8 @@ def protect(
     """Protect ``source`` and publish the release at ``out``; see the module docstring. ``device`` serves
     the reference engine only: the Ray engine uses the devices Ray gives its workers. ``experiment``: the
     MLflow experiment (default: MLFLOW_EXPERIMENT_NAME, else ue-protect)."""
-    if engine not in ENGINES:
-        raise InvalidInputError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     started = time.perf_counter()
-    check_writable(out)  # first: it names an unreachable endpoint, bad credentials or a missing bucket
-    check_release_target(out, overwrite)
-    check_readable(source)
-    check_reachable(tracking_uri)
-    if engine == "ray":
-        from pipelines.ray_utils import check_tracking_store
-
-        check_tracking_store(ray_address, tracking_uri)
+    check_protect_job(source, out, engine, overwrite, ray_address, tracking_uri)
     job = {"command": "protect", "source": absolute(source), "config": config.method_record()}
     run_name = f"protect {basename(out)}"
     experiment = experiment_name(experiment, "ue-protect")
@@ -207,7 +199,24 @@ def protect(
                           tracker.uri, early)
 
 
-def log_lineage(tracker: Tracker, source: str, dataset: str, out: str, manifest: dict[str, Any],
+def check_protect_job(source: str, out: str, engine: str, overwrite: bool, ray_address: str | None,
+                      tracking_uri: str | None) -> None:
+    """What a protect job checks before it claims ``out`` and starts any work (`--dry-run` too): the engine,
+    the output (first: it names an unreachable endpoint, bad credentials or a missing bucket), the source,
+    the tracking server, and a node-local tracking store on a multi-node cluster."""
+    if engine not in ENGINES:
+        raise InvalidInputError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    check_writable(out)
+    check_release_target(out, overwrite)
+    check_readable(source)
+    check_reachable(tracking_uri)
+    if engine == "ray":
+        from pipelines.ray_utils import check_tracking_store
+
+        check_tracking_store(ray_address, tracking_uri)
+
+
+def log_lineage(tracker: RemoteRun, source: str, dataset: str, out: str, manifest: dict[str, Any],
                 early: list[str]) -> None:
     """The run's dataset inputs: the clean images (``source``, the manifest's source_digest), the release at
     ``out`` with ``manifest`` and the ``early`` releases inside it (``produced``)."""

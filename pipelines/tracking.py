@@ -11,6 +11,14 @@ ue_core.data.dataset.ImageDataset.digest), ``produced`` (a release a protect run
 release an evaluate or sweep run trained on), the release's digest being its manifest's
 (ue_core.release.release_digest). So `dataset.digest = 'D'` in a run search finds the run that made release
 D and every run that used it; runs are tagged with method, dataset, eps, norm (and ratio).
+
+A tracking server lost mid-job does not stop the job (the release is the product, the run its record): the
+first call that fails while the server does not answer prints one warning line, and from then on this
+process logs nothing more to that server; the job finishes, publishes and exits 0, and its run stays
+RUNNING with what was logged before. A failed call with the server still answering is an error as before.
+How long a call waits for a lost server first is MLflow's retry policy (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR: about two minutes by default), so a server restarted within that time
+loses nothing. A server unreachable at the start is an error before any work (:func:`check_reachable`).
 """
 
 from __future__ import annotations
@@ -19,13 +27,15 @@ import functools
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import matplotlib
 
@@ -34,8 +44,9 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Dataset, DatasetInput, InputTag
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.uri import is_local_uri
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep a failing job's stderr to its one error line
@@ -106,96 +117,50 @@ def run_tags(method: str, dataset: str, eps: float, norm: str, ratio: float | No
     return tags if ratio is None else {**tags, "ratio": f"{ratio:g}"}
 
 
-def log_datasets(uri: str, run_id: str, datasets: dict[str, list[DatasetRef]]) -> None:
-    """Log each dataset of ``datasets`` (context → datasets) as an input of the run."""
-    _client(uri).log_inputs(run_id, datasets=[
-        DatasetInput(ref.entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
-        for context, refs in datasets.items() for ref in refs
-    ])
-
-
 def check_reachable(uri: str | None = None) -> None:
     """Raise TrackingError (one line, naming the URI) unless an http(s) tracking server answers within
     REACH_TIMEOUT_S; any HTTP answer will do. Jobs call it with their other input checks, before any work:
     MLflow's own client retries a refused connection for minutes and then fails with a traceback."""
     uri = tracking_uri(uri)
+    reason = _unreachable_reason(uri)
+    if reason is not None:
+        raise TrackingError(f"cannot reach the MLflow tracking server at {uri}: {reason} "
+                            "(check --tracking-uri or MLFLOW_TRACKING_URI)")
+
+
+def _unreachable_reason(uri: str) -> str | None:
+    """Why the http(s) tracking server at ``uri`` does not answer within REACH_TIMEOUT_S, or None if it
+    answers (any HTTP answer will do) or ``uri`` is not a server."""
     if not uri.startswith(("http://", "https://")):
-        return
+        return None
     try:
         urllib.request.urlopen(uri, timeout=REACH_TIMEOUT_S).close()
     except urllib.error.HTTPError:
-        return  # it answered
+        return None  # it answered
     except (OSError, ValueError) as error:
-        reason = getattr(error, "reason", error)
-        raise TrackingError(f"cannot reach the MLflow tracking server at {uri}: {reason} "
-                            "(check --tracking-uri or MLFLOW_TRACKING_URI)") from None
+        return str(getattr(error, "reason", error))
+    return None
 
 
-class Tracker:
-    """A run in an MLflow experiment; use as a context manager (the run ends FAILED on an exception).
+_T = TypeVar("_T")
+_LOST_SERVERS: set[str] = set()  # tracking servers this process lost mid-job: nothing more is sent to them
 
-    Inside another Tracker's block, a Tracker opens a child run of it (a nested run)."""
 
-    def __init__(self, uri: str | None, experiment: str, run_name: str) -> None:
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        self.uri = tracking_uri(uri)
-        mlflow.set_tracking_uri(self.uri)
-        if mlflow.get_experiment_by_name(experiment) is None:
-            artifact_location = None
-            if self.uri.startswith("sqlite:"):  # keep artifacts beside the database, not in the cwd
-                artifact_location = Path(self.uri.removeprefix("sqlite:///")).parent.joinpath("mlartifacts").as_uri()
-            mlflow.create_experiment(experiment, artifact_location=artifact_location)
-        mlflow.set_experiment(experiment)
-        self.run = mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None)
-
-    def __enter__(self) -> Tracker:
-        return self
-
-    def __exit__(self, kind, value, traceback) -> None:
-        mlflow.end_run(status="FINISHED" if kind is None else "FAILED")
-
-    @property
-    def run_id(self) -> str:
-        return self.run.info.run_id
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        flat = {k: v for k, v in flatten(params).items()}
-        mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
-
-    def log_figure(self, figure: plt.Figure, name: str) -> None:
-        mlflow.log_figure(figure, name)
-        plt.close(figure)
-
-    def log_json(self, content: dict[str, Any], name: str) -> None:
-        mlflow.log_dict(content, name)
-
-    def log_text(self, text: str, name: str) -> None:
-        mlflow.log_text(text, name)
-
-    def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
-        """A results table as an MLflow table (``name`` ends in .json): one row per dict."""
-        mlflow.log_table({key: [row[key] for row in rows] for key in rows[0]}, name)
-
-    def log_torch(self, content: Any, name: str) -> None:
-        """``content`` saved with torch.save as the artifact ``name``."""
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / name
-            torch.save(content, path)
-            mlflow.log_artifact(str(path))
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        mlflow.set_tags(tags)
-
-    def log_datasets(self, datasets: dict[str, list[DatasetRef]]) -> None:
-        """See :func:`log_datasets`."""
-        log_datasets(self.uri, self.run_id, datasets)
-
-    def remote(self) -> RemoteRun:
-        """A handle through which another process (a Ray Train worker) logs to this run."""
-        return RemoteRun(self.uri, self.run_id)
+def _tolerating_loss(uri: str, call: Callable[[], _T]) -> _T | None:
+    """``call()``, an MLflow call to the store at ``uri``; if it fails while that server does not answer,
+    one warning line on stderr (the first time) and None, here and for every later call to ``uri``."""
+    if uri in _LOST_SERVERS:
+        return None
+    try:
+        return call()
+    except Exception:
+        reason = _unreachable_reason(uri)
+        if reason is None:
+            raise
+        _LOST_SERVERS.add(uri)
+        print(f"warning: lost the MLflow tracking server at {uri} ({reason}): the job goes on without "
+              "tracking; its run misses what it would have logged from now on", file=sys.stderr, flush=True)
+        return None
 
 
 @functools.lru_cache(maxsize=4)
@@ -205,44 +170,123 @@ def _client(uri: str) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(uri)
 
 
+def _artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a sqlite database (not in the working directory),
+    else the store's default."""
+    if not uri.startswith("sqlite:"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).parent.joinpath("mlartifacts").as_uri()
+
+
+def _create_run(client: mlflow.MlflowClient, experiment_id: str, name: str, parent_run_id: str | None,
+                tags: dict[str, str] | None = None) -> str:
+    """A new run's id, with the context tags MLflow's own start_run adds (user, source) and the parent's."""
+    nesting = {} if parent_run_id is None else {MLFLOW_PARENT_RUN_ID: parent_run_id}
+    return client.create_run(experiment_id, run_name=name, tags=resolve_tags({**nesting, **(tags or {})})).info.run_id
+
+
 @dataclass(frozen=True)
 class RemoteRun:
-    """An existing MLflow run, logged to from any process by id (Ray workers log from rank 0 only)."""
+    """An MLflow run, logged to by id from any process (a Ray worker too: it pickles as two strings).
+
+    Its calls tolerate a lost tracking server (module docstring); with ``run_id`` None (a run started while
+    the server was lost) it logs nothing."""
 
     uri: str
-    run_id: str
+    run_id: str | None
 
     @staticmethod
-    def start_child(uri: str, parent_run_id: str, name: str, tags: dict[str, str] | None = None) -> RemoteRun:
+    def start(uri: str, experiment: str, name: str, parent_run_id: str | None = None) -> RemoteRun:
+        """A new run named ``name`` in ``experiment`` (created if missing), nested under ``parent_run_id``."""
+        def start() -> str:
+            client = _client(uri)
+            found = client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found else client.create_experiment(
+                experiment, artifact_location=_artifact_location(uri))
+            return _create_run(client, experiment_id, name, parent_run_id)
+
+        return RemoteRun(uri, _tolerating_loss(uri, start))
+
+    @staticmethod
+    def start_child(uri: str, parent_run_id: str | None, name: str, tags: dict[str, str] | None = None) -> RemoteRun:
         """A new run nested under ``parent_run_id``, in the parent's experiment (e.g. one per Tune trial)."""
-        client = _client(uri)
-        parent = client.get_run(parent_run_id)
-        run = client.create_run(parent.info.experiment_id, run_name=name,
-                                tags={"mlflow.parentRunId": parent_run_id, **(tags or {})})
-        return RemoteRun(uri, run.info.run_id)
+        def start() -> str:
+            client = _client(uri)
+            return _create_run(client, client.get_run(parent_run_id).info.experiment_id, name, parent_run_id, tags)
+
+        return RemoteRun(uri, None if parent_run_id is None else _tolerating_loss(uri, start))
+
+    def _call(self, call: Callable[[mlflow.MlflowClient, str], object]) -> None:
+        if self.run_id is not None:
+            _tolerating_loss(self.uri, lambda: call(_client(self.uri), self.run_id))
 
     def finish(self, status: str) -> None:
         """End the run as "FINISHED" or "FAILED"."""
-        _client(self.uri).set_terminated(self.run_id, status=status)
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        client = _client(self.uri)
-        client.log_batch(self.run_id, metrics=[
-            Metric(key, float(value), now, step or 0) for key, value in metrics.items() if isinstance(value, (int, float))
-        ])
+        self._call(lambda client, run_id: client.set_terminated(run_id, status=status))
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+        batch = [Param(k, str(v)[:500]) for k, v in flatten(params).items()]
+        self._call(lambda client, run_id: client.log_batch(run_id, params=batch))
 
-        client = _client(self.uri)
-        client.log_batch(self.run_id, params=[Param(k, str(v)[:500]) for k, v in flatten(params).items()])
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()
+                 if isinstance(value, (int, float))]
+        self._call(lambda client, run_id: client.log_batch(run_id, metrics=batch))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        batch = [RunTag(key, str(value)) for key, value in tags.items()]
+        self._call(lambda client, run_id: client.log_batch(run_id, tags=batch))
+
+    def log_figure(self, figure: plt.Figure, name: str) -> None:
+        self._call(lambda client, run_id: client.log_figure(run_id, figure, name))
+        plt.close(figure)
+
+    def log_json(self, content: dict[str, Any], name: str) -> None:
+        self._call(lambda client, run_id: client.log_dict(run_id, content, name))
+
+    def log_text(self, text: str, name: str) -> None:
+        self._call(lambda client, run_id: client.log_text(run_id, text, name))
+
+    def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
+        """A results table as an MLflow table (``name`` ends in .json): one row per dict."""
+        columns = {key: [row[key] for row in rows] for key in rows[0]}
+        self._call(lambda client, run_id: client.log_table(run_id, columns, name))
+
+    def log_torch(self, content: Any, name: str) -> None:
+        """``content`` saved with torch.save as the artifact ``name``."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name
+            torch.save(content, path)
+            self._call(lambda client, run_id: client.log_artifact(run_id, str(path)))
 
     def log_datasets(self, datasets: dict[str, list[DatasetRef]]) -> None:
-        """See :func:`log_datasets`."""
-        log_datasets(self.uri, self.run_id, datasets)
+        """Log each dataset of ``datasets`` (context → datasets) as an input of the run."""
+        inputs = [DatasetInput(ref.entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+                  for context, refs in datasets.items() for ref in refs]
+        self._call(lambda client, run_id: client.log_inputs(run_id, datasets=inputs))
+
+
+_OPEN_TRACKERS: list[RemoteRun] = []  # this process's open Tracker blocks, innermost last
+
+
+class Tracker:
+    """``with Tracker(uri, experiment, run_name) as run:`` a new MLflow run (a :class:`RemoteRun`) for the
+    block, ended FINISHED, or FAILED on an exception. Inside another Tracker's block, the run is a child of
+    that block's run (a nested run)."""
+
+    def __init__(self, uri: str | None, experiment: str, run_name: str) -> None:
+        uri = tracking_uri(uri)
+        parent = _OPEN_TRACKERS[-1].run_id if _OPEN_TRACKERS else None
+        self.run = RemoteRun.start(uri, experiment, run_name, parent)
+
+    def __enter__(self) -> RemoteRun:
+        _OPEN_TRACKERS.append(self.run)
+        return self.run
+
+    def __exit__(self, kind, value, traceback) -> None:
+        _OPEN_TRACKERS.pop()
+        self.run.finish("FINISHED" if kind is None else "FAILED")
 
 
 def bayes_error_plot(history: list[dict[str, float]]) -> plt.Figure:

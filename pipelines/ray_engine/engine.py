@@ -28,7 +28,7 @@ from pipelines.ray_engine.trainer import SurrogateTrainer
 from pipelines.ray_utils import Shared, connect, unwrap
 from pipelines.sources import load_test_set, load_training_set
 from pipelines.storage import WorkDir
-from pipelines.tracking import Tracker
+from pipelines.tracking import RemoteRun
 from ue_core.config import from_dict, to_dict
 from ue_core.data.dataset import ImageDataset
 from ue_core.data.shards import read_shards, write_shards
@@ -66,7 +66,7 @@ def initial_state_dataset(job: JobState, info: DatasetInfo, config: ProtectConfi
 
 
 def protect_on_ray(
-    source: str, config: ProtectConfig, work: WorkDir, address: str | None, progress: bool, tracker: Tracker
+    source: str, config: ProtectConfig, work: WorkDir, address: str | None, progress: bool, tracker: RemoteRun
 ) -> tuple[
     ImageDataset, ImageDataset, list[dict[str, float]], dict[str, float], ImageDataset | None,
     dict[int, ImageDataset], dict[str, Any],

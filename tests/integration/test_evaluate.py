@@ -157,7 +157,9 @@ def test_a_release_digest_finds_the_protect_run_that_made_it_and_the_evaluate_ru
         assert run.data.tags["ratio"] == "0.4" and run.data.tags["method"] == "beo"
     assert dataset_inputs(client.get_run(rows["clean-only"].mlflow_run)) == {"source": source_input}
 
-    table = mlflow.load_table("results.json", run_ids=[summary.mlflow_run])
+    mlflow.set_tracking_uri(store)  # MlflowClient.load_table searches the global store, not the client's
+    experiment = client.get_run(summary.mlflow_run).info.experiment_id
+    table = client.load_table(experiment, "results.json", run_ids=[summary.mlflow_run])
     assert table["mode"].tolist() == list(rows) and table["mlflow_run"].tolist() == [r.mlflow_run for r in rows.values()]
 
 
