@@ -49,7 +49,14 @@ from pipelines.storage import (
     claim_output,
     remove,
 )
-from pipelines.sweep_report import TrialOutcome, release_label, releases_table, results_table, sweep_plot
+from pipelines.sweep_report import (
+    TrialOutcome,
+    ranked_table,
+    release_label,
+    releases_table,
+    results_table,
+    sweep_plot,
+)
 from pipelines.tracking import (
     DatasetRef,
     RemoteRun,
@@ -100,7 +107,7 @@ def plan_trials(config: SweepConfig) -> list[Trial]:
     grid = config.grid
     trials = []
     for evaluation, victim, defence, ratio in product(
-        [settings_label(p) for p in grid.evaluate_points()], grid.victim, grid.defence, sorted(grid.ratio)
+        [settings_label(p) for p in config.evaluate_points()], grid.victim, grid.defence, sorted(grid.ratio)
     ):
         if ratio == 0:
             trials.append(Trial("clean-all", None, ratio, victim, defence, evaluation=evaluation))
@@ -137,8 +144,7 @@ def ensure_releases(
     from pipelines.protect import protect
 
     uris = {}
-    for job, labels in _runs(config).items():
-        uri = _addressed(releases, source, job)
+    for uri, (job, labels) in release_jobs(source, config, releases).items():
         fs, path = filesystem(uri)
         if fs.exists(f"{path}/{MANIFEST_NAME}"):
             verify_release(uri)  # a damaged release is an error, never silently replaced
@@ -148,6 +154,13 @@ def ensure_releases(
         for label, rounds in labels.items():
             uris[label] = uri if rounds is None else snapshot_uri(uri, rounds)
     return uris
+
+
+def release_jobs(source: str, config: SweepConfig, releases: str) -> dict[str, tuple[ProtectConfig, dict[str, int | None]]]:
+    """The protect jobs behind the grid's releases, by the address of each job's release under ``releases``:
+    address → (the job's config, {release label: the round it is released after inside that job's release,
+    None for the job's own release})."""
+    return {_addressed(releases, source, job): (job, labels) for job, labels in _runs(config).items()}
 
 
 def _runs(config: SweepConfig) -> dict[ProtectConfig, dict[str, int | None]]:
@@ -177,7 +190,7 @@ def _runs(config: SweepConfig) -> dict[ProtectConfig, dict[str, int | None]]:
 def _evaluate_config(config: SweepConfig, trial: Trial):
     """The evaluate config of one trial: the sweep's, with the trial's evaluate-axis values, arm, ratio,
     victim and defence."""
-    settings = {label: p for p in config.grid.evaluate_points() if (label := settings_label(p)) == trial.evaluation}
+    settings = {label: p for p in config.evaluate_points() if (label := settings_label(p)) == trial.evaluation}
     evaluate = config.evaluate_config(settings[trial.evaluation])
     defence = replace(evaluate.defence, names=DefenceConfig(names=trial.defence).names)
     return replace(evaluate, ratio=trial.ratio, modes=(trial.arm,), victim=replace(evaluate.victim, model=trial.victim),
@@ -327,7 +340,7 @@ def release_inputs(source: str, release_uris: dict[str, str]) -> dict[str, list[
 class SweepSummary:
     out: str
     outcomes: list[TrialOutcome]
-    mlflow_run: str
+    mlflow_run: str | None
     tracking_uri: str
     markdown: str
 
@@ -335,6 +348,27 @@ class SweepSummary:
         failed = sum(o.status == "FAILED" for o in self.outcomes)
         return (f"{len(self.outcomes)} trials ({failed} failed); results at {self.out}; "
                 f"MLflow parent run {self.mlflow_run} in {self.tracking_uri}")
+
+
+def check_sweep_job(config: SweepConfig, out: str, source: str | None, releases: str | None, overwrite: bool,
+                    ray_address: str | None, tracking_uri: str | None) -> tuple[str, str, str]:
+    """What a sweep checks before it claims ``out`` and starts any work (`--dry-run` too); the source, the
+    output and the releases' folder as the sweep uses them (absolute; the releases default beside ``out``)."""
+    source = source or config.source
+    if source is None:
+        raise InvalidInputError("no source: give --source or a source key in the sweep file")
+    source, out = absolute(source), absolute(out)
+    check_writable(out)
+    fs, path = filesystem(out)
+    check_output_free(fs, path, out, overwrite)
+    check_readable(source)
+    releases = absolute(releases or f"{out.rstrip('/').rsplit('/', 1)[0]}/releases")
+    check_writable(releases)
+    check_reachable(tracking_uri)
+    from pipelines.ray_utils import check_tracking_store
+
+    check_tracking_store(ray_address, tracking_uri)
+    return source, out, releases
 
 
 def sweep(
@@ -351,20 +385,9 @@ def sweep(
     """Produce (or reuse) the releases, run every trial on Ray Tune, publish the results at ``out``.
     ``experiment``: the MLflow experiment of every run (default: MLFLOW_EXPERIMENT_NAME, else ue-sweep for
     the sweep and ue-sweep-releases for the releases' protect runs)."""
-    source = source or config.source
-    if source is None:
-        raise InvalidInputError("no source: give --source or a source key in the sweep file")
-    source, out = absolute(source), absolute(out)
-    check_writable(out)
-    fs, path = filesystem(out)
-    check_output_free(fs, path, out, overwrite)
-    check_readable(source)
-    releases = absolute(releases or f"{out.rstrip('/').rsplit('/', 1)[0]}/releases")
-    check_writable(releases)
-    check_reachable(tracking_uri)
-    from pipelines.ray_utils import check_tracking_store, connect
+    source, out, releases = check_sweep_job(config, out, source, releases, overwrite, ray_address, tracking_uri)
+    from pipelines.ray_utils import connect
 
-    check_tracking_store(ray_address, tracking_uri)
     trials = plan_trials(config)
     job = {"command": "sweep", "source": source, "releases": releases, "config": to_dict(config)}
     with claim_output(out, job, overwrite):
@@ -383,6 +406,9 @@ def sweep(
             outcomes = run_trials(run_trial, trials, context, trial_concurrency(config), config.max_failures,
                                   work.path("tune"), name=f"sweep-{parent.run_id}", epochs=epochs)
             csv_text, markdown = results_table(outcomes)
+            if config.search.section is not None:
+                markdown += "\n" + ranked_table(outcomes, config.search.metric, config.search.mode,
+                                                config.search.section)
             markdown += "\n" + releases_table(release_uris)
             figure = sweep_plot(outcomes)
             with staged_directory(out, overwrite) as (out_fs, staging):

@@ -62,6 +62,39 @@ def results_table(outcomes: list[TrialOutcome]) -> tuple[str, str]:
     return buffer.getvalue(), "\n".join(lines) + "\n"
 
 
+def ranked_table(outcomes: list[TrialOutcome], metric: str, mode: str, searched: str) -> str:
+    """The mixed trials that ended, ranked by ``metric`` (a TrialOutcome accuracy field; ``mode`` "min" ranks
+    the lowest first, as for an attack, "max" the highest, as for a defence) among the trials that differ
+    only in what the search sampled: ``searched`` "protect" (the release's settings: trials with the same
+    ratio, victim, defence and evaluation settings compete) or "evaluate" (the evaluation settings: trials
+    of the same release, ratio, victim and defence compete). Beside each, the clean-only reference of its
+    ratio, victim, defence and evaluation settings, when there is one (percent)."""
+    def group(o: TrialOutcome) -> tuple:
+        fixed = o.evaluation if searched == "protect" else release_label(o.method, o.eps, o.settings, o.norm)
+        return (o.ratio, o.victim, o.defence, fixed)
+
+    references = {(o.ratio, o.victim, o.defence, o.evaluation): getattr(o, metric) for o in outcomes
+                  if o.arm == "clean-only" and getattr(o, metric) is not None}
+    ranked = [o for o in outcomes if o.arm == "mixed" and getattr(o, metric) is not None]
+    ranked.sort(key=lambda o: (group(o), getattr(o, metric) if mode == "min" else -getattr(o, metric)))
+    order = "lowest" if mode == "min" else "highest"
+    among = "evaluation settings" if searched == "protect" else "release"
+    title = (f"The mixed trials ranked by {metric.replace('_', ' ')} ({order} first), per ratio, victim, defence "
+             f"and {among}:")
+    lines = [title, "",
+             "| ratio | victim | defence | rank | release | evaluation | accuracy (%) | clean-only (%) |",
+             "|---|---|---|---|---|---|---|---|"]
+    rank, previous = 0, None
+    for o in ranked:
+        rank = rank + 1 if group(o) == previous else 1
+        previous = group(o)
+        reference = references.get((o.ratio, o.victim, o.defence, o.evaluation))
+        lines.append(f"| {o.ratio:g} | {o.victim} | {o.defence} | {rank} | "
+                     f"{release_label(o.method, o.eps, o.settings, o.norm)} | {o.evaluation or '—'} | "
+                     f"{100 * getattr(o, metric):.2f} | {'—' if reference is None else f'{100 * reference:.2f}'} |")
+    return "\n".join(lines) + "\n"
+
+
 def releases_table(release_uris: dict[str, str]) -> str:
     """A Markdown table of the sweep's releases from their manifests: how visible each perturbation is
     (PSNR, SSIM against the clean images) and where it lives."""

@@ -8,7 +8,7 @@ typo is an error naming the key. Keys of an older layout still load (:func:`upgr
     files.py     presets, YAML files, --set overrides, keys of older layouts
     protect.py   ProtectConfig (data, method, budget, the methods' sections, formats)
     evaluate.py  EvaluateConfig (victim, arms and ratios, defences)
-    sweep.py     SweepConfig (the grid over any key, the releases it needs)
+    sweep.py     SweepConfig (the grid over any key, the keys a search samples, the releases it needs)
 """
 
 from pipelines.config.evaluate import EvaluateConfig, VictimConfig, load_evaluate_config
@@ -18,6 +18,7 @@ from pipelines.config.sweep import (
     ReleaseSpec,
     SweepConfig,
     SweepGrid,
+    SweepSearch,
     budget_label,
     load_sweep_config,
     settings_label,
@@ -26,6 +27,6 @@ from pipelines.config.sweep import (
 
 __all__ = [
     "LEGACY_KEYS", "METHODS", "DataConfig", "EvaluateConfig", "ProtectConfig", "ReleaseSpec", "SweepConfig",
-    "SweepGrid", "VictimConfig", "budget_label", "load_evaluate_config", "load_protect_config", "load_sweep_config",
+    "SweepGrid", "SweepSearch", "VictimConfig", "budget_label", "load_evaluate_config", "load_protect_config", "load_sweep_config",
     "parse_override", "preset_names", "read_yaml", "settings_label", "sweep_names", "upgrade_keys",
 ]

@@ -143,6 +143,136 @@ class ReleaseSpec:
                                       settings_label(self.settings)]))
 
 
+SEARCH_SPACES = {  # the search spaces a sweep's search may draw from: Ray Tune's, by their Tune names
+    "uniform": "[low, high]: a float, uniform",
+    "loguniform": "[low, high]: a float, uniform in log space (low > 0)",
+    "randint": "[low, high]: an integer, low included, high excluded",
+    "choice": "[value, …]: one of the values",
+}
+RANK_METRICS = ("final_test_accuracy", "best_test_accuracy")
+
+
+@dataclass(frozen=True)
+class SweepSearch:
+    """Keys sampled from Ray Tune's search spaces, besides the grid's axes: tuning an attack's parameter
+    (``protect``) or a defence's or a victim's (``evaluate``).
+
+    The points are drawn up front on the driver, with Tune's own samplers and ``seed`` (the same seed draws
+    the same points, so a rerun reuses the releases it made), and become points of an axis like a grid's:
+    each combines with every grid point of its section. Sampled floats are kept to 4 significant digits,
+    which is what labels show. One section per sweep: sampling both would need points paired across the
+    releases and the trials, not a product.
+
+    Attributes:
+        samples: how many points to draw (0: no search).
+        seed: the draws' seed.
+        metric: the trial result the ranking sorts by, one of RANK_METRICS.
+        mode: "min" (an attack: the lower a victim's accuracy, the better the setting) or "max" (a defence).
+        protect: dotted protect-config key → a space, e.g. ``beo.estimator.sigma: {loguniform: [0.3, 10]}``.
+        evaluate: dotted evaluate-config key → a space, e.g. ``defence.jpeg.quality: {randint: [5, 50]}``.
+    """
+
+    samples: int = 0
+    seed: int = 0
+    metric: str = "final_test_accuracy"
+    mode: str | None = None
+    protect: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for section in ("protect", "evaluate"):
+            spaces = getattr(self, section)
+            if not isinstance(spaces, dict):
+                raise InvalidInputError(f"sweep search.{section}: expected a mapping of dotted keys to search spaces")
+            spaces = _flat_spaces(spaces)  # a --set search.protect.beo.estimator.sigma=… arrives nested
+            if section == "protect":
+                spaces = upgrade_keys(spaces)
+            for key, space in spaces.items():
+                _check_space(f"sweep search.{section}.{key}", space)
+            object.__setattr__(self, section, spaces)
+        if not self.protect and not self.evaluate:
+            if self.samples:
+                raise InvalidInputError("sweep search.samples: nothing to sample; "
+                                        "give search.protect or search.evaluate")
+            return
+        if self.protect and self.evaluate:
+            raise InvalidInputError("sweep search: sample protect keys or evaluate keys, not both in one sweep")
+        if self.samples < 1:
+            raise InvalidInputError(f"sweep search.samples: expected an integer >= 1, got {self.samples}")
+        if self.metric not in RANK_METRICS:
+            raise InvalidInputError(f"sweep search.metric: expected one of {', '.join(RANK_METRICS)}, "
+                                    f"got {self.metric!r}")
+        if self.mode not in ("min", "max"):
+            raise InvalidInputError(f"sweep search.mode: expected min (tuning an attack: the lower a victim's "
+                                    f"accuracy, the better) or max (a defence), got {self.mode!r}")
+
+    @property
+    def section(self) -> str | None:
+        """"protect" or "evaluate": what the search samples (None: no search)."""
+        return "protect" if self.protect else "evaluate" if self.evaluate else None
+
+    def points(self, section: str) -> list[dict[str, Any]]:
+        """The drawn points of ``section`` ("protect" or "evaluate"), {dotted key: value} each, in draw order;
+        [{}] when the search samples the other section or nothing."""
+        spaces = getattr(self, section)
+        if not spaces:
+            return [{}]
+        import numpy as np
+        from ray import tune
+
+        random = np.random.RandomState(self.seed)
+        domains = {key: getattr(tune, kind)(*args) if kind != "choice" else tune.choice(args)
+                   for key, space in spaces.items() for kind, args in space.items()}
+        points = []
+        for _ in range(self.samples):
+            point = {key: _plain(domain.sample(random_state=random)) for key, domain in domains.items()}
+            if point not in points:  # a choice or randint space can draw a point twice
+                points.append(point)
+        return points
+
+
+def _is_space(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SEARCH_SPACES
+
+
+def _flat_spaces(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"beo": {"estimator.sigma": {"loguniform": […]}}} → {"beo.estimator.sigma": {"loguniform": […]}}."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and not _is_space(value):
+            flat.update(_flat_spaces(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_space(where: str, space: Any) -> None:
+    """A one-line error naming ``where`` unless ``space`` is one {kind: arguments} of SEARCH_SPACES."""
+    expected = "; ".join(f"{kind}: {meaning}" for kind, meaning in SEARCH_SPACES.items())
+    if not _is_space(space):
+        raise InvalidInputError(f"{where}: expected one search space ({expected}), got {space!r}")
+    ((kind, args),) = space.items()
+    if not isinstance(args, (list, tuple)) or not args:
+        raise InvalidInputError(f"{where}: {kind} takes {SEARCH_SPACES[kind]}, got {args!r}")
+    if kind == "choice":
+        if len({repr(a) for a in args}) != len(args):
+            raise InvalidInputError(f"{where}: choice takes distinct values, got {args!r}")
+        return
+    if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+        raise InvalidInputError(f"{where}: {kind} takes {SEARCH_SPACES[kind]}, got {args!r}")
+    low, high = args
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        raise InvalidInputError(f"{where}: randint takes integers, got {args!r}")
+    if not low < high or (kind == "loguniform" and low <= 0):
+        raise InvalidInputError(f"{where}: {kind} takes {SEARCH_SPACES[kind]}, got {args!r}")
+
+
+def _plain(value: Any) -> Any:
+    """A drawn value as a plain Python value (numpy scalars unwrapped), a float to 4 significant digits."""
+    value = value.item() if hasattr(value, "item") else value
+    return float(f"{value:.4g}") if isinstance(value, float) else value
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """A sweep file: the source, how to protect it, how to evaluate, and the grid.
@@ -156,6 +286,8 @@ class SweepConfig:
         evaluate: the evaluate config of every trial; the grid replaces ratio, victim.model, defence.names
             and the keys grid.evaluate names.
         grid: method × eps × protect axes (the releases) × ratio × victim × defence × evaluate axes.
+        search: keys sampled from Ray Tune's search spaces (SweepSearch): its points multiply the grid's
+            points of the section it samples; the results also rank the mixed trials by its metric.
         budgets: method → its own fixed budget, a mapping with both ``norm`` and ``eps`` (ue_core.pga.Budget,
             e.g. ``ops: {norm: l0, eps: 1}``, ``lsp: {norm: l2, eps: 168/255}``), checked against the norms
             the method is defined for. It replaces grid.eps for that method: one release per point of the
@@ -171,18 +303,33 @@ class SweepConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     grid: SweepGrid = field(default_factory=SweepGrid)
     budgets: dict[str, Any] = field(default_factory=dict)
+    search: SweepSearch = field(default_factory=SweepSearch)
     max_failures: int = 1
 
     def __post_init__(self) -> None:
         if self.max_failures < 0:
             raise InvalidInputError(f"sweep max_failures: must be >= 0, got {self.max_failures}")
         object.__setattr__(self, "budgets", _read_budgets(self.budgets))
+        for section, reserved in (("protect", RESERVED_PROTECT_AXES), ("evaluate", RESERVED_EVALUATE_AXES)):
+            for key in getattr(self.search, section):
+                if key in reserved or key in getattr(self.grid, section):
+                    axis = reserved.get(key, f"grid.{section}.{key}")
+                    raise InvalidInputError(f"sweep search.{section}: {key} is also an axis ({axis}); "
+                                            "sample it or list it, not both")
         if "budget.norm" in self.grid.protect and set(self.budgets) & set(self.grid.method):
             raise InvalidInputError("sweep grid.protect: a budget.norm axis and budgets cannot both set the norm; "
                                     "drop one")
         self.releases()  # every release's protect config is valid before anything starts
-        for settings in self.grid.evaluate_points():
+        for settings in self.evaluate_points():
             self.evaluate_config(settings)  # and every trial's evaluate config
+
+    def protect_points(self) -> list[dict[str, Any]]:
+        """Every point of the protect axes: the grid's, each with every searched point (the product)."""
+        return [{**grid, **drawn} for grid in self.grid.protect_points() for drawn in self.search.points("protect")]
+
+    def evaluate_points(self) -> list[dict[str, Any]]:
+        """Every point of the evaluate axes: the grid's, each with every searched point (the product)."""
+        return [{**grid, **drawn} for grid in self.grid.evaluate_points() for drawn in self.search.points("evaluate")]
 
     def method_eps(self, method: str) -> tuple[float, ...]:
         """The budgets ``method`` is released at: its own budget's eps if it has one, else grid.eps."""
@@ -203,7 +350,8 @@ class SweepConfig:
                                        overrides={"method": method, **budget, **(settings or {})})
         except InvalidInputError as error:
             where = f" ({settings_label(settings)})" if settings else ""
-            raise InvalidInputError(f"sweep grid.protect{where}: {error}") from None
+            section = "search.protect" if set(settings or {}) & set(self.search.protect) else "grid.protect"
+            raise InvalidInputError(f"sweep {section}{where}: {error}") from None
 
     def evaluate_config(self, settings: dict[str, Any] | None = None) -> EvaluateConfig:
         """The sweep's evaluate config with evaluate-axis ``settings``."""
@@ -213,14 +361,15 @@ class SweepConfig:
         try:
             return from_dict(EvaluateConfig, data, "evaluate")
         except InvalidInputError as error:
-            raise InvalidInputError(f"sweep grid.evaluate ({settings_label(settings or {})}): {error}") from None
+            section = "search.evaluate" if set(settings or {}) & set(self.search.evaluate) else "grid.evaluate"
+            raise InvalidInputError(f"sweep {section} ({settings_label(settings or {})}): {error}") from None
 
     def releases(self) -> list[ReleaseSpec]:
         """Every distinct release of the grid, in a stable order: per method, each of its budgets
         (:meth:`method_eps`) × the protect points. A protect axis the method never reads (``beo.rounds`` for
         EM) neither appears in its settings nor makes another release. A spec's norm is its protect config's."""
         specs, seen = [], set()
-        points = self.grid.protect_points()
+        points = self.protect_points()
         for method in self.grid.method:
             for eps, settings in product(self.method_eps(method), points):
                 config = self.protect_config(method, eps, settings)

@@ -3,13 +3,14 @@
 import csv
 
 import mlflow
+import numpy as np
 import pytest
 import ray
 from PIL import Image
 
 from pipelines.config import ReleaseSpec, budget_label, load_sweep_config
 from pipelines.sweep import Trial, _runs, ensure_releases, plan_trials, release_uri, run_trials, sweep
-from pipelines.sweep_report import TrialOutcome, results_table
+from pipelines.sweep_report import TrialOutcome, ranked_table, results_table
 from ue_core.errors import InvalidInputError
 from ue_core.methods import METHODS as METHOD_CLASSES
 from ue_core.release import read_manifest, verify_release
@@ -194,6 +195,81 @@ def test_a_bad_axis_is_one_line_before_any_trial(axes, message):
         load_sweep_config("fashion-mnist", axes)
 
 
+SIGMA_SEARCH = {"search.protect": {"beo.estimator.sigma": {"loguniform": [0.3, 10]}}, "search.samples": 4,
+                "search.mode": "min"}
+
+
+def test_a_search_draws_tunes_samples_with_its_seed_and_multiplies_the_grid():
+    config = load_sweep_config("fashion-mnist", {**SIGMA_SEARCH, "grid.eps": ["8/255"], "grid.ratio": [0.5],
+                                                 "grid.defence": ["none"], "grid.protect": {"beo.rounds": [2, 4]}})
+    # Tune's log-uniform: exp of a uniform draw between the logs, in draw order from RandomState(seed)
+    expected = [float(f"{v:.4g}") for v in np.exp(np.random.RandomState(0).uniform(np.log(0.3), np.log(10), 4))]
+    assert [p["beo.estimator.sigma"] for p in config.search.points("protect")] == expected
+    assert all(0.3 <= v <= 10 for v in expected) and len(set(expected)) == 4
+    assert [spec.label for spec in config.releases()] == [
+        f"beo eps=8/255 beo.rounds={rounds} beo.estimator.sigma={sigma}" for rounds in (2, 4) for sigma in expected]
+    drawn = {"beo.estimator.sigma": expected[1]}
+    assert config.protect_config("beo", 8 / 255, drawn).beo.estimator.sigma == expected[1]
+    assert len(plan_trials(config)) == 8 + 1  # a mixed victim per release, one clean-only
+    again = load_sweep_config("fashion-mnist", {**SIGMA_SEARCH, "search.seed": 0})
+    other = load_sweep_config("fashion-mnist", {**SIGMA_SEARCH, "search.seed": 1})
+    assert again.search.points("protect") == config.search.points("protect") != other.search.points("protect")
+    defence = load_sweep_config("fashion-mnist", {"search.evaluate": {"victim.lr": {"uniform": [0.01, 0.1]},
+                                                                      "seed": {"randint": [0, 3]}},
+                                                  "search.samples": 5, "search.mode": "max", "grid.ratio": [0.5],
+                                                  "grid.defence": ["none"]})
+    points = defence.search.points("evaluate")
+    assert 1 <= len(points) <= 5 and all(p["seed"] in (0, 1, 2) and 0.01 <= p["victim.lr"] <= 0.1 for p in points)
+    assert [t.evaluation for t in plan_trials(defence) if t.arm == "clean-only"] == [
+        f"victim.lr={p['victim.lr']} seed={p['seed']}" for p in points]
+
+
+@pytest.mark.parametrize("search, message", [
+    ({"search.samples": 2}, "sweep search.samples: nothing to sample"),
+    ({**SIGMA_SEARCH, "search.mode": None}, "sweep search.mode: expected min"),
+    ({**SIGMA_SEARCH, "search.samples": 0}, "sweep search.samples: expected an integer >= 1, got 0"),
+    ({**SIGMA_SEARCH, "search.metric": "loss"}, "sweep search.metric: expected one of final_test_accuracy"),
+    ({**SIGMA_SEARCH, "search.protect": {"beo.estimator.sigma": {"loguniform": [0, 10]}}},
+     r"search.protect.beo.estimator.sigma: loguniform takes \[low, high\]: a float, uniform in log space"),
+    ({**SIGMA_SEARCH, "search.protect": {"beo.estimator.sigma": {"logunifrom": [0.3, 10]}}},
+     "search.protect.beo.estimator.sigma.logunifrom: expected one search space"),
+    ({**SIGMA_SEARCH, "search.protect": {"beo.rounds": {"randint": [1.5, 4]}}}, "randint takes integers"),
+    ({**SIGMA_SEARCH, "search.protect": {"beo.estimator.sigm": {"uniform": [0.3, 1]}}},
+     "sweep search.protect .beo.estimator.sigm=.*: unknown key config.beo.estimator.sigm"),
+    ({**SIGMA_SEARCH, "search.protect": {"budget.eps": {"uniform": [0.01, 0.1]}}},
+     "budget.eps is also an axis .grid.eps.; sample it or list it, not both"),
+    ({**SIGMA_SEARCH, "grid.protect": {"beo.estimator.sigma": [0.3, 1.0]}},
+     "beo.estimator.sigma is also an axis .grid.protect.beo.estimator.sigma."),
+    ({**SIGMA_SEARCH, "search.evaluate": {"victim.lr": {"uniform": [0.01, 0.1]}}},
+     "sample protect keys or evaluate keys, not both"),
+])
+def test_a_bad_search_is_one_line_before_any_trial(search, message):
+    with pytest.raises(InvalidInputError, match=message) as error:
+        load_sweep_config("fashion-mnist", search)
+    assert "\n" not in str(error.value)
+
+
+def test_the_ranked_table_orders_each_group_by_the_metric():
+    def outcome(arm, accuracy, settings="", ratio=0.5, method="beo"):
+        return TrialOutcome(arm, None if arm != "mixed" else 8 / 255, None if arm != "mixed" else "linf", ratio,
+                            "small_cnn", "none", method if arm == "mixed" else None, settings, "", "DONE",
+                            accuracy, accuracy, "")
+
+    outcomes = [outcome("clean-only", 0.80), outcome("mixed", 0.70, "s=1"), outcome("mixed", 0.60, "s=2"),
+                outcome("mixed", 0.75, "s=3"), outcome("mixed", 0.50, "s=1", ratio=1.0),
+                outcome("mixed", 0.55, "s=2", ratio=1.0), outcome("mixed", None, "s=3", ratio=1.0)]
+    rows = [line.split(" | ")[3:7] for line in ranked_table(outcomes, "final_test_accuracy", "min",
+                                                            "protect").splitlines() if line.startswith("| 0.5 |")
+            or line.startswith("| 1 |")]
+    assert rows == [["1", "beo eps=8/255 s=2", "—", "60.00"], ["2", "beo eps=8/255 s=1", "—", "70.00"],
+                    ["3", "beo eps=8/255 s=3", "—", "75.00"],
+                    ["1", "beo eps=8/255 s=1", "—", "50.00"], ["2", "beo eps=8/255 s=2", "—", "55.00"]]
+    assert ranked_table(outcomes, "final_test_accuracy", "min", "protect").splitlines()[4].endswith("| 80.00 |")
+    highest = ranked_table(outcomes, "best_test_accuracy", "max", "protect")
+    assert [line.split(" | ")[4] for line in highest.splitlines() if line.startswith("| 0.5 |")] == [
+        "beo eps=8/255 s=3", "beo eps=8/255 s=1", "beo eps=8/255 s=2"]
+
+
 def test_failed_trials_are_retried_and_reported(tmp_path):
     """Real Ray Tune: a trial that fails once succeeds on its retry; one that always fails is reported."""
     attempts = tmp_path / "attempts"
@@ -221,27 +297,44 @@ def test_failed_trials_are_retried_and_reported(tmp_path):
 
 def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
     """BEO over a rounds axis (grid.protect beo.rounds [1, 2]: one protect job of 2 rounds publishes both
-    releases, the 1-round one inside it) and random noise on the grid's ε, beside OPS at its own L0 budget
-    (model-free, so cheap): a victim per release, the clean references, the report, the MLflow runs."""
+    releases, the 1-round one inside it) and random noise on the grid's ε with two seeds drawn by a search
+    (search.protect random.seed), beside OPS at its own L0 budget (model-free, so cheap): a victim per
+    release, the clean references, the report with the mixed trials ranked, the MLflow runs."""
     store = f"sqlite:///{tmp_path / 'mlruns.db'}"
     config = load_sweep_config("fashion-mnist", {**TINY_METHODS, "budgets.ops": {"norm": "l0", "eps": 1},
-                                                 "grid.protect": {"beo.rounds": [1, 2]}})
+                                                 "grid.protect": {"beo.rounds": [1, 2]},
+                                                 "search.protect": {"random.seed": {"randint": [0, 1000]}},
+                                                 "search.samples": 2, "search.mode": "min"})
+    seeds = [point["random.seed"] for point in config.search.points("protect")]
+    assert len(set(seeds)) == 2
     out = tmp_path / "sweep"
     summary = sweep(config, str(out), source=str(fashion_mnist_root), tracking_uri=store, progress=False)
 
-    assert [o.status for o in summary.outcomes] == ["DONE"] * 6, summary.markdown
+    assert [o.status for o in summary.outcomes] == ["DONE"] * 7, summary.markdown
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["arm"], r["method"], r["settings"], r["norm"], r["ratio"]) for r in rows] == [
         ("clean-all", "", "", "", "0.0"), ("mixed", "beo", "beo.rounds=1", "linf", "0.5"),
-        ("mixed", "beo", "beo.rounds=2", "linf", "0.5"), ("mixed", "random", "", "linf", "0.5"),
+        ("mixed", "beo", "beo.rounds=2", "linf", "0.5"),
+        *(("mixed", "random", f"random.seed={seed}", "linf", "0.5") for seed in seeds),
         ("mixed", "ops", "", "l0", "0.5"), ("clean-only", "", "", "", "0.5")]
     assert "| mixed | ops | l0=1 | — | 0.5 |" in summary.markdown
+    # the ranking: the five mixed trials, lowest final accuracy first, beside the clean-only reference
+    mixed = sorted((float(r["final_test_accuracy"]), r["method"], r["settings"]) for r in rows if r["arm"] == "mixed")
+    clean_only = 100 * float(rows[-1]["final_test_accuracy"])
+    ranked = [line for line in summary.markdown.splitlines() if line.startswith("| 0.5 | small_cnn | none |")]
+    assert [line.split(" | ")[3] for line in ranked] == ["1", "2", "3", "4", "5"]
+    assert [float(line.split(" | ")[6]) for line in ranked] == [round(100 * a, 2) for a, _, _ in mixed]
+    assert all(line.endswith(f"| {clean_only:.2f} |") for line in ranked)
+    assert summary.markdown == (out / "results.md").read_text()
     with Image.open(out / "accuracy.png") as image:
         assert image.size[0] > 200 and image.convert("L").getextrema()[0] < 128
 
-    releases = {read_manifest(r)["method"]: r for r in (tmp_path / "releases").iterdir()}
-    assert set(releases) == {"beo", "random", "ops"}  # one BEO job for both rounds
+    manifests = {r: read_manifest(r) for r in (tmp_path / "releases").iterdir()}
+    assert sorted(m["method"] for m in manifests.values()) == ["beo", "ops", "random", "random"]  # one BEO job
+    assert sorted(m["config"]["random"]["seed"] for m in manifests.values() if m["method"] == "random") == sorted(seeds)
+    releases = {m["method"]: r for r, m in manifests.items() if m["method"] != "random" or
+                m["config"]["random"]["seed"] == seeds[0]}
     for method, release in releases.items():
         manifest = verify_release(release)
         assert manifest["count"] == 200 and manifest["config"]["data"]["subset"] == 200
@@ -252,7 +345,10 @@ def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
     assert read_manifest(beo)["snapshots"] == {"1": "rounds/round-00001"}
     assert verify_release(beo / "rounds" / "round-00001")["rounds"] == 1
     labels = {"beo eps=8/255 beo.rounds=1": beo / "rounds" / "round-00001", "beo eps=8/255 beo.rounds=2": beo,
-              "random eps=8/255": releases["random"], "ops l0=1": releases["ops"]}
+              **{f"random eps=8/255 random.seed={seed}": next(r for r, m in manifests.items() if m["method"] ==
+                                                             "random" and m["config"]["random"]["seed"] == seed)
+                 for seed in seeds},
+              "ops l0=1": releases["ops"]}
     for label, release in labels.items():
         quality = read_manifest(release)["summary"]
         row = f"| {label} | {quality['psnr_db']:.2f} | {quality['ssim']:.4f} | {release} |"
@@ -269,7 +365,7 @@ def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     by_key = {c.data.tags["ue.trial"]: c for c in children}
-    assert len(children) == 6 and set(by_key) == {Trial(**{k: o.__dict__[k] for k in Trial.__dataclass_fields__}).key
+    assert len(children) == 7 and set(by_key) == {Trial(**{k: o.__dict__[k] for k in Trial.__dataclass_fields__}).key
                                                   for o in summary.outcomes}
     assert "mixed ops l0=1 ratio=0.5 small_cnn none" in by_key
     for outcome, row in zip(summary.outcomes, rows):
@@ -281,7 +377,8 @@ def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
 
     # lineage: the parent logs every release it evaluated, a mixed trial its own, a clean trial the source only
     digests = {label: read_manifest(release)["digest"] for label, release in labels.items()}
-    names = {"beo eps=8/255 beo.rounds=1": "beo eps=8/255 round 1", "beo eps=8/255 beo.rounds=2": "beo eps=8/255"}
+    names = {"beo eps=8/255 beo.rounds=1": "beo eps=8/255 round 1", "beo eps=8/255 beo.rounds=2": "beo eps=8/255",
+             **{f"random eps=8/255 random.seed={seed}": "random eps=8/255" for seed in seeds}}  # the manifests' names
     assert {(i.dataset.name, i.dataset.digest) for i in parent.inputs.dataset_inputs if context(i) == "evaluated"} == {
         (f"fashion-mnist {names.get(label, label)}", digest) for label, digest in digests.items()}
     ops = by_key["mixed ops l0=1 ratio=0.5 small_cnn none"]
@@ -289,7 +386,9 @@ def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
     assert ops.data.tags.items() >= {"method": "ops", "eps": "1", "norm": "l0", "ratio": "0.5"}.items()
     clean_all = by_key["clean-all eps=— ratio=0 small_cnn none"]
     assert [context(i) for i in clean_all.inputs.dataset_inputs] == ["source"]
-    table = mlflow.load_table("results.json", run_ids=[parent.info.run_id])
+    mlflow.set_tracking_uri(store)  # MlflowClient.load_table searches the global store, not the client's
+    experiment = client.get_run(parent.info.run_id).info.experiment_id
+    table = client.load_table(experiment, "results.json", run_ids=[parent.info.run_id])
     assert table["arm"].tolist() == [r["arm"] for r in rows]
 
 
