@@ -3,6 +3,7 @@
     ue fetch fashion-mnist --root data            # the real Fashion-MNIST, offline (Debian package)
     ue protect --preset fashion-mnist --source data --out outputs/fmnist-beo
     ue protect --preset fashion-mnist --set beo.rounds=20 --print-config > mine.yaml   # then --config mine.yaml
+    ue protect --preset fashion-mnist --source data --out outputs/x --dry-run   # checks; what would run
     ue evaluate --source data --release outputs/fmnist-beo --out results/fmnist --victim small_cnn --epochs 8
     ue verify outputs/fmnist-beo                  # re-check a release against its manifest
     ue sweep fashion-mnist --source data --out results/fmnist-sweep
@@ -45,6 +46,9 @@ def _add_job_options(parser: argparse.ArgumentParser, overwrite_help: str) -> No
     parser.add_argument("--print-config", action="store_true",
                         help="print the merged, validated config as YAML (a --config or sweep file) and exit "
                              "without doing any work")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run the job's checks (sources, outputs, credentials, tracking, the cluster's "
+                             "resources), say what would run, and exit without claiming or writing anything")
 
 
 def _add_protect(commands: argparse._SubParsersAction) -> None:
@@ -91,6 +95,11 @@ def _protect(args: argparse.Namespace) -> int:
     config = load_protect_config(args.preset, args.config, overrides)
     if args.print_config:
         return print_config(config)
+    if args.dry_run:
+        from pipelines.dry_run import protect_plan
+
+        return print_lines(protect_plan(args.source, args.out, config, args.engine, args.overwrite, args.ray_address,
+                                        args.tracking_uri, args.experiment, args.work_dir))
     from pipelines.protect import protect  # after the config, so its errors come first
     summary = protect(
         args.source, args.out, config, engine=args.engine, overwrite=args.overwrite, progress=not args.no_progress,
@@ -144,6 +153,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     config = load_evaluate_config(args.config, overrides)
     if args.print_config:
         return print_config(config)
+    if args.dry_run:
+        from pipelines.dry_run import evaluate_plan
+
+        return print_lines(evaluate_plan(args.source, args.release, args.out, config, args.overwrite, args.storage,
+                                         args.ray_address, args.tracking_uri, args.experiment))
     from pipelines.evaluate import evaluate_release  # after the config, so its errors come first
     summary = evaluate_release(
         args.source, args.release, args.out, config, overwrite=args.overwrite, storage=args.storage,
@@ -173,6 +187,11 @@ def _sweep(args: argparse.Namespace) -> int:
     config = load_sweep_config(args.sweep, dict(parse_override(text) for text in args.set))
     if args.print_config:  # with --source in it: the file, run without --source, is this sweep
         return print_config(replace(config, source=args.source or config.source))
+    if args.dry_run:
+        from pipelines.dry_run import sweep_plan
+
+        return print_lines(sweep_plan(config, args.out, args.source, args.releases, args.overwrite, args.ray_address,
+                                      args.tracking_uri, args.experiment))
     from pipelines.sweep import sweep  # after the config, so its errors come first
     summary = sweep(
         config, args.out, source=args.source, releases=args.releases, overwrite=args.overwrite,
@@ -192,6 +211,12 @@ def print_config(config: Any) -> int:
     from ue_core.config import to_dict
 
     print(yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
+def print_lines(lines: list[str]) -> int:
+    """Print a dry run's lines; 0."""
+    print("\n".join(lines))
     return 0
 
 
