@@ -5,7 +5,9 @@
 
 Each accuracy is the mean over the seeds the run has for that recipe, with the seeds' spread (max − min) in
 brackets when there are two or more; "mixed − clean-only" and "poison-only drop" (clean-all − poison-only)
-are computed per seed, then averaged. When a run name appears more than once, its last lines count.
+are computed per seed, then averaged. When a run name appears more than once (a re-run, or the same release
+evaluated with another recipe or seed), its lines merge: a later line's victims replace the same recipe and
+seed of an earlier one and add the others; the release's own figures are the later line's.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ def main() -> None:
     args = parser.parse_args()
     records = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
     latest: dict[tuple[str, object], dict] = {}
-    for record in records:  # a re-run of a name replaces its earlier lines
-        latest[(record["name"], record.get("rounds"))] = record
+    for record in records:  # a later line of a name replaces its earlier victims of the same recipe and seed
+        key = (record["name"], record.get("rounds"))
+        latest[key] = {**latest.get(key, {}), **record}
     chosen = [r for r in latest.values() if not args.names or r["name"] in args.names]
     if args.names:
         chosen.sort(key=lambda r: (args.names.index(r["name"]), r.get("rounds") or 0))
