@@ -35,7 +35,7 @@ def protect_plan(source: str, out: str, config: ProtectConfig, engine: str, over
     check_protect_job(source, out, engine, overwrite, ray_address, uri)
     clean = load_training_set(source, config)
     lines = [f"source {absolute(source)}: {describe(clean)}",
-             f"release {absolute(out)}: " + ("replaced (--overwrite)" if _exists(out) else "new"),
+             f"release {absolute(out)}: {fate(out, overwrite)}",
              f"method {config.method} at {budget_label(config.budget.eps, config.budget.norm)}"
              + (f": {beo_summary(config)}" if config.method == "beo" else "")]
     if engine == "ray" and config.method == "beo":
@@ -66,7 +66,7 @@ def evaluate_plan(source: str, release: str, out: str, config: EvaluateConfig, o
     victim = config.victim
     lines = [f"source {source}: {describe(data.clean)}; test images: {len(data.test)}",
              f"release {release}: verified, {len(data.release)} images",
-             f"results {out}: " + ("replaced (--overwrite)" if _exists(out) else "new")]
+             f"results {out}: {fate(out, overwrite)}"]
     with joined(ray_address):
         lines += cluster_lines(ray_address)
         lines.append(f"victims: {', '.join(config.modes)} at ratio {config.ratio:g}, {victim.model} "
@@ -88,7 +88,7 @@ def sweep_plan(config: SweepConfig, out: str, source: str | None, releases: str 
     clean = load_training_set(source, config.protect_config(*next(
         (spec.method, spec.eps, spec.settings) for spec in config.releases())))
     lines = [f"source {source}: {describe(clean)}",
-             f"results {out}: " + ("replaced (--overwrite)" if _exists(out) else "new")]
+             f"results {out}: {fate(out, overwrite)}"]
     reused = 0
     for address, (_, labels) in jobs.items():
         fs, path = filesystem(address)
@@ -167,6 +167,11 @@ def workers(requested: int | None) -> str:
 
 def tracking_line(uri: str | None, experiment: str) -> str:
     return f"tracking {tracking_uri(uri)}: experiment {experiment}"
+
+
+def fate(out: str, overwrite: bool) -> str:
+    """What the job would do to ``out`` (which the checks accepted): "new", or "replaced (--overwrite)"."""
+    return "replaced (--overwrite)" if overwrite and _exists(out) else "new"
 
 
 def _joins(address: str | None) -> bool:
