@@ -38,15 +38,20 @@ START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+def free_ports(count: int, exclude: set[int] = frozenset()) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (held open together so they differ), none of them in
+    ``exclude``: ports handed out earlier that are not bound yet (a component not started), which the OS may
+    offer again."""
     sockets = []
     try:
-        for _ in range(count):
+        chosen: list[int] = []
+        while len(chosen) < count:
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
+            sockets.append(s)  # held, excluded or not, so that it is not offered again
+            if (port := s.getsockname()[1]) not in exclude:
+                chosen.append(port)
+        return chosen
     finally:
         for s in sockets:
             s.close()
@@ -105,6 +110,12 @@ class LocalCluster:
         )
         return env
 
+    @staticmethod
+    def assigned_ports(state: dict) -> set[int]:
+        """Every port this cluster's state has handed out: the endpoints' and its components'."""
+        ports = {int(uri.rsplit(":", 1)[1]) for uri in state.get("endpoints", {}).values()}
+        return ports | {port for component in state.get("components", {}).values() for port in component["ports"]}
+
     def launch(self, state: dict, name: str, command: list[str], env: dict[str, str], ports: list[int]) -> None:
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +169,7 @@ class LocalCluster:
         (self.root / "s3.json").chmod(0o600)
         s3_port = int(state["endpoints"]["s3"].rsplit(":", 1)[1])
         names = ("master", "volume", "filer", "admin")
-        ports = free_ports(2 * len(names) + 1)
+        ports = free_ports(2 * len(names) + 1, exclude=self.assigned_ports(state))
         args = [f"-{n}.port={p}" for n, p in zip(names, ports)] + [
             f"-{n}.port.grpc={p}" for n, p in zip(names, ports[len(names):])]
         state["weed_sockets"] = [f"/tmp/seaweedfs-{n}-grpc-{p}.sock" for n, p in zip(names, ports[len(names):])]
@@ -195,7 +206,7 @@ class LocalCluster:
 
     def start_ray_node(self, state: dict, name: str) -> None:
         """The head ("ray-head") or the worker node ("ray-worker"), each with NODE_CPUS and its own ports."""
-        ports = free_ports(7)
+        ports = free_ports(7, exclude=self.assigned_ports(state))  # the head's GCS port is not bound yet
         node = ["--node-ip-address=127.0.0.1", f"--num-cpus={NODE_CPUS}", "--block", "--disable-usage-stats",
                 f"--node-manager-port={ports[0]}", f"--object-manager-port={ports[1]}",
                 f"--dashboard-agent-listen-port={ports[2]}", f"--dashboard-agent-grpc-port={ports[3]}",
