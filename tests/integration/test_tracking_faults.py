@@ -32,11 +32,12 @@ def mlflow_server(tmp_path):
     (port,) = free_ports(1)
     uri = f"http://127.0.0.1:{port}"
     store = f"sqlite:///{root / 'mlflow.db'}"
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store,
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"), start_new_session=True, cwd=root)
+    with open(root / "server.log", "w") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store,
+             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, cwd=root)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
