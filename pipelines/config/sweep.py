@@ -169,7 +169,7 @@ class SweepSearch:
         metric: the trial result the ranking sorts by, one of RANK_METRICS.
         mode: "min" (an attack: the lower a victim's accuracy, the better the setting) or "max" (a defence).
         protect: dotted protect-config key → a space, e.g. ``beo.estimator.sigma: {loguniform: [0.3, 10]}``.
-        evaluate: dotted evaluate-config key → a space, e.g. ``defence.jpeg.quality: {randint: [5, 50]}``.
+        evaluate: dotted evaluate-config key → a space, e.g. ``defence.jpeg_quality: {randint: [5, 50]}``.
     """
 
     samples: int = 0
