@@ -80,8 +80,7 @@ def sweep_plan(config: SweepConfig, out: str, source: str | None, releases: str 
                ray_address: str | None, uri: str | None, experiment: str | None) -> list[str]:
     """The lines `ue sweep --dry-run` prints, after the sweep's own checks."""
     from pipelines.sources import load_training_set
-    from pipelines.sweep import check_sweep_job, plan_trials, release_jobs, trial_concurrency
-    from ue_core.release import MANIFEST_NAME, verify_release
+    from pipelines.sweep import check_sweep_job, plan_trials, release_jobs, reusable, trial_concurrency
 
     source, out, releases = check_sweep_job(config, out, source, releases, overwrite, ray_address, uri)
     jobs = release_jobs(source, config, releases)
@@ -91,11 +90,8 @@ def sweep_plan(config: SweepConfig, out: str, source: str | None, releases: str 
              f"results {out}: {fate(out, overwrite)}"]
     reused = 0
     for address, (_, labels) in jobs.items():
-        fs, path = filesystem(address)
-        there = fs.exists(f"{path}/{MANIFEST_NAME}")
-        if there:
-            verify_release(address)
-            reused += 1
+        there = reusable(address)
+        reused += there
         lines.append(f"release {', '.join(labels)}: {address} " + ("(there, verified: reused)" if there else
                                                                    "(to protect)"))
     trials = plan_trials(config)

@@ -145,15 +145,22 @@ def ensure_releases(
 
     uris = {}
     for uri, (job, labels) in release_jobs(source, config, releases).items():
-        fs, path = filesystem(uri)
-        if fs.exists(f"{path}/{MANIFEST_NAME}"):
-            verify_release(uri)  # a damaged release is an error, never silently replaced
-        else:  # an interrupted BEO job resumes from its work folder
+        if not reusable(uri):  # an interrupted BEO job resumes from its work folder
             protect(source, uri, job, progress=progress, ray_address=ray_address,
                     tracking_uri=tracking_uri, experiment=experiment)
         for label, rounds in labels.items():
             uris[label] = uri if rounds is None else snapshot_uri(uri, rounds)
     return uris
+
+
+def reusable(uri: str) -> bool:
+    """Whether a published release is at ``uri``, verified against its manifest (a damaged release is an
+    error, never silently replaced)."""
+    fs, path = filesystem(uri)
+    if not fs.exists(f"{path}/{MANIFEST_NAME}"):
+        return False
+    verify_release(uri)
+    return True
 
 
 def release_jobs(source: str, config: SweepConfig, releases: str) -> dict[str, tuple[ProtectConfig, dict[str, int | None]]]:
