@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the whole test suite.
+# Set up (scripts/setup.sh) and run the whole test suite: two pytest-xdist workers, each test file on one
+# worker (its module fixtures — a Ray job, a server — are built once), the slowest tests listed at the end.
+# Two workers fill this project's 2-core machines: much of a test's time is spent waiting on processes
+# (Ray start, servers, pip), and the suite aims at ~30 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q --durations=60 "$@"  # the slowest tests listed: the suite aims at ~30 min
+exec .venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=60 "$@"

@@ -133,7 +133,7 @@ def test_triple_with_results_table_index_set_models_and_mlflow_runs(fashion_mnis
 
 
 def test_a_release_digest_finds_the_protect_run_that_made_it_and_the_evaluate_runs_that_used_it(
-    release, triple, store
+    release, triple, store, mlflow_global_store
 ):
     """MLflow's own search, by the digest in the release's manifest, across the protect and evaluate
     experiments; the contexts tell the run that made the release from the runs that trained on it."""
@@ -157,7 +157,7 @@ def test_a_release_digest_finds_the_protect_run_that_made_it_and_the_evaluate_ru
         assert run.data.tags["ratio"] == "0.4" and run.data.tags["method"] == "beo"
     assert dataset_inputs(client.get_run(rows["clean-only"].mlflow_run)) == {"source": source_input}
 
-    mlflow.set_tracking_uri(store)  # MlflowClient.load_table searches the global store, not the client's
+    mlflow_global_store(store)  # MlflowClient.load_table searches the global store, not the client's
     experiment = client.get_run(summary.mlflow_run).info.experiment_id
     table = client.load_table(experiment, "results.json", run_ids=[summary.mlflow_run])
     assert table["mode"].tolist() == list(rows) and table["mlflow_run"].tolist() == [r.mlflow_run for r in rows.values()]

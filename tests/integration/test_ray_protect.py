@@ -167,9 +167,9 @@ def test_stronger_options_and_early_releases_on_ray_match_the_reference(
     assert np.abs(final.sorted_by_index().images.astype(int) - clean).max() == 4
 
 
-def test_the_mlflow_run_holds_params_metrics_and_figures(job, ray_release):
+def test_the_mlflow_run_holds_params_metrics_and_figures(job, ray_release, mlflow_global_store):
     _, summary = ray_release
-    mlflow.set_tracking_uri(job["tracking"])
+    mlflow_global_store(job["tracking"])
     run = mlflow.get_run(summary.mlflow_run)
     assert run.info.status == "FINISHED"
     assert run.data.params["budget.eps"] == str(8 / 255) and run.data.params["engine"] == "ray"
@@ -243,7 +243,7 @@ def test_state_left_by_a_killed_write_is_replaced(tmp_path):
         ray.shutdown()
 
 
-def test_a_baseline_runs_as_one_ray_task_and_matches_the_reference(job, tmp_path):
+def test_a_baseline_runs_as_one_ray_task_and_matches_the_reference(job, tmp_path, mlflow_global_store):
     """EM through the Ray engine (one task reading the source where it runs) publishes what the one-process
     run does (tolerance as above: thread counts may differ), and its MLflow run holds EM's params and its
     per-iteration metrics, not BEO's."""
@@ -257,7 +257,7 @@ def test_a_baseline_runs_as_one_ray_task_and_matches_the_reference(job, tmp_path
     assert np.mean(mine.images != theirs.images) <= 0.005
     assert np.mean(mine.images != job["clean"].sorted_by_index().images) > 0.3
     assert ours.results["iterations"] == reference.results["iterations"] == 2
-    mlflow.set_tracking_uri(job["tracking"])
+    mlflow_global_store(job["tracking"])
     run = mlflow.get_run(ours.mlflow_run)
     assert run.data.params["method"] == "em" and run.data.params["em.max_iterations"] == "2"
     assert "beo.rounds" not in run.data.params and "tap.steps" not in run.data.params

@@ -295,7 +295,7 @@ def test_failed_trials_are_retried_and_reported(tmp_path):
     assert (attempts / "flaky").read_text() == "xx" and (attempts / "always").read_text() == "xxx"
 
 
-def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
+def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path, mlflow_global_store):
     """BEO over a rounds axis (grid.protect beo.rounds [1, 2]: one protect job of 2 rounds publishes both
     releases, the 1-round one inside it) and random noise on the grid's ε with two seeds drawn by a search
     (search.protect random.seed), beside OPS at its own L0 budget (model-free, so cheap): a victim per
@@ -386,7 +386,7 @@ def test_small_sweep_on_fashion_mnist(fashion_mnist_root, tmp_path):
     assert ops.data.tags.items() >= {"method": "ops", "eps": "1", "norm": "l0", "ratio": "0.5"}.items()
     clean_all = by_key["clean-all eps=— ratio=0 small_cnn none"]
     assert [context(i) for i in clean_all.inputs.dataset_inputs] == ["source"]
-    mlflow.set_tracking_uri(store)  # MlflowClient.load_table searches the global store, not the client's
+    mlflow_global_store(store)  # MlflowClient.load_table searches the global store, not the client's
     experiment = client.get_run(parent.info.run_id).info.experiment_id
     table = client.load_table(experiment, "results.json", run_ids=[parent.info.run_id])
     assert table["arm"].tolist() == [r["arm"] for r in rows]
