@@ -25,6 +25,7 @@ and offers the cheaper "batch" and "reference" estimators.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -95,11 +96,27 @@ class KernelStats:
 STATS_FIELDS = ("row_sum", "predicted_mass", "predicted", "top_mass")
 
 
-def target_classes(labels: torch.Tensor, num_classes: int, shift: int = 1) -> torch.Tensor:
-    """The "target" objective's class of each sample: t_i = (y_i + shift) mod C, int64 (N,) like ``labels``."""
+def target_classes(
+    labels: torch.Tensor, num_classes: int, shift: int = 1, class_map: Sequence[int] = ()
+) -> torch.Tensor:
+    """The "target" objective's class of each sample, int64 (N,) like ``labels``: t_i = class_map[y_i] when a
+    class map is given (:func:`check_class_map`), else t_i = (y_i + shift) mod C."""
+    if class_map:
+        check_class_map(class_map, num_classes)
+        return torch.as_tensor(list(class_map), dtype=labels.dtype, device=labels.device)[labels]
     if not 1 <= shift < num_classes:
         raise InvalidInputError(f"target shift must be in [1, {num_classes - 1}] for {num_classes} classes, got {shift}")
     return (labels + shift) % num_classes
+
+
+def check_class_map(class_map: Sequence[int], num_classes: int) -> None:
+    """Refuse a class map that is not one wrong class per class: C entries, entry c in [0, C) and not c."""
+    wrong = len(class_map) != num_classes or any(not 0 <= t < num_classes or t == c for c, t in enumerate(class_map))
+    if wrong:
+        raise InvalidInputError(
+            f"target map must give each of the {num_classes} classes another class in [0, {num_classes - 1}] "
+            f"(entry c not c), got {list(class_map)}"
+        )
 
 
 def check_support(stats: KernelStats, sigma: float) -> None:
@@ -382,6 +399,7 @@ def estimate(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     objective: Objective = "bayes_error",
     target_shift: int = 1,
+    target_map: Sequence[int] = (),
 ) -> Estimate:
     """β̂, the per-sample errors and (optionally) the objective's gradient for all N samples in one process.
 
@@ -398,7 +416,8 @@ def estimate(
         generator: draws the batches or the reference subset.
         memory_budget: bytes of temporaries allowed.
         objective: "bayes_error" (the gradient is ∂β̂/∂z) or "target" (the gradient is that of the mean
-            posterior of t_i = (y_i + target_shift) mod C; ``value`` and ``errors`` are β̂'s still).
+            posterior of t_i = (y_i + target_shift) mod C, or t_i = target_map[y_i] when a map is given:
+            :func:`target_classes`; ``value`` and ``errors`` are β̂'s still).
     Raises:
         InvalidInputError: when more than 1% of the samples have no partner with a non-zero kernel weight
             (σ too small for the features: :func:`check_support`).
@@ -411,7 +430,7 @@ def estimate(
             f"labels must have shape ({features.shape[0]},), got {tuple(labels.shape)}"
         )
     total = len(features)
-    targets = target_classes(labels, num_classes, target_shift) if objective == "target" else None
+    targets = target_classes(labels, num_classes, target_shift, target_map) if objective == "target" else None
     if estimator == "exact":
         groups = [torch.arange(total)]
     elif estimator == "batch":
@@ -452,6 +471,7 @@ def anchored_estimate(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     objective: Objective = "bayes_error",
     target_shift: int = 1,
+    target_map: Sequence[int] = (),
 ) -> Estimate:
     """The exact estimator of a mixture: the protected features z (N, D) beside fixed clean anchors a (M, D).
 
@@ -466,7 +486,7 @@ def anchored_estimate(
         features, labels: z (N, D) and int64 (N,).
         anchors, anchor_labels: a (M, D) and int64 (M,).
         twins: whether anchors[i] is the clean copy of the image behind features[i].
-        objective, target_shift: as in :func:`estimate`.
+        objective, target_shift, target_map: as in :func:`estimate`.
     """
     _check_objective(objective)
     count = len(features)
@@ -478,7 +498,7 @@ def anchored_estimate(
     bank, bank_labels = torch.cat([features, anchors]), torch.cat([labels, anchor_labels])
     own = torch.arange(len(bank))
     positions = torch.stack([own, (own + count) % len(bank)], 1) if twins else own
-    targets = target_classes(bank_labels, num_classes, target_shift) if objective == "target" else None
+    targets = target_classes(bank_labels, num_classes, target_shift, target_map) if objective == "target" else None
     stats = block_stats(bank, bank, bank_labels, num_classes, sigma, positions, memory_budget, targets)
     check_support(stats, sigma)
     rows = torch.arange(count)

@@ -77,6 +77,7 @@ def protect_on_ray(
     connect(address, progress)
     job = JobState(work)
     info = prepare(source, config, job)
+    config.beo.estimator.check_targets(info.num_classes)
     test = load_test_set(source, config)
     test_ref = None if test is None else Shared.put(tuple(t.numpy() for t in test.tensors()))
     resources = Resources.from_cluster()

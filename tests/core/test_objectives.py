@@ -10,12 +10,13 @@ from ue_core.errors import InvalidInputError
 from ue_core.methods.beo import EstimatorConfig
 
 
-def dense_target_posterior(z: torch.Tensor, y: torch.Tensor, num_classes: int, sigma: float, shift: int):
-    """Mean kernel posterior of the class (y + shift) mod C, written from its definition."""
+def dense_target_posterior(z: torch.Tensor, y: torch.Tensor, num_classes: int, sigma: float, shift: int,
+                           class_map: list[int] | None = None):
+    """Mean kernel posterior of the class (y + shift) mod C, or class_map[y], written from its definition."""
     diff = z.unsqueeze(1) - z.unsqueeze(0)
     kernel = torch.exp(-(diff**2).sum(-1) / (2 * sigma**2)) * (1 - torch.eye(len(z), dtype=z.dtype))
     posterior = kernel @ torch.nn.functional.one_hot(y, num_classes).to(z.dtype) / (kernel.sum(1, keepdim=True) + 1e-8)
-    targets = (y + shift) % num_classes
+    targets = (y + shift) % num_classes if class_map is None else torch.tensor([class_map[c] for c in y.tolist()])
     return posterior.gather(1, targets.unsqueeze(1)).mean()
 
 
@@ -29,6 +30,34 @@ def test_target_gradient_equals_autograd_float64(shift):
     assert ((result.gradient - z_auto.grad).norm() / z_auto.grad.norm()) < 1e-10
     # the reported value and errors stay β̂'s
     assert result.value.item() == pytest.approx(dense_bayes_error(z, y, 4, 0.3).item(), rel=1e-12)
+
+
+def test_target_map_gradient_equals_autograd_float64_plain_and_anchored():
+    """A class map that is no shift (0→2, 1→0, 2→3, 3→1): the exact estimator's gradient, and the anchored
+    one's without anchors, against autograd of the definition; a map that is the shift equals the shift."""
+    z, y = clustered_features(60, 8, 4, seed=15, spread=0.35)
+    class_map = [2, 0, 3, 1]
+    z_auto = z.clone().requires_grad_(True)
+    dense_target_posterior(z_auto, y, 4, 0.3, 0, class_map).backward()
+    result = be.estimate(z, y, 4, sigma=0.3, objective="target", target_map=class_map)
+    assert z_auto.grad.norm() > 1e-3
+    assert ((result.gradient - z_auto.grad).norm() / z_auto.grad.norm()) < 1e-10
+    empty = torch.zeros(0, 8, dtype=z.dtype)
+    anchored = be.anchored_estimate(z, y, empty, torch.zeros(0, dtype=y.dtype), 4, sigma=0.3, objective="target",
+                                    target_map=class_map)
+    torch.testing.assert_close(anchored.gradient, result.gradient, rtol=1e-10, atol=1e-14)
+    shifted = be.estimate(z, y, 4, sigma=0.3, objective="target", target_shift=2)
+    as_map = be.estimate(z, y, 4, sigma=0.3, objective="target", target_map=[2, 3, 0, 1])
+    torch.testing.assert_close(as_map.gradient, shifted.gradient, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("class_map", [[1, 0], [1, 1, 0, 0, 0], [0, 2, 3, 1], [1, 2, 3, 4]])
+def test_a_class_map_that_is_not_one_wrong_class_per_class_is_refused(class_map):
+    with pytest.raises(InvalidInputError, match=r"target map must give each of the 4 classes another class"):
+        be.target_classes(torch.tensor([0, 1]), 4, class_map=class_map)
+    with pytest.raises(InvalidInputError, match="target map"):
+        EstimatorConfig(objective="target", target_map=tuple(class_map)).check_targets(4)
+    EstimatorConfig(objective="bayes_error", target_map=tuple(class_map)).check_targets(4)  # not used: no error
 
 
 def test_target_gradient_matches_finite_differences():

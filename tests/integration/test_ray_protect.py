@@ -131,19 +131,24 @@ def test_adam_rule_on_ray_matches_the_reference(job, tmp_path):
 ROBUST = {"eps": "8/255", "step": "4/255", "steps": 1}
 
 
-@pytest.mark.parametrize("anchors, views, adversarial, channels_last",
-                         [("none", 0, None, False), ("clean", 2, ROBUST, True)])
+CONFUSABLE = [6, 3, 4, 0, 2, 7, 0, 9, 6, 7]  # a class map: each Fashion-MNIST class to a similar one
+
+
+@pytest.mark.parametrize("anchors, target_map, views, adversarial, channels_last",
+                         [("none", CONFUSABLE, 0, None, False), ("clean", [], 2, ROBUST, True)])
 def test_stronger_options_and_early_releases_on_ray_match_the_reference(
-    job, tmp_path, anchors, views, adversarial, channels_last
+    job, tmp_path, anchors, target_map, views, adversarial, channels_last
 ):
-    """The "target" objective, the nearest-neighbour bandwidth, without and with the clean copies as anchors
+    """The "target" objective (towards a class map, then (y + 1) mod C), the nearest-neighbour bandwidth,
+    without and with the clean copies as anchors
     (the sharded estimator, then the anchored one), augmentation-aware steps (two crop/flip views), a
     robust (adversarially trained) surrogate and channels-last passes, a release after round 1 of 2 and the
     mixed efficacy probe after round 2: the Ray engine runs every option the reference runs and publishes the
     same releases (tolerance as above), the early one as a whole release inside the final one."""
     config = load_protect_config(config_file=job["config_file"], overrides={
         "beo.surrogate.adversarial": adversarial, "beo.compute.channels_last": channels_last,
-        "beo.estimator.objective": "target", "beo.estimator.bandwidth": "nearest-neighbour",
+        "beo.estimator.objective": "target", "beo.estimator.target_map": target_map,
+        "beo.estimator.bandwidth": "nearest-neighbour",
         "beo.estimator.anchors": anchors, "beo.augment.views": views, "beo.release_rounds": [1],
         "data.test_subset": 100, "beo.probe": {"every": 2, "epochs": 1, "width": 16}})
     _, ours = protect_with_both_engines(job, config, tmp_path)

@@ -109,6 +109,9 @@ class EstimatorConfig:
         objective: "bayes_error" (the method: ascend β̂) or "target" (ours: ascend the kernel posterior of
             the class (y + target_shift) mod C, one fixed wrong class per sample; β̂ is still reported).
         target_shift: the "target" objective's class offset, in [1, C - 1].
+        target_map: instead of the offset, the "target" objective's class for each class, C entries, entry c
+            not c (ours): e.g. each class's most confusable one, where the evidence a perturbation carries
+            transfers to other models more than towards (y + 1) mod C (docs/study.md). Empty: the offset.
         anchors: "none", or "clean" (ours, mixture-aware): the clean copies of the images, in the round's
             surrogate's feature space, are fixed kernel partners beside the protected ones, so the objective is
             that of the mixture a victim may see (bayes_error.anchored_estimate); exact estimator only; it
@@ -124,6 +127,7 @@ class EstimatorConfig:
     bandwidth_scale: float = 0.75
     objective: bayes_error.Objective = "bayes_error"
     target_shift: int = 1
+    target_map: tuple[int, ...] = ()
     anchors: str = "none"
     batch_size: int = 1024
     reference_size: int = 2048
@@ -148,10 +152,17 @@ class EstimatorConfig:
             )
         if self.target_shift < 1:
             raise InvalidInputError(f"estimator target_shift must be >= 1, got {self.target_shift}")
+        object.__setattr__(self, "target_map", tuple(self.target_map))
         if self.anchors not in ANCHORS:
             raise InvalidInputError(f"unknown estimator anchors {self.anchors!r}; expected one of {', '.join(ANCHORS)}")
         if self.anchors != "none" and self.kind != "exact":
             raise InvalidInputError(f"estimator anchors: {self.anchors} needs kind: exact, got {self.kind}")
+
+    def check_targets(self, num_classes: int) -> None:
+        """Refuse, before the rounds, a "target" objective that a dataset of C classes cannot have (a shift
+        of C or more, a map of another length: :func:`bayes_error.target_classes` checks both)."""
+        if self.objective == "target":
+            bayes_error.target_classes(torch.arange(num_classes), num_classes, self.target_shift, self.target_map)
 
     def step_sigma(self, features: torch.Tensor, generator_seed: tuple[int, int, int]) -> float:
         """The bandwidth of one ascent step on normalised features (N, D); ``generator_seed`` is
@@ -355,7 +366,7 @@ def exact_stats(
     rows = torch.arange(start, stop, device=device)
     targets = None
     if config.objective == "target":
-        targets = bayes_error.target_classes(labels[start:stop], num_classes, config.target_shift)
+        targets = bayes_error.target_classes(labels[start:stop], num_classes, config.target_shift, config.target_map)
     return bayes_error.block_stats(bank[start:stop], bank, labels, num_classes, sigma, rows,
                                    config.memory_budget_mb * 2**20, targets).to("cpu")
 
@@ -401,6 +412,7 @@ def estimate_step(
         return bayes_error.anchored_estimate(
             features, labels, anchors, labels, num_classes, sigma=sigma, twins=True,
             memory_budget=config.memory_budget_mb * 2**20, objective=config.objective, target_shift=config.target_shift,
+            target_map=config.target_map,
         )
     return bayes_error.estimate(
         features,
@@ -415,6 +427,7 @@ def estimate_step(
         memory_budget=config.memory_budget_mb * 2**20,
         objective=config.objective,
         target_shift=config.target_shift,
+        target_map=config.target_map,
     )
 
 
@@ -452,6 +465,7 @@ class BEO(ProtectionMethod):
         surrogate_test_accuracy (with a test set), seconds_surrogate and seconds_ascent; the last record of a
         probed round also has probe_mixed_accuracy and probe_clean_only_accuracy (ue_core.efficacy)."""
         config = self.config
+        config.estimator.check_targets(dataset.num_classes)
         images, labels = dataset.tensors()
         state = PixelState.zeros(tuple(images.shape))
         surrogate: Classifier | None = None
