@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from pipelines.config import load_protect_config, parse_override
+from ue_core.bayes_error import target_classes
 from ue_core.data import read_dataset
 from ue_core.data.dataset import ImageDataset, balanced_subset
 from ue_core.data.mixing import build_training_set
@@ -83,10 +84,12 @@ def hit_rate(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor
     return float((predicted == targets).float().mean())
 
 
-def target_rate(model: torch.nn.Module, release: ImageDataset) -> float:
-    """Fraction of the release's images that ``model`` puts in the class (y + 1) mod C."""
+def target_rate(model: torch.nn.Module, release: ImageDataset, estimator: EstimatorConfig) -> float:
+    """Fraction of the release's images that ``model`` puts in the run's target class: that of BEO's
+    "target" objective (``target_shift`` or ``target_map``), by default (y + 1) mod C, TAP's target too."""
     images, labels = release.tensors()
-    return hit_rate(model, images, (labels + 1) % release.num_classes)
+    targets = target_classes(labels, release.num_classes, estimator.target_shift, estimator.target_map)
+    return hit_rate(model, images, targets)
 
 
 def main() -> None:
@@ -143,7 +146,7 @@ def main() -> None:
             # how much wrong-class evidence the release carries for a clean model: its accuracy on the
             # release (on the clean images it is 100% or near) and how often it predicts (y + 1) mod C
             "fixed_model_accuracy_on_release": round(100 * evaluate(space, *release.tensors()), 2),
-            "fixed_model_target_rate": round(100 * target_rate(space, release), 2),
+            "fixed_model_target_rate": round(100 * target_rate(space, release, config.beo.estimator), 2),
         }
         if args.method == "beo":
             last = history[rounds]
