@@ -16,7 +16,9 @@ with or without progress bars.
 Both check the inputs before any work (existing output, readable source, writable destination), claim
 the output (pipelines.storage.claim_output: a second job on the same --out fails at once; a rerun of this
 same job after a kill takes the claim over and, on the Ray engine, resumes from the work folder), track
-the job in MLflow, and publish atomically with manifest.json last (ue_core.release).
+the job in MLflow, and publish atomically with manifest.json last (ue_core.release), a batch of images at
+a time (pipelines/publish.py: the Ray engine streams its release from the work directory, so the driver
+never holds every image of a large dataset).
 
 The MLflow run (pipelines/tracking.py) is tagged with method, dataset, eps and norm; it logs the clean images
 as a ``source`` dataset input and the release (and each early release) as ``produced``, with the release's
@@ -38,6 +40,7 @@ import torch
 from pipelines import __version__
 from pipelines.config import ProtectConfig
 from pipelines.progress import RoundLines
+from pipelines.publish import ProtectedRows, publish
 from pipelines.sources import load_test_set, load_training_set
 from pipelines.storage import (
     WorkDir,
@@ -61,12 +64,11 @@ from pipelines.tracking import (
 )
 from ue_core.data.dataset import ImageDataset
 from ue_core.errors import InvalidInputError
-from ue_core.quality import psnr, ssim
-from ue_core.release import check_release_target, read_manifest, snapshot_uri, write_release
+from ue_core.release import check_release_target, read_manifest, snapshot_uri
 from ue_core.training import resolve_device
 
 ENGINES = ("ray", "reference")
-QUALITY_KEYS = ("psnr_db", "ssim")
+QUALITY_KEYS = ("psnr_db", "ssim")  # ue_core.quality.QualityMeter.result
 
 
 @dataclass
@@ -143,9 +145,7 @@ def protect(
             from pipelines.ray_engine import protect_on_ray
 
             work = WorkDir(work_dir) if work_dir else WorkDir.beside(out)
-            clean, release, history, summary, test, snapshots, surrogate = protect_on_ray(
-                source, config, work, ray_address, progress, tracker
-            )
+            rows, test = protect_on_ray(source, config, work, ray_address, progress, tracker)
         else:
             test = load_test_set(source, config)
             if engine == "ray":
@@ -156,46 +156,42 @@ def protect(
                 clean = load_training_set(source, config)
                 method = config.build(test, str(resolve_device(device)), on_round=RoundLines(config.beo.rounds))
                 result = method.protect(clean, progress=progress)
-            release, history, summary, snapshots = result.release, result.history, result.summary, result.snapshots
             surrogate = None if result.surrogate is None else surrogate_spec(result.surrogate, config, clean)
-            for step, record in enumerate(history):
+            rows = ProtectedRows.in_memory(clean, result.release, result.snapshots, result.history, result.summary,
+                                           surrogate)
+            for step, record in enumerate(rows.history):
                 tracker.log_metrics(record, step=step)
-        tracker.set_tags(run_tags(config.method, clean.name, config.budget.eps, config.budget.norm))
-        summary = {**summary, **quality(clean, release)}
+        dataset = rows.like.name
+        tracker.set_tags(run_tags(config.method, dataset, config.budget.eps, config.budget.norm))
         manifest: dict[str, Any] = {
             "method": config.method,
             "engine": engine,
             "source": source,
-            "dataset": clean.name,
+            "dataset": dataset,
             "eps": config.budget.eps,
             "norm": config.budget.norm,
             "config": config.method_record(),
             "code_version": code_version(),
             "python": platform.python_version(),
             "mlflow_run": tracker.run_id,
-            "source_digest": clean.digest(),
-            "summary": summary,
-            "history": history,
+            "source_digest": rows.source_digest,
         }
-        snapshot_manifests = {
-            rounds: (data, {**manifest, "rounds": rounds, "summary": quality(clean, data),
-                            "history": [record for record in history if record["round"] < rounds]})
-            for rounds, data in snapshots.items()
-        }
-        written = write_release(release, out, manifest, formats=config.formats, test=test, overwrite=overwrite,
-                                snapshots=snapshot_manifests, clean=clean)
+        published = publish(rows, out, manifest, config.formats, test, overwrite)
+        summary = published.summary
         tracker.log_metrics(summary)
         if config.method == "beo":
-            tracker.log_figure(bayes_error_plot(history), "bayes_error.png")
-        tracker.log_figure(image_grid(clean.images, release.images, clean.labels, clean.class_names), "images.png")
-        tracker.log_json(written, "manifest.json")
-        early = {rounds: snapshot_uri(out, rounds) for rounds in sorted(snapshots)}
-        log_lineage(tracker, source, clean.name, out, written, list(early.values()))
-        if surrogate is not None and keep_surrogate:
-            tracker.log_torch(surrogate, "surrogate.pt")
+            tracker.log_figure(bayes_error_plot(rows.history), "bayes_error.png")
+        sample_clean, sample_release = published.sample
+        tracker.log_figure(image_grid(sample_clean.images, sample_release.images, sample_clean.labels,
+                                      sample_clean.class_names), "images.png")
+        tracker.log_json(published.manifest, "manifest.json")
+        early = {rounds: snapshot_uri(out, rounds) for rounds in rows.release_rounds}
+        log_lineage(tracker, source, dataset, out, published.manifest, list(early.values()))
+        if rows.surrogate is not None and keep_surrogate:
+            tracker.log_torch(rows.surrogate, "surrogate.pt")
         if sharded:
             remove(work.uri)
-    return ProtectSummary(config.method, out, len(clean), summary, time.perf_counter() - started, tracker.run_id,
+    return ProtectSummary(config.method, out, rows.count, summary, time.perf_counter() - started, tracker.run_id,
                           tracker.uri, early)
 
 
@@ -236,7 +232,3 @@ def surrogate_spec(model: torch.nn.Module, config: ProtectConfig, clean: ImageDa
     return {"name": name, "num_classes": clean.num_classes, "in_channels": clean.image_shape[2],
             "image_size": clean.image_shape[0], "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}
 
-
-def quality(clean: ImageDataset, release: ImageDataset) -> dict[str, float]:
-    """How visible the perturbation is: PSNR (dB) and SSIM of the release against the clean images."""
-    return {"psnr_db": psnr(clean.images, release.images), "ssim": ssim(clean.images, release.images)}

@@ -33,12 +33,17 @@ def _check_pair(clean: np.ndarray, release: np.ndarray) -> None:
 
 def psnr(clean: np.ndarray, release: np.ndarray) -> float:
     """Mean PSNR in dB over images of uint8 (N, H, W, C) arrays; unchanged images count as ``PSNR_CAP``."""
+    return float(psnr_values(clean, release).mean())
+
+
+def psnr_values(clean: np.ndarray, release: np.ndarray) -> np.ndarray:
+    """PSNR in dB of each image, float64 (N,), capped at ``PSNR_CAP``."""
     _check_pair(clean, release)
     difference = clean.astype(np.float64) - release.astype(np.float64)
     mse = (difference**2).reshape(len(clean), -1).mean(axis=1)
     with np.errstate(divide="ignore"):
         values = np.where(mse > 0, 10 * np.log10(_RANGE**2 / np.maximum(mse, 1e-300)), PSNR_CAP)
-    return float(np.minimum(values, PSNR_CAP).mean())
+    return np.minimum(values, PSNR_CAP)
 
 
 def _gaussian_window() -> torch.Tensor:
@@ -51,12 +56,17 @@ def _gaussian_window() -> torch.Tensor:
 
 def ssim(clean: np.ndarray, release: np.ndarray, batch_size: int = 256) -> float:
     """Mean SSIM over images, channels and window positions of uint8 (N, H, W, C) arrays (H, W ≥ 11)."""
+    return float(ssim_values(clean, release, batch_size).mean())
+
+
+def ssim_values(clean: np.ndarray, release: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """SSIM of each image, float64 (N,): the mean over its channels and window positions."""
     _check_pair(clean, release)
     if min(clean.shape[1:3]) < _WINDOW:
         raise InvalidInputError(f"SSIM needs images of at least {_WINDOW}×{_WINDOW} pixels, got {clean.shape[1:3]}")
     window = _gaussian_window()
     c1, c2 = (_K1 * _RANGE) ** 2, (_K2 * _RANGE) ** 2
-    total, count = 0.0, 0
+    values = []
     for start in range(0, len(clean), batch_size):
         # (B, H, W, C) → (B·C, 1, H, W): every channel filtered alone
         a, b = (torch.tensor(images[start:start + batch_size], dtype=torch.float64).permute(0, 3, 1, 2)
@@ -68,7 +78,23 @@ def ssim(clean: np.ndarray, release: np.ndarray, batch_size: int = 256) -> float
         index = ((2 * mean_a * mean_b + c1) * (2 * covariance + c2)) / (
             (mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2)
         )
-        per_map = index.flatten(1).mean(dim=1)  # one value per (image, channel)
-        total += per_map.sum().item()
-        count += len(per_map)
-    return total / count
+        values.append(index.flatten(1).mean(dim=1).reshape(-1, clean.shape[3]).mean(dim=1).numpy())
+    return np.concatenate(values) if values else np.zeros(0)
+
+
+class QualityMeter:
+    """PSNR and SSIM of a release seen batch by batch: :meth:`add` aligned clean and release rows, then
+    :meth:`result` gives what :func:`psnr` and :func:`ssim` give on all the rows at once (the per-image
+    values kept, N floats each)."""
+
+    def __init__(self) -> None:
+        self.psnr: list[np.ndarray] = []
+        self.ssim: list[np.ndarray] = []
+
+    def add(self, clean: np.ndarray, release: np.ndarray) -> None:
+        self.psnr.append(psnr_values(clean, release))
+        self.ssim.append(ssim_values(clean, release))
+
+    def result(self) -> dict[str, float]:
+        """{"psnr_db": mean PSNR, "ssim": mean SSIM} over every row added."""
+        return {"psnr_db": float(np.concatenate(self.psnr).mean()), "ssim": float(np.concatenate(self.ssim).mean())}

@@ -18,6 +18,10 @@ Layout of a release at URI (a local folder or any fsspec URI):
 
 No manifest, no release: everything is written under a hidden staging folder, the manifest goes in last,
 and only then does the folder appear under its name (ue_core.data.atomic).
+
+:func:`write_release` writes a release held in memory; :func:`open_release` and its :class:`ReleaseWriter`
+write the same files batch by batch (rows in index order), for releases larger than memory: every format
+streams, except that ``delta`` keeps q − x as int8 (N·C·H·W bytes) until its end.
 """
 
 from __future__ import annotations
@@ -26,17 +30,22 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, get_args
 
+import numpy as np
+from fsspec import AbstractFileSystem
+
 from ue_core.data.atomic import check_output_free, staged_directory
-from ue_core.data.cifar import write_cifar_batches
+from ue_core.data.cifar import LAYOUTS, CifarWriter
 from ue_core.data.dataset import ImageDataset
-from ue_core.data.delta import DELTA_LIMIT, write_delta
-from ue_core.data.folder import write_image_folder, write_png_folder
-from ue_core.data.fsutil import contained, filesystem, join, read_bytes
+from ue_core.data.delta import DELTA_LIMIT, DeltaWriter
+from ue_core.data.folder import ImageFolderWriter, PngFolderWriter
+from ue_core.data.fsutil import contained, filesystem, first_line, join, read_bytes
 from ue_core.data.readers import read_release_shards
-from ue_core.data.shards import write_shards
-from ue_core.errors import InvalidInputError, ReleaseCheckError
+from ue_core.data.shards import ShardWriter
+from ue_core.errors import DatasetFormatError, InvalidInputError, ReleaseCheckError
 from ue_core.pga import Budget
 
 MANIFEST_NAME = "manifest.json"
@@ -61,23 +70,112 @@ def write_release(
     each is written as a whole release at ``URI/rounds/round-0000k`` (:func:`snapshot_path`), inside the
     same atomic publish, and the main manifest lists its files too. ``clean`` is the source of ``release``
     (and of every snapshot), which the ``delta`` format needs. Returns the main manifest as written.
+    For data that does not fit in memory at once, :func:`open_release` writes the same files batch by batch.
     """
+    check_formats(formats, with_clean=clean is not None)
+    snapshots = snapshots or {}
+    clean = None if clean is None else clean.sorted_by_index()
+    with open_release(uri, overwrite) as folder:
+        for rounds, (snapshot, snapshot_manifest) in sorted(snapshots.items()):
+            writer = folder.writer(snapshot, formats, test, rounds=rounds)
+            writer.add(snapshot.sorted_by_index(), clean)
+            writer.finish(snapshot_manifest)
+        writer = folder.writer(release, formats, test)
+        writer.add(release.sorted_by_index(), clean)
+        written = writer.finish({**manifest, "snapshots": {str(k): snapshot_path(k) for k in sorted(snapshots)}})
+    return written
+
+
+def check_formats(formats: tuple[str, ...], with_clean: bool) -> None:
+    """The release formats must include parquet and be known; ``delta`` needs the clean images."""
     unknown = sorted(set(formats) - set(RELEASE_FORMATS))
     if unknown or "parquet" not in formats:
         raise InvalidInputError(
             f"release formats must include parquet and be among {', '.join(RELEASE_FORMATS)}, got {', '.join(formats)}"
         )
-    if "delta" in formats and clean is None:
+    if "delta" in formats and not with_clean:
         raise InvalidInputError("the delta release format needs the clean images (write_release's clean=)")
-    uri = os.fspath(uri)
-    snapshots = snapshots or {}
-    with staged_directory(uri, overwrite, last=MANIFEST_NAME) as (fs, staging):
-        for rounds, (snapshot, snapshot_manifest) in sorted(snapshots.items()):
-            folder = join(staging, snapshot_path(rounds))
-            _write_files(snapshot, fs, folder, snapshot_manifest, formats, test, clean)
-        written = {**manifest, "snapshots": {str(k): snapshot_path(k) for k in sorted(snapshots)}}
-        written = _write_files(release, fs, staging, written, formats, test, clean)
-    return written
+
+
+class ReleaseFolder:
+    """The staging folder of a release being published (:func:`open_release`): where its writers go."""
+
+    def __init__(self, fs: AbstractFileSystem, staging: str) -> None:
+        self.fs, self.staging = fs, staging
+
+    def writer(self, like: ImageDataset, formats: tuple[str, ...], test: ImageDataset | None = None,
+               rounds: int | None = None, count: int | None = None, max_index: int | None = None) -> ReleaseWriter:
+        """A writer of the release (``rounds`` None) or of the release after round ``rounds`` (a snapshot,
+        whose writer must finish before the release's). ``like`` gives the name, classes and image shape;
+        ``count`` and ``max_index`` (default: ``like``'s) the whole set's row count and largest index."""
+        folder = self.staging if rounds is None else join(self.staging, snapshot_path(rounds))
+        count = len(like) if count is None else count
+        max_index = int(like.index.max(initial=0)) if max_index is None else max_index
+        return ReleaseWriter(self.fs, folder, like, count, max_index, formats, test)
+
+
+@contextmanager
+def open_release(uri: str | os.PathLike, overwrite: bool = False) -> Iterator[ReleaseFolder]:
+    """Publish a release at ``uri`` atomically (ue_core.data.atomic, manifest.json last): write it with
+    the writers of the yielded :class:`ReleaseFolder`, each finished before the block ends."""
+    with staged_directory(os.fspath(uri), overwrite, last=MANIFEST_NAME) as (fs, staging):
+        yield ReleaseFolder(fs, staging)
+
+
+class ReleaseWriter:
+    """One release (or snapshot) folder written batch by batch: :meth:`add` rows in ascending index order
+    across calls, then :meth:`finish` with the manifest. Every format streams its files as rows come
+    (the ``delta`` format keeps q − x as int8 until the end, ue_core.data.delta), so memory holds a batch,
+    not the release; the same rows give the same files however they are split into batches."""
+
+    def __init__(self, fs: AbstractFileSystem, folder: str, like: ImageDataset, count: int, max_index: int,
+                 formats: tuple[str, ...], test: ImageDataset | None) -> None:
+        self.fs, self.folder, self.like, self.count, self.formats = fs, folder, like, count, formats
+        self.added = 0
+        self.writers: dict[str, Any] = {"parquet": ShardWriter(fs, join(folder, "parquet"), like)}
+        if "png" in formats:
+            self.writers["png"] = PngFolderWriter(fs, join(folder, "png"), like)
+        if "cifar" in formats:
+            variant = "cifar100" if like.num_classes == 100 else "cifar10"
+            self.writers["cifar"] = CifarWriter(fs, join(join(folder, "cifar"), LAYOUTS[variant].folder), like, count,
+                                                test, variant)
+        if "imagefolder" in formats:
+            self.writers["imagefolder"] = ImageFolderWriter(fs, join(folder, "imagefolder"), like, max_index)
+        if "delta" in formats:
+            self.writers["delta"] = DeltaWriter(fs, join(folder, "delta"))
+
+    def add(self, release: ImageDataset, clean: ImageDataset | None = None) -> None:
+        """Append released rows (ascending index, above those added before) and, for the ``delta`` format,
+        the clean rows of the same indices."""
+        for name, writer in self.writers.items():
+            if name == "delta":
+                if clean is None:
+                    raise InvalidInputError("the delta release format needs the clean images of every batch")
+                writer.add(release, clean.subset(np.isin(clean.index, release.index)))
+            else:
+                writer.add(release)
+        self.added += len(release)
+
+    def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Close every format, then write the manifest (the sha256 of every file under the folder); returns
+        the manifest as written."""
+        if self.added != self.count:
+            raise InvalidInputError(f"the release writer of {self.folder} got {self.added} rows, not {self.count}")
+        for writer in self.writers.values():
+            writer.close()
+        files = {path[len(self.folder) + 1 :]: file_sha256(self.fs, path) for path in sorted(self.fs.find(self.folder))}
+        written = {
+            **manifest,
+            "formats": list(self.formats),
+            "count": self.count,
+            "num_classes": self.like.num_classes,
+            "image_shape": list(self.like.image_shape),
+            "files": files,
+            "digest": files_digest(files),
+        }
+        with self.fs.open(join(self.folder, MANIFEST_NAME), "w") as f:
+            json.dump(written, f, indent=2, sort_keys=True)
+        return written
 
 
 def snapshot_path(rounds: int) -> str:
@@ -90,35 +188,16 @@ def snapshot_uri(release_uri: str, rounds: int) -> str:
     return f"{release_uri.rstrip('/')}/{snapshot_path(rounds)}"
 
 
-def _write_files(
-    release: ImageDataset, fs: Any, folder: str, manifest: dict[str, Any], formats: tuple[str, ...],
-    test: ImageDataset | None, clean: ImageDataset | None,
-) -> dict[str, Any]:
-    """The release's files under ``folder`` of ``fs``, then its manifest (the sha256 of every file below)."""
-    root = fs.unstrip_protocol(folder)
-    write_shards(release, join(root, "parquet"))
-    if "png" in formats:
-        write_png_folder(release, join(root, "png"))
-    if "cifar" in formats:
-        variant = "cifar100" if release.num_classes == 100 else "cifar10"
-        write_cifar_batches(release, join(root, "cifar"), test=test, variant=variant)
-    if "imagefolder" in formats:
-        write_image_folder(release, join(root, "imagefolder"))
-    if "delta" in formats:
-        write_delta(release, clean, join(root, "delta"))
-    files = {path[len(folder) + 1 :]: hashlib.sha256(read_bytes(fs, path)).hexdigest() for path in sorted(fs.find(folder))}
-    written = {
-        **manifest,
-        "formats": list(formats),
-        "count": len(release),
-        "num_classes": release.num_classes,
-        "image_shape": list(release.image_shape),
-        "files": files,
-        "digest": files_digest(files),
-    }
-    with fs.open(join(folder, MANIFEST_NAME), "w") as f:
-        json.dump(written, f, indent=2, sort_keys=True)
-    return written
+def file_sha256(fs: AbstractFileSystem, path: str, chunk_bytes: int = 1 << 23) -> str:
+    """The sha256 of a file, read 8 MiB at a time; a missing or unreadable file is a DatasetFormatError."""
+    digest = hashlib.sha256()
+    try:
+        with fs.open(path, "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                digest.update(chunk)
+    except OSError as error:
+        raise DatasetFormatError(f"cannot read {path}: {first_line(error)}") from error
+    return digest.hexdigest()
 
 
 def files_digest(files: dict[str, str]) -> str:
@@ -182,7 +261,7 @@ def verify_release(uri: str | os.PathLike) -> dict[str, Any]:
         file_path = contained(fs, path, name, f"{MANIFEST_NAME} entry")
         if not fs.exists(file_path):
             raise ReleaseCheckError(f"release {uri} is missing {name}, listed in its manifest")
-        if hashlib.sha256(read_bytes(fs, file_path)).hexdigest() != expected:
+        if file_sha256(fs, file_path) != expected:
             raise ReleaseCheckError(f"release {uri}: {name} does not match its sha256 in the manifest")
     if manifest.get("digest", release_digest(manifest)) != release_digest(manifest):
         raise ReleaseCheckError(f"release {uri}: its manifest's digest does not match its files")

@@ -1,7 +1,9 @@
 """The Ray engine of `ue protect`: BEO's rounds where the data is, resumable, the same maths as ue_core.
 
     engine.py     ingest the source into the work directory (a Ray task → Parquet shards), run or resume
-                  the rounds, finish (ue_core.methods.beo.release_summary); a baseline as one Ray task
+                  the rounds, finish: the release streamed from the work directory a batch at a time
+                  (release_pairs; ue_core.methods.beo.release_summary_of_batches), so the driver never holds
+                  every image; a baseline as one Ray task
     rounds.py     one round: surrogate → per step features → estimator → ascent → the round written
     trainer.py    the surrogate: one Ray Train run for the whole job, ue_core.methods.beo.train_surrogate
     passes.py     the job's pass actors (one per GPU, else per node): φ(x + δ) and ue_core.methods.beo.pixel_step

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from tqdm.auto import tqdm
 
 from pipelines.config import ProtectConfig
 from pipelines.progress import RoundLines
+from pipelines.publish import ProtectedRows
 from pipelines.ray_engine.passes import PassPool
 from pipelines.ray_engine.probe import EfficacyProbe
 from pipelines.ray_engine.resources import Resources, actor_device
@@ -31,10 +33,11 @@ from pipelines.storage import WorkDir
 from pipelines.tracking import RemoteRun
 from ue_core.config import from_dict, to_dict
 from ue_core.data.dataset import ImageDataset
-from ue_core.data.shards import read_shards, write_shards
+from ue_core.data.shards import empty_like, shard_set_digest, write_shards
 from ue_core.errors import InvalidInputError
 from ue_core.methods.base import ProtectionResult, release_of
-from ue_core.methods.beo import release_summary
+from ue_core.methods.beo import release_summary_of_batches
+from ue_core.pga import Budget
 
 ROWS_PER_INGEST_SHARD = 5_000
 
@@ -67,13 +70,10 @@ def initial_state_dataset(job: JobState, info: DatasetInfo, config: ProtectConfi
 
 def protect_on_ray(
     source: str, config: ProtectConfig, work: WorkDir, address: str | None, progress: bool, tracker: RemoteRun
-) -> tuple[
-    ImageDataset, ImageDataset, list[dict[str, float]], dict[str, float], ImageDataset | None,
-    dict[int, ImageDataset], dict[str, Any],
-]:
-    """Run or resume the job, printing a line per round run (pipelines.progress.RoundLines); returns (clean,
-    release, history, summary, test set, the releases after the rounds of ``beo.release_rounds``, the final
-    surrogate's spec: state.load_model rebuilds it)."""
+) -> tuple[ProtectedRows, ImageDataset | None]:
+    """Run or resume the job, printing a line per round run (pipelines.progress.RoundLines); returns what it
+    publishes (the release and the releases after the rounds of ``beo.release_rounds`` streamed from the work
+    directory, :func:`release_pairs`) and the test set."""
     connect(address, progress)
     job = JobState(work)
     info = prepare(source, config, job)
@@ -110,19 +110,38 @@ def protect_on_ray(
                 lines(records)
     bar.close()
 
-    clean = read_shards(job.ingest_uri).sorted_by_index()
-    final = collect(state, ["index", "delta"])
-    if not np.array_equal(final["index"], clean.index):
-        raise InvalidInputError(
-            f"the state of round {config.beo.rounds - 1} does not hold exactly the ingested indices"
-        )
-    release = release_of(clean, torch.from_numpy(final["delta"]), config.budget)
-    summary = release_summary(load_model(surrogate), clean, release, config.beo)
-    snapshots = {}
-    for rounds in config.beo.release_rounds:  # every round's state stays in the work folder until the end
-        delta = collect(job.state_after(rounds - 1), ["index", "delta"])["delta"]
-        snapshots[rounds] = release_of(clean, torch.from_numpy(delta), config.budget)
-    return clean, release, history, summary, test, snapshots, surrogate
+    like = empty_like(job.ingest_uri)
+    ingested = collect(read_state(job.ingest_uri), ["index"])["index"]
+
+    def pairs(rounds: int | None) -> Iterator[tuple[ImageDataset, ImageDataset]]:
+        return release_pairs(job, config.beo.rounds if rounds is None else rounds, like, ingested, config.budget)
+
+    summary = release_summary_of_batches(load_model(surrogate), pairs(None), config.beo)
+    rows = ProtectedRows(
+        like=like, count=len(ingested), max_index=int(ingested.max(initial=0)),
+        source_digest=shard_set_digest(job.ingest_uri), history=history, summary=summary, surrogate=surrogate,
+        release_rounds=sorted(config.beo.release_rounds), pairs=pairs,
+    )
+    return rows, test
+
+
+def release_pairs(job: JobState, rounds: int, like: ImageDataset, ingested: np.ndarray, budget: Budget,
+                  batch_rows: int = ROWS_PER_INGEST_SHARD) -> Iterator[tuple[ImageDataset, ImageDataset]]:
+    """The release after ``rounds`` rounds as (clean rows, release rows) batches of ``batch_rows`` in index
+    order, streamed from that round's state in the work directory and quantised a batch at a time
+    (ue_core.methods.base.release_of, which checks each batch); the state must hold exactly the ``ingested``
+    indices (sorted)."""
+    state = job.state_after(rounds - 1).select_columns(["index", "label", "image", "delta"]).sort("index")
+    position = 0
+    for batch in state.iter_batches(batch_size=batch_rows, batch_format="numpy"):
+        clean = ImageDataset(np.ascontiguousarray(batch["image"]), np.array(batch["label"], np.int64),
+                             like.num_classes, np.array(batch["index"], np.int64), like.class_names, like.name)
+        if not np.array_equal(clean.index, ingested[position:position + len(clean)]):
+            break
+        position += len(clean)
+        yield clean, release_of(clean, torch.from_numpy(np.array(batch["delta"], np.float32)), budget)
+    if position != len(ingested):
+        raise InvalidInputError(f"the state of round {rounds - 1} does not hold exactly the ingested indices")
 
 
 @ray.remote

@@ -8,7 +8,14 @@ from ue_core.checks import check_release
 from ue_core.data import read_dataset
 from ue_core.data.dataset import balanced_subset
 from ue_core.errors import InvalidInputError
-from ue_core.methods.beo import BEO, BEOConfig, EstimatorConfig, SurrogateConfig, measure_bayes_error
+from ue_core.methods.beo import (
+    BEO,
+    BEOConfig,
+    EstimatorConfig,
+    SurrogateConfig,
+    measure_bayes_error,
+    release_summary_of_batches,
+)
 from ue_core.methods.random_noise import RandomNoise, RandomNoiseConfig
 from ue_core.pga import Budget, PGAConfig
 
@@ -169,3 +176,13 @@ def test_cpu_and_auto_devices_give_the_default_release_bit_for_bit(fashion_subse
         result = method.protect(small)
         np.testing.assert_array_equal(result.release.images, default.release.images)
         assert result.summary == default.summary
+
+
+def test_the_summary_of_batches_is_the_summary_of_the_whole_set(fashion_subset, beo_result):
+    """Finishing a job a batch at a time (the Ray engine's publish) keeps only features: same β̂ as at once."""
+    clean, release = fashion_subset, beo_result.release
+    cuts = [(0, 1), (1, 130), (130, 500)]
+    pairs = [(clean.subset(np.arange(*cut)), release.subset(np.arange(*cut))) for cut in cuts]
+    batched = release_summary_of_batches(beo_result.surrogate, pairs, tiny_config())
+    assert batched == pytest.approx({key: beo_result.summary[key] for key in batched}, abs=1e-6)
+    assert set(batched) == {"bayes_error_clean", "bayes_error_release"}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ue_core.errors import InvalidInputError
-from ue_core.quality import PSNR_CAP, psnr, ssim
+from ue_core.quality import PSNR_CAP, QualityMeter, psnr, ssim
 
 
 def naive_ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -74,3 +74,12 @@ def test_psnr_is_the_mean_over_images_of_each_images_psnr():
 def test_bad_inputs_are_one_line_errors(clean, release, message):
     with pytest.raises(InvalidInputError, match=message):
         ssim(clean, release)
+
+
+def test_quality_meter_over_batches_equals_the_whole_set():
+    clean, release = random_pair(5, shape=(11, 16, 14, 3))
+    meter = QualityMeter()
+    for rows in (slice(0, 1), slice(1, 7), slice(7, 11)):
+        meter.add(clean[rows], release[rows])
+    assert meter.result() == {"psnr_db": psnr(clean, release), "ssim": pytest.approx(ssim(clean, release), abs=1e-15)}
+    assert ssim(clean[:1], release[:1]) == pytest.approx(naive_ssim(clean[:1], release[:1]), abs=1e-9)

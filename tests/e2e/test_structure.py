@@ -11,7 +11,7 @@ import pipelines.ray_engine.estimator
 import pipelines.ray_engine.passes
 import pipelines.ray_engine.rounds
 import pipelines.ray_engine.trainer
-from ue_core.methods import beo
+from ue_core.methods import base, beo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,8 @@ def test_the_ray_engine_calls_the_reference_step_functions_themselves():
     assert pipelines.ray_engine.estimator.exact_gradient is beo.exact_gradient
     assert pipelines.ray_engine.estimator.estimate_step is beo.estimate_step
     assert pipelines.ray_engine.passes.pixel_step is beo.pixel_step
-    assert pipelines.ray_engine.engine.release_summary is beo.release_summary
+    assert pipelines.ray_engine.engine.release_summary_of_batches is beo.release_summary_of_batches
+    assert pipelines.ray_engine.engine.release_of is base.release_of
 
 
 def test_pipelines_reimplement_no_step():

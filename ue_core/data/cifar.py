@@ -197,33 +197,100 @@ def write_cifar_batches(
     they reject any modified copy: load the output with ue_core.data.ReleasedCIFAR10 / ReleasedCIFAR100.
     Returns the written folder's path or URI.
     """
+    train = _checked_for_cifar(train, "train")
+    with staged_directory(join(os.fspath(root), _layout(variant).folder), overwrite) as (fs, staging):
+        writer = CifarWriter(fs, staging, train, len(train), test, variant)
+        writer.add(train)
+        writer.close()
+    return join(os.fspath(root), _layout(variant).folder)
+
+
+class CifarWriter:
+    """The CIFAR batches written batch by batch, for a train set of ``count`` images that arrive in index
+    order 0, 1, …, count − 1 (the format has no index column): each train batch file is written once its
+    rows have come (CIFAR-10: five files of ``np.array_split`` sizes; CIFAR-100: one), the meta file and
+    the test file (when ``test`` is given) at once. ``like`` gives the classes and image shape; ``folder``
+    is the variant's folder itself (``cifar-10-batches-py`` or ``cifar-100-python``)."""
+
+    def __init__(self, fs: AbstractFileSystem, folder: str, like: ImageDataset, count: int,
+                 test: ImageDataset | None = None, variant: CifarVariant = "cifar10") -> None:
+        self.layout = _layout(variant)
+        _check_cifar_shape(like, "train")
+        self.fs, self.folder, self.count, self.like = fs, folder, count, like
+        fs.makedirs(folder, exist_ok=True)
+        self.sizes = [len(rows) for rows in np.array_split(np.arange(count), len(self.layout.train))]
+        self.pending: list[ImageDataset] = []
+        self.written = 0  # rows in batch files so far
+        self.files_written = 0
+        _write_pickle(fs, join(folder, self.layout.meta), {self.layout.names_key: list(like.class_names)})
+        if test is not None:
+            if test.class_names != like.class_names:
+                raise InvalidInputError(f"{test.name}: the test set's class names differ from the train set's")
+            test = _checked_for_cifar(test, "test")
+            batch = _batch(test, np.arange(len(test)), self.layout, "testing batch 1 of 1")
+            _write_pickle(fs, join(folder, self.layout.test), batch)
+
+    def add(self, rows: ImageDataset) -> None:
+        """Append train rows whose indices continue the set: the next ones of 0..count − 1, in order."""
+        _check_cifar_shape(rows, "train")
+        start = self.written + sum(len(part) for part in self.pending)
+        if not np.array_equal(rows.index, np.arange(start, start + len(rows))) or start + len(rows) > self.count:
+            raise InvalidInputError(
+                f"{rows.name} (train): the CIFAR format has no index column, so the index must be 0..N-1"
+            )
+        self.pending.append(rows)
+        while (number := self._next_file()) is not None and 0 < self.sizes[number] <= self._pending_rows():
+            self._write_next()
+
+    def close(self) -> None:
+        """Write the files still due (those of no rows, for a set of fewer than five images)."""
+        if self.written + self._pending_rows() != self.count:
+            raise InvalidInputError(f"the CIFAR writer of {self.folder} was given fewer than its {self.count} rows")
+        while self._next_file() is not None:
+            self._write_next()
+
+    def _pending_rows(self) -> int:
+        return sum(len(part) for part in self.pending)
+
+    def _next_file(self) -> int | None:
+        """The train file to write next (None when all are written)."""
+        number = self.files_written
+        return number if number < len(self.sizes) else None
+
+    def _write_next(self) -> None:
+        number = self._next_file()
+        parts = self.pending or [self.like.subset(np.arange(0))]
+        rows = ImageDataset(
+            images=np.concatenate([part.images for part in parts]),
+            labels=np.concatenate([part.labels for part in parts]),
+            index=np.concatenate([part.index for part in parts]),
+            num_classes=self.like.num_classes, class_names=self.like.class_names, name=self.like.name,
+        )
+        size = self.sizes[number]
+        batch_label = f"training batch {number + 1} of {len(self.layout.train)}"
+        _write_pickle(self.fs, join(self.folder, self.layout.train[number]),
+                      _batch(rows, np.arange(size), self.layout, batch_label))
+        self.pending = [rows.subset(np.arange(size, len(rows)))] if len(rows) > size else []
+        self.written += size
+        self.files_written += 1
+
+
+def _layout(variant: str) -> _Layout:
     if variant not in LAYOUTS:
         raise InvalidInputError(f"CIFAR variant must be 'cifar10' or 'cifar100', got {variant!r}")
-    layout = LAYOUTS[variant]
-    splits = {"train": _checked_for_cifar(train, "train")}
-    if test is not None:
-        if test.class_names != train.class_names:
-            raise InvalidInputError(f"{test.name}: the test set's class names differ from the train set's")
-        splits["test"] = _checked_for_cifar(test, "test")
-    output = join(os.fspath(root), layout.folder)
-    with staged_directory(output, overwrite) as (fs, staging):
-        _write_pickle(fs, join(staging, layout.meta), {layout.names_key: list(train.class_names)})
-        train_batches = np.array_split(np.arange(len(train)), len(layout.train))
-        for number, (file_name, rows) in enumerate(zip(layout.train, train_batches), start=1):
-            batch_label = f"training batch {number} of {len(layout.train)}"
-            _write_pickle(fs, join(staging, file_name), _batch(splits["train"], rows, layout, batch_label))
-        if "test" in splits:
-            batch = _batch(splits["test"], np.arange(len(splits["test"])), layout, "testing batch 1 of 1")
-            _write_pickle(fs, join(staging, layout.test), batch)
-    return output
+    return LAYOUTS[variant]
 
 
-def _checked_for_cifar(dataset: ImageDataset, split: str) -> ImageDataset:
-    """The dataset sorted by index, after checking it fits the CIFAR format."""
+def _check_cifar_shape(dataset: ImageDataset, split: str) -> None:
     if dataset.image_shape != CIFAR_IMAGE_SHAPE:
         raise InvalidInputError(
             f"{dataset.name} ({split}): the CIFAR format holds 32x32x3 images, got {dataset.image_shape}"
         )
+
+
+def _checked_for_cifar(dataset: ImageDataset, split: str) -> ImageDataset:
+    """The dataset sorted by index, after checking it fits the CIFAR format."""
+    _check_cifar_shape(dataset, split)
     return sorted_with_dense_index(dataset, split, "the CIFAR format has no index column")
 
 

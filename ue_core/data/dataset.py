@@ -8,6 +8,7 @@ across the whole pipeline, and no code relies on row order.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,12 +116,22 @@ class ImageDataset:
         the same images under the same indices give the same digest, whichever file or order they came from
         (MLflow's dataset inputs carry it, pipelines/tracking.py)."""
         order = np.argsort(self.index, kind="stable")
-        digest = hashlib.sha256(repr((self.image_shape, self.num_classes)).encode())
-        digest.update(self.index[order].tobytes())
-        digest.update(self.labels[order].tobytes())
-        for start in range(0, len(order), 4096):  # a block at a time: never a second copy of every image
-            digest.update(np.ascontiguousarray(self.images[order[start:start + 4096]]).tobytes())
-        return digest.hexdigest()[:16]
+        # a block at a time: never a second copy of every image
+        blocks = (self.images[order[start:start + 4096]] for start in range(0, len(order), 4096))
+        return digest_of(self.image_shape, self.num_classes, self.index[order], self.labels[order], blocks)
+
+
+def digest_of(image_shape: tuple[int, int, int], num_classes: int, index: np.ndarray, labels: np.ndarray,
+              image_blocks: Iterable[np.ndarray]) -> str:
+    """:meth:`ImageDataset.digest` of a set given as its index and labels (int64 (N,), in index order) and
+    its images as consecutive blocks in the same order (uint8 (n, H, W, C) each), so that a set too large
+    for memory is digested block by block."""
+    digest = hashlib.sha256(repr((tuple(image_shape), num_classes)).encode())
+    digest.update(np.asarray(index, np.int64).tobytes())
+    digest.update(np.asarray(labels, np.int64).tobytes())
+    for block in image_blocks:
+        digest.update(np.ascontiguousarray(block).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def images_to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 import torch
+from fsspec import AbstractFileSystem
 
 from ue_core.data.atomic import staged_directory
 from ue_core.data.dataset import ImageDataset
@@ -56,24 +57,41 @@ def write_delta(
     """Write ``root/delta.npy``, ``root/index.npy`` and ``root/delta.pt`` (module docstring); returns
     ``root``."""
     root = os.fspath(root)
-    delta, index = integer_delta(release, clean)
-    contents = {
-        DELTA_NPY: _npy_bytes(delta),
-        INDEX_NPY: _npy_bytes(index),
-        DELTA_PT: _torch_bytes({"delta": torch.from_numpy(delta), "index": torch.from_numpy(index)}),
-    }
     with staged_directory(root, overwrite) as (fs, staging):
-        for name, data in contents.items():
-            with fs.open(join(staging, name), "wb") as f:
-                f.write(data)
+        writer = DeltaWriter(fs, staging)
+        writer.add(release, clean)
+        writer.close()
     return root
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    """``array`` in the .npy format (no pickles)."""
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
+class DeltaWriter:
+    """The δ export written from batches of (release, clean) rows, in index order across calls.
+
+    q − x is kept as int8 until :meth:`close` writes the three files, since delta.pt holds one tensor of every
+    row: N·C·H·W bytes, a quarter of a float32 δ — the one release format that holds every row in memory.
+    """
+
+    def __init__(self, fs: AbstractFileSystem, folder: str) -> None:
+        self.fs, self.folder = fs, folder
+        fs.makedirs(folder, exist_ok=True)
+        self.deltas: list[np.ndarray] = []
+        self.indices: list[np.ndarray] = []
+
+    def add(self, release: ImageDataset, clean: ImageDataset) -> None:
+        delta, index = integer_delta(release, clean)
+        if self.indices and len(index) and index[0] <= self.indices[-1][-1]:
+            raise InvalidInputError(f"{release.name}: delta rows must come in ascending index order")
+        self.deltas.append(delta)
+        self.indices.append(index)
+
+    def close(self) -> None:
+        delta, index = np.concatenate(self.deltas), np.concatenate(self.indices)
+        self.deltas, self.indices = [], []
+        for name, array in ((DELTA_NPY, delta), (INDEX_NPY, index)):
+            with self.fs.open(join(self.folder, name), "wb") as f:
+                np.save(f, array, allow_pickle=False)
+        with self.fs.open(join(self.folder, DELTA_PT), "wb") as f:
+            f.write(_torch_bytes({"delta": torch.from_numpy(delta), "index": torch.from_numpy(index)}))
 
 
 def _torch_bytes(tensors: dict[str, torch.Tensor]) -> bytes:

@@ -101,29 +101,45 @@ def write_png_folder(dataset: ImageDataset, root: str | os.PathLike, overwrite: 
     """Write ``root/images/<index>.png`` (grayscale if C = 1, RGB if C = 3), ``labels.csv`` and
     ``dataset.json``, rows in index order. Returns ``root``."""
     root = os.fspath(root)
+    with staged_directory(root, overwrite) as (fs, staging):
+        writer = PngFolderWriter(fs, staging, dataset)
+        writer.add(dataset.sorted_by_index())
+        writer.close()
+    return root
+
+
+class PngFolderWriter:
+    """The PNG folder written batch by batch: each image as it comes, labels.csv and dataset.json at
+    :meth:`close`, rows in the order added (:func:`write_png_folder` adds them in index order). ``like``
+    gives the set's name, classes and image shape."""
+
+    def __init__(self, fs: AbstractFileSystem, folder: str, like: ImageDataset) -> None:
+        _check_png_channels(like)
+        self.fs, self.folder, self.like = fs, folder, like
+        self.table = io.StringIO()
+        self.rows = csv.writer(self.table, lineterminator="\n")
+        self.rows.writerow(CSV_COLUMNS)
+        fs.makedirs(join(folder, IMAGES_DIR), exist_ok=True)
+
+    def add(self, rows: ImageDataset) -> None:
+        for image, index, label in zip(rows.images, rows.index, rows.labels):
+            file_name = f"{IMAGES_DIR}/{index}.png"
+            with self.fs.open(join(self.folder, file_name), "wb") as f:
+                f.write(encode_png(image))
+            self.rows.writerow((file_name, int(index), int(label)))
+
+    def close(self) -> None:
+        with self.fs.open(join(self.folder, LABELS_CSV), "w") as f:
+            f.write(self.table.getvalue())
+        description = {"name": self.like.name, "num_classes": self.like.num_classes,
+                       "class_names": self.like.class_names}
+        with self.fs.open(join(self.folder, DATASET_JSON), "w") as f:
+            json.dump(description, f, indent=1)
+
+
+def _check_png_channels(dataset: ImageDataset) -> None:
     if dataset.image_shape[2] not in (1, 3):
         raise InvalidInputError(f"{dataset.name}: PNG images need 1 or 3 channels, got {dataset.image_shape}")
-    ordered = dataset.sorted_by_index()
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    with staged_directory(root, overwrite) as (fs, staging):
-        fs.makedirs(join(staging, IMAGES_DIR), exist_ok=True)
-        for image, index, label in zip(ordered.images, ordered.index, ordered.labels):
-            file_name = f"{IMAGES_DIR}/{index}.png"
-            with fs.open(join(staging, file_name), "wb") as f:
-                f.write(encode_png(image))
-            writer.writerow((file_name, int(index), int(label)))
-        with fs.open(join(staging, LABELS_CSV), "w") as f:
-            f.write(table.getvalue())
-        description = {
-            "name": dataset.name,
-            "num_classes": dataset.num_classes,
-            "class_names": dataset.class_names,
-        }
-        with fs.open(join(staging, DATASET_JSON), "w") as f:
-            json.dump(description, f, indent=1)
-    return root
 
 
 def class_folder_names(class_names: Sequence[str]) -> tuple[str, ...]:
@@ -145,30 +161,53 @@ def write_image_folder(dataset: ImageDataset, root: str | os.PathLike, overwrite
     shift the labels after it.
     """
     root = os.fspath(root)
-    if dataset.image_shape[2] not in (1, 3):
-        raise InvalidInputError(f"{dataset.name}: PNG images need 1 or 3 channels, got {dataset.image_shape}")
-    empty = sorted(set(range(dataset.num_classes)) - set(dataset.labels.tolist()))
+    _check_png_channels(dataset)
+    _check_every_class(dataset.name, dataset.num_classes, dataset.labels)
+    with staged_directory(root, overwrite) as (fs, staging):
+        writer = ImageFolderWriter(fs, staging, dataset, int(dataset.index.max(initial=0)))
+        writer.add(dataset)
+        writer.close()
+    return root
+
+
+class ImageFolderWriter:
+    """The ImageFolder export written batch by batch: each image as it comes into its class folder, and
+    metadata.csv, in (label, index) order, at :meth:`close`, which also checks that every class got an
+    image. ``like`` gives the set's name, classes and image shape; ``max_index``, the largest index of the
+    whole set, fixes the zero-padded width of every file name."""
+
+    def __init__(self, fs: AbstractFileSystem, folder: str, like: ImageDataset, max_index: int) -> None:
+        _check_png_channels(like)
+        self.fs, self.folder, self.like = fs, folder, like
+        self.class_folders = class_folder_names(like.class_names)
+        self.width = len(str(max_index))
+        self.entries: list[tuple[int, int, str]] = []  # (label, index, file name)
+        for class_folder in self.class_folders:
+            fs.makedirs(join(folder, class_folder), exist_ok=True)
+
+    def add(self, rows: ImageDataset) -> None:
+        for image, index, label in zip(rows.images, rows.index, rows.labels):
+            file_name = f"{self.class_folders[label]}/{index:0{self.width}d}.png"
+            with self.fs.open(join(self.folder, file_name), "wb") as f:
+                f.write(encode_png(image))
+            self.entries.append((int(label), int(index), file_name))
+
+    def close(self) -> None:
+        _check_every_class(self.like.name, self.like.num_classes, np.array([label for label, _, _ in self.entries]))
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerow(METADATA_COLUMNS)
+        writer.writerows((file_name, label) for label, _, file_name in sorted(self.entries))
+        with self.fs.open(join(self.folder, METADATA_CSV), "w") as f:
+            f.write(table.getvalue())
+
+
+def _check_every_class(name: str, num_classes: int, labels: np.ndarray) -> None:
+    empty = sorted(set(range(num_classes)) - set(labels.tolist()))
     if empty:
         raise InvalidInputError(
-            f"{dataset.name}: the imagefolder export needs an image of every class, class {empty[0]} has none"
+            f"{name}: the imagefolder export needs an image of every class, class {empty[0]} has none"
         )
-    folders = class_folder_names(dataset.class_names)
-    width = len(str(int(dataset.index.max())))
-    ordered = dataset.subset(np.lexsort((dataset.index, dataset.labels)))
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(METADATA_COLUMNS)
-    with staged_directory(root, overwrite) as (fs, staging):
-        for folder in folders:
-            fs.makedirs(join(staging, folder), exist_ok=True)
-        for image, index, label in zip(ordered.images, ordered.index, ordered.labels):
-            file_name = f"{folders[label]}/{index:0{width}d}.png"
-            with fs.open(join(staging, file_name), "wb") as f:
-                f.write(encode_png(image))
-            writer.writerow((file_name, int(label)))
-        with fs.open(join(staging, METADATA_CSV), "w") as f:
-            f.write(table.getvalue())
-    return root
 
 
 def read_png_folder(source: str | os.PathLike) -> ImageDataset:

@@ -16,7 +16,6 @@ and the file's key-value metadata holds, under the key ``ue_core``, the JSON obj
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from ue_core.data.atomic import staged_directory
-from ue_core.data.dataset import ImageDataset
+from ue_core.data.dataset import ImageDataset, digest_of
 from ue_core.data.fsutil import contained_listing, filesystem, first_line, join
 from ue_core.errors import DatasetFormatError, InvalidInputError
 
@@ -80,37 +79,97 @@ def write_shards(
         The URIs of the written files, in order.
     """
     uri = os.fspath(uri)
-    if rows_per_shard < 1:
-        raise InvalidInputError(f"rows_per_shard must be >= 1, got {rows_per_shard} for {uri}")
     extra_arrays = _checked_extra(dataset, extra or {}, uri)
     order = np.argsort(dataset.index, kind="stable")
-    metadata = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "name": dataset.name,
-        "num_classes": dataset.num_classes,
-        "class_names": list(dataset.class_names),
-        "image_shape": list(dataset.image_shape),
-        "extra_shapes": {name: list(array.shape[1:]) for name, array in extra_arrays.items()},
-    }
-    schema = pa.schema(
-        [("index", pa.int64()), ("label", pa.int32()), ("image", pa.binary())]
-        + [(name, pa.binary()) for name in extra_arrays],
-        metadata={METADATA_KEY: json.dumps(metadata).encode()},
-    )
-    num_shards = max(1, math.ceil(len(dataset) / rows_per_shard))
-    file_names = [f"part-{number:05d}{SHARD_SUFFIX}" for number in range(num_shards)]
     with staged_directory(uri, overwrite) as (fs, staging):
-        for number, file_name in enumerate(file_names):
-            rows = order[number * rows_per_shard : (number + 1) * rows_per_shard]
-            columns = [
-                pa.array(dataset.index[rows], pa.int64()),
-                pa.array(dataset.labels[rows].astype(np.int32), pa.int32()),
-                _binary_column(dataset.images[rows]),
-            ] + [_binary_column(array[rows]) for array in extra_arrays.values()]
-            with fs.open(join(staging, file_name), "wb") as f:
-                pq.write_table(pa.Table.from_arrays(columns, schema=schema), f)
+        writer = ShardWriter(fs, staging, dataset, rows_per_shard,
+                             {name: array.shape[1:] for name, array in extra_arrays.items()})
+        writer.add(dataset.subset(order), {name: array[order] for name, array in extra_arrays.items()})
+        file_names = writer.close()
     return [join(uri, file_name) for file_name in file_names]
+
+
+class ShardWriter:
+    """A shard set written part by part, for data that does not fit in memory at once.
+
+    Rows given to :meth:`add` (in ascending index order across calls) fill ``part-00000.parquet``,
+    ``part-00001.parquet``, … of ``rows_per_shard`` rows each, so the same rows give the same files however
+    they are split into calls; memory holds at most one part's rows beside the batch being added.
+    ``like`` gives the set's name, classes and image shape; ``extra_shapes`` the per-sample shape of each
+    extra float32 column (module docstring).
+    """
+
+    def __init__(
+        self, fs: AbstractFileSystem, folder: str, like: ImageDataset, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+        extra_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    ) -> None:
+        if rows_per_shard < 1:
+            raise InvalidInputError(f"rows_per_shard must be >= 1, got {rows_per_shard} for {folder}")
+        extra_shapes = dict(extra_shapes or {})
+        metadata = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "name": like.name,
+            "num_classes": like.num_classes,
+            "class_names": list(like.class_names),
+            "image_shape": list(like.image_shape),
+            "extra_shapes": {name: list(shape) for name, shape in extra_shapes.items()},
+        }
+        self.schema = pa.schema(
+            [("index", pa.int64()), ("label", pa.int32()), ("image", pa.binary())]
+            + [(name, pa.binary()) for name in extra_shapes],
+            metadata={METADATA_KEY: json.dumps(metadata).encode()},
+        )
+        self.fs, self.folder, self.rows_per_shard, self.extra_names = fs, folder, rows_per_shard, list(extra_shapes)
+        fs.makedirs(folder, exist_ok=True)
+        self.pending: list[dict[str, np.ndarray]] = []
+        self.file_names: list[str] = []
+        self.last_index: int | None = None
+
+    def add(self, rows: ImageDataset, extra: Mapping[str, np.ndarray] | None = None) -> None:
+        """Append ``rows`` (indices ascending, above every index added before) and their extra columns."""
+        if len(rows) == 0:
+            return
+        steps = np.diff(rows.index)
+        if (steps <= 0).any() or (self.last_index is not None and rows.index[0] <= self.last_index):
+            raise InvalidInputError(f"{rows.name}: shard rows must come in ascending index order (writing {self.folder})")
+        self.last_index = int(rows.index[-1])
+        extra = extra or {}
+        self.pending.append({"index": rows.index, "label": rows.labels, "image": rows.images,
+                             **{name: np.asarray(extra[name], np.float32) for name in self.extra_names}})
+        if sum(len(part["index"]) for part in self.pending) >= self.rows_per_shard:
+            pending = self._concatenated()
+            full = len(pending["index"]) // self.rows_per_shard * self.rows_per_shard
+            for start in range(0, full, self.rows_per_shard):
+                self._write_part({name: values[start:start + self.rows_per_shard] for name, values in pending.items()})
+            self.pending = [{name: values[full:] for name, values in pending.items()}] if full < len(pending["index"]) else []
+
+    def close(self) -> list[str]:
+        """Write the last (partial) part, or one empty part for an empty set; returns the file names in order."""
+        if self.pending:
+            self._write_part(self._concatenated())
+        elif not self.file_names:
+            self._write_part({"index": np.zeros(0, np.int64), "label": np.zeros(0, np.int64),
+                              "image": np.zeros((0, 1), np.uint8),
+                              **{name: np.zeros((0, 1), np.float32) for name in self.extra_names}})
+        return self.file_names
+
+    def _concatenated(self) -> dict[str, np.ndarray]:
+        if len(self.pending) == 1:
+            return self.pending[0]
+        return {name: np.concatenate([part[name] for part in self.pending]) for name in self.pending[0]}
+
+    def _write_part(self, rows: dict[str, np.ndarray]) -> None:
+        """``rows`` as the next part file."""
+        columns = [
+            pa.array(rows["index"], pa.int64()),
+            pa.array(rows["label"].astype(np.int32), pa.int32()),
+            _binary_column(rows["image"]),
+        ] + [_binary_column(rows[name]) for name in self.extra_names]
+        file_name = f"part-{len(self.file_names):05d}{SHARD_SUFFIX}"
+        with self.fs.open(join(self.folder, file_name), "wb") as f:
+            pq.write_table(pa.Table.from_arrays(columns, schema=self.schema), f)
+        self.file_names.append(file_name)
 
 
 def _checked_extra(dataset: ImageDataset, extra: Mapping[str, np.ndarray], uri: str) -> dict[str, np.ndarray]:
@@ -177,6 +236,42 @@ def _read_set(uri: str, with_extra: bool) -> tuple[ImageDataset, dict[str, np.nd
         raise DatasetFormatError(f"invalid shard set {uri}: {error}") from error
     extra = {name: np.concatenate([s.extra[name] for s in shards]) for name in shards[0].extra}
     return dataset, extra
+
+
+def empty_like(uri: str | os.PathLike) -> ImageDataset:
+    """A set of no rows with the name, classes and image shape of the shard set at ``uri`` (from its first
+    file's metadata, no rows read)."""
+    uri = os.fspath(uri)
+    fs, path = filesystem(uri)
+    first = _shard_paths(fs, path, uri)[0]
+    try:
+        with fs.open(first, "rb") as f:
+            metadata = _shard_metadata(pq.ParquetFile(f).schema_arrow, first)
+    except (pa.ArrowException, OSError) as error:
+        raise DatasetFormatError(f"not a readable Parquet shard: {first}: {first_line(error)}") from error
+    return ImageDataset(np.zeros((0, *metadata["image_shape"]), np.uint8), np.zeros(0, np.int64),
+                        int(metadata["num_classes"]), class_names=tuple(metadata["class_names"]),
+                        name=str(metadata["name"]))
+
+
+def shard_set_digest(uri: str | os.PathLike) -> str:
+    """:meth:`ImageDataset.digest` of the shard set at ``uri``, reading one part at a time (twice: the index
+    and labels first, then the images), so a set larger than memory is digested too. A set whose parts are
+    not in index order (:func:`write_shards` writes them in order) is read whole instead."""
+    uri = os.fspath(uri)
+    fs, path = filesystem(uri)
+    paths = _shard_paths(fs, path, uri)
+    keys = []
+    for shard_path in paths:
+        shard = _read_shard(fs, shard_path, with_extra=False)
+        keys.append((shard.metadata, shard.index, shard.labels))
+    index = np.concatenate([part_index for _, part_index, _ in keys])
+    if len(index) and (np.diff(index) <= 0).any():
+        return read_shards(uri).digest()
+    metadata = keys[0][0]
+    blocks = (_read_shard(fs, shard_path, with_extra=False).images for shard_path in paths)
+    return digest_of(tuple(metadata["image_shape"]), int(metadata["num_classes"]), index,
+                     np.concatenate([labels for _, _, labels in keys]), blocks)
 
 
 def _shard_paths(fs: AbstractFileSystem, path: str, uri: str) -> list[str]:

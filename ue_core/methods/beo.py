@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -326,9 +326,17 @@ def measure_bayes_error(
     """β̂ of ``images`` (N, C, H, W) in ``model``'s normalised penultimate feature space, with the bandwidth
     ``config`` gives these features (under "nearest-neighbour": from their own distances); ``model`` is on
     ``device``, where the features (with ``compute``) and the exact estimator's blocks are computed."""
-    features, _ = bayes_error.normalise_features(
-        compute_features(model, images, batch_size=batch_size, device=device, compute=compute)
-    )
+    features = compute_features(model, images, batch_size=batch_size, device=device, compute=compute)
+    return bayes_error_of_features(features, labels, num_classes, config, seed, device)
+
+
+def bayes_error_of_features(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, config: EstimatorConfig, seed: int = 0,
+    device: Device = "cpu",
+) -> float:
+    """β̂ of penultimate features (N, D), normalised here, with labels (N,): the estimator's part of
+    :func:`measure_bayes_error`, for features computed a batch at a time."""
+    features, _ = bayes_error.normalise_features(features)
     generator = estimator_generator(config, seed)
     sigma = config.step_sigma(features, (seed, 0, 0))
     return float(estimate_step(features, labels, num_classes, config, sigma, generator, False, device=device).value)
@@ -556,13 +564,27 @@ class BEO(ProtectionMethod):
 def release_summary(
     surrogate: Classifier, clean: ImageDataset, release: ImageDataset, config: BEOConfig, device: Device = "cpu"
 ) -> dict[str, float]:
-    """Finishing a job: β̂ of the clean images and of the checked uint8 release in the final surrogate's
-    feature space (the surrogate on ``device``), keys bayes_error_clean and bayes_error_release."""
-    summary = {}
-    for name, data in (("clean", clean), ("release", release)):
-        images, labels = data.tensors()
-        summary[f"bayes_error_{name}"] = measure_bayes_error(
-            surrogate, images, labels, data.num_classes, config.estimator, config.batch_size, config.seed, device,
-            config.compute,
-        )
-    return summary
+    """Finishing a job: β̂ of the clean images and of the checked uint8 release (rows aligned) in the final
+    surrogate's feature space (the surrogate on ``device``), keys bayes_error_clean and bayes_error_release."""
+    return release_summary_of_batches(surrogate, [(clean, release)], config, device)
+
+
+def release_summary_of_batches(
+    surrogate: Classifier, pairs: Iterable[tuple[ImageDataset, ImageDataset]], config: BEOConfig,
+    device: Device = "cpu",
+) -> dict[str, float]:
+    """:func:`release_summary` of a set given as aligned (clean rows, release rows) batches: the features
+    (N × D) are kept, never the images, so a set larger than memory is summarised a batch at a time."""
+    features: dict[str, list[torch.Tensor]] = {"clean": [], "release": []}
+    labels, num_classes = [], 0
+    for clean_rows, release_rows in pairs:
+        for name, rows in (("clean", clean_rows), ("release", release_rows)):
+            features[name].append(compute_features(surrogate, rows.tensors()[0], batch_size=config.batch_size,
+                                                   device=device, compute=config.compute))
+        labels.append(torch.from_numpy(clean_rows.labels))
+        num_classes = clean_rows.num_classes
+    return {
+        f"bayes_error_{name}": bayes_error_of_features(torch.cat(parts), torch.cat(labels), num_classes,
+                                                       config.estimator, config.seed, device)
+        for name, parts in features.items()
+    }
