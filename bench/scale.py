@@ -1,0 +1,161 @@
+"""Benchmark: `ue protect` (Ray engine) at scale — seconds per pass, and where memory goes.
+
+Protects N images with the Ray engine and reports, beside the per-pass seconds of each round (from the
+release manifest's history) and the rest (start-up, ingest, finish and publishing), the peak resident memory of the driver (this
+process), of every Ray worker process (their kernel high-water marks, /proc/PID/status VmHWM, read every
+second while they live) and the object store's peak use (Ray's memory summary, sampled every 2 s).
+Appends one JSON line to bench/results/scale.jsonl and prints it.
+
+    python bench/scale.py --dataset fashion-mnist --size 60000 --rounds 2       # real Fashion-MNIST (data/)
+    python bench/scale.py --dataset synthetic-tiny --size 100000 --rounds 1 \\
+        --address 127.0.0.1:6379 --source s3://bench/tiny                        # written first if missing
+
+``synthetic-tiny`` is Tiny-ImageNet-shaped data (64 × 64 × 3, 200 classes, uniform random pixels) written
+as Parquet shards at ``--source`` (a folder or an s3:// URI, with the usual AWS_* variables). The protect
+config is the ``fashion-mnist`` preset (small-CNN surrogate, exact estimator) with ``--set`` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import resource
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from pipelines.config import load_protect_config
+from pipelines.config.files import parse_override
+from pipelines.protect import protect
+from pipelines.ray_utils import connect
+from ue_core.data.dataset import ImageDataset
+from ue_core.data.fsutil import filesystem
+from ue_core.release import read_manifest
+
+RESULTS = Path(__file__).parent / "results" / "scale.jsonl"
+TINY_SHAPE, TINY_CLASSES = (64, 64, 3), 200
+
+
+def write_synthetic_tiny(uri: str, size: int, seed: int = 0) -> None:
+    """``size`` random 64 × 64 × 3 images in 200 balanced classes as Parquet shards at ``uri``, generated
+    and written 10,000 at a time (never the whole set in memory)."""
+    from ue_core.data.shards import ShardWriter
+
+    rng = np.random.default_rng(seed)
+    fs, path = filesystem(uri)
+    writer = None
+    for start in range(0, size, 10_000):
+        count = min(10_000, size - start)
+        rows = ImageDataset(rng.integers(0, 256, (count, *TINY_SHAPE), dtype=np.uint8),
+                            np.arange(start, start + count) % TINY_CLASSES, TINY_CLASSES,
+                            index=np.arange(start, start + count), name="synthetic-tiny-imagenet")
+        writer = writer or ShardWriter(fs, path, rows)
+        writer.add(rows)
+    writer.close()
+
+
+class MemorySampler(threading.Thread):
+    """Peak resident memory of every Ray worker process (VmHWM) and the object store's peak use."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.workers: dict[int, tuple[str, int]] = {}  # pid → (process title, peak bytes)
+        self.object_store_peak = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        ticks = 0
+        while not self.stopped.wait(1.0):
+            for pid_dir in Path("/proc").glob("[0-9]*"):
+                try:
+                    title = (pid_dir / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                    if not title.startswith("ray::") or int(pid_dir.name) == os.getpid():
+                        continue
+                    status = (pid_dir / "status").read_text()
+                except OSError:
+                    continue
+                peak = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+                self.workers[int(pid_dir.name)] = (title, max(peak, self.workers.get(int(pid_dir.name), ("", 0))[1]))
+            ticks += 1
+            if ticks % 2 == 0 and ray.is_initialized():
+                self.object_store_peak = max(self.object_store_peak, object_store_used())
+
+    def stop(self) -> dict:
+        self.stopped.set()
+        self.join()
+        by_title: dict[str, int] = {}
+        for title, peak in self.workers.values():
+            by_title[title] = max(by_title.get(title, 0), peak)
+        return {"worker_peak_rss_mib": {title: round(peak / 2**20) for title, peak in sorted(by_title.items())},
+                "object_store_peak_mib": round(self.object_store_peak / 2**20)}
+
+
+def object_store_used() -> int:
+    """Bytes in the object store now (Ray's `ray memory --stats-only` summary); 0 when unavailable."""
+    try:
+        from ray._private.internal_api import memory_summary
+
+        summary = memory_summary(stats_only=True)
+    except Exception:  # an internal API: its absence must not stop the benchmark
+        return 0
+    match = re.search(r"Plasma memory usage (\d+) MiB", summary)
+    return int(match.group(1)) * 2**20 if match else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=("fashion-mnist", "synthetic-tiny"), default="fashion-mnist")
+    parser.add_argument("--source", default="data")
+    parser.add_argument("--size", type=int, default=60000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--address", default=None, help="a running cluster (default: an embedded Ray)")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE over the fashion-mnist preset")
+    parser.add_argument("--out", default=None, help="where the release goes (default: a temporary folder)")
+    args = parser.parse_args()
+    if args.dataset == "synthetic-tiny":
+        fs, path = filesystem(args.source)
+        if not fs.exists(path):
+            write_synthetic_tiny(args.source, args.size)
+    overrides = {"data.subset": args.size, "data.test_subset": 0,
+                 "beo.rounds": args.rounds, "formats": ["parquet"]}
+    overrides |= dict(parse_override(item) for item in args.set)
+    config = load_protect_config("fashion-mnist", overrides=overrides)
+    with tempfile.TemporaryDirectory() as directory:
+        out = args.out or f"{directory}/release"
+        connect(args.address, progress=False)
+        sampler = MemorySampler()
+        sampler.start()
+        started = time.perf_counter()
+        try:
+            summary = protect(args.source, out, config, engine="ray", progress=False, ray_address=args.address,
+                              tracking_uri=f"sqlite:///{directory}/mlruns.db", experiment="bench")
+        finally:
+            memory = sampler.stop()
+            ray.shutdown()
+        total = time.perf_counter() - started
+        history = read_manifest(out)["history"]
+    seconds = {key: round(sum(h.get(key, 0.0) for h in history), 1) for key in
+               ("seconds_read", "seconds_surrogate", "seconds_features", "seconds_estimator", "seconds_ascent",
+                "seconds_write")}
+    result = {
+        "date": str(datetime.date.today()), "dataset": args.dataset, "size": summary.count, "rounds": args.rounds,
+        "address": args.address, "overrides": args.set, "total_seconds": round(total),
+        "seconds_per_pass_all_rounds": seconds,
+        "seconds_other": round(total - sum(seconds.values())),  # start-up, ingest, finish and publishing
+        "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), **memory,
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    with RESULTS.open("a") as f:
+        f.write(json.dumps(result) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
