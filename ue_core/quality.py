@@ -46,35 +46,42 @@ def psnr_values(clean: np.ndarray, release: np.ndarray) -> np.ndarray:
     return np.minimum(values, PSNR_CAP)
 
 
-def _gaussian_window() -> torch.Tensor:
-    """The separable SSIM window, float64 (1, 1, 11, 11), summing to 1."""
+def _gaussian_profile() -> torch.Tensor:
+    """The SSIM window's 1-D profile, float64 (11,), summing to 1: the 11×11 window is its outer product."""
     offsets = torch.arange(_WINDOW, dtype=torch.float64) - (_WINDOW - 1) / 2
     profile = torch.exp(-(offsets**2) / (2 * _SIGMA**2))
-    profile /= profile.sum()
-    return torch.outer(profile, profile)[None, None]
+    return profile / profile.sum()
 
 
-def ssim(clean: np.ndarray, release: np.ndarray, batch_size: int = 256) -> float:
+def _filter(images: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
+    """The Gaussian-weighted mean of every valid 11×11 window of (B, 1, H, W), as two 1-D convolutions (the
+    window is separable: the same sums, 2 × 11 products per pixel instead of 121, and far smaller temporaries)."""
+    return F.conv2d(F.conv2d(images, profile.view(1, 1, -1, 1)), profile.view(1, 1, 1, -1))
+
+
+def ssim(clean: np.ndarray, release: np.ndarray, batch_values: int = 2**20) -> float:
     """Mean SSIM over images, channels and window positions of uint8 (N, H, W, C) arrays (H, W ≥ 11)."""
-    return float(ssim_values(clean, release, batch_size).mean())
+    return float(ssim_values(clean, release, batch_values).mean())
 
 
-def ssim_values(clean: np.ndarray, release: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """SSIM of each image, float64 (N,): the mean over its channels and window positions."""
+def ssim_values(clean: np.ndarray, release: np.ndarray, batch_values: int = 2**20) -> np.ndarray:
+    """SSIM of each image, float64 (N,): the mean over its channels and window positions; computed over
+    chunks of about ``batch_values`` pixel values (memory ~10 float64 copies of a chunk)."""
     _check_pair(clean, release)
     if min(clean.shape[1:3]) < _WINDOW:
         raise InvalidInputError(f"SSIM needs images of at least {_WINDOW}×{_WINDOW} pixels, got {clean.shape[1:3]}")
-    window = _gaussian_window()
+    profile = _gaussian_profile()
     c1, c2 = (_K1 * _RANGE) ** 2, (_K2 * _RANGE) ** 2
+    rows = max(1, batch_values // int(np.prod(clean.shape[1:])))
     values = []
-    for start in range(0, len(clean), batch_size):
+    for start in range(0, len(clean), rows):
         # (B, H, W, C) → (B·C, 1, H, W): every channel filtered alone
-        a, b = (torch.tensor(images[start:start + batch_size], dtype=torch.float64).permute(0, 3, 1, 2)
+        a, b = (torch.tensor(images[start:start + rows], dtype=torch.float64).permute(0, 3, 1, 2)
                 .reshape(-1, 1, *images.shape[1:3]) for images in (clean, release))  # a copy: inputs may be read-only
-        mean_a, mean_b = F.conv2d(a, window), F.conv2d(b, window)
-        var_a = F.conv2d(a * a, window) - mean_a**2
-        var_b = F.conv2d(b * b, window) - mean_b**2
-        covariance = F.conv2d(a * b, window) - mean_a * mean_b
+        mean_a, mean_b = _filter(a, profile), _filter(b, profile)
+        var_a = _filter(a * a, profile) - mean_a**2
+        var_b = _filter(b * b, profile) - mean_b**2
+        covariance = _filter(a * b, profile) - mean_a * mean_b
         index = ((2 * mean_a * mean_b + c1) * (2 * covariance + c2)) / (
             (mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2)
         )
