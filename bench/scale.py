@@ -33,7 +33,7 @@ import ray
 
 from pipelines.config import load_protect_config
 from pipelines.config.files import parse_override
-from pipelines.protect import protect
+from pipelines.protect import code_version, protect
 from pipelines.ray_utils import connect
 from ue_core.data.dataset import ImageDataset
 from ue_core.data.fsutil import filesystem
@@ -103,7 +103,7 @@ def object_store_used() -> int:
         from ray._private.internal_api import memory_summary
 
         summary = memory_summary(stats_only=True)
-    except Exception:  # an internal API: its absence must not stop the benchmark
+    except Exception:  # noqa: BLE001 - an internal API: its absence must not stop the benchmark
         return 0
     match = re.search(r"Plasma memory usage (\d+) MiB", summary)
     return int(match.group(1)) * 2**20 if match else 0
@@ -145,7 +145,7 @@ def main() -> None:
                ("seconds_read", "seconds_surrogate", "seconds_features", "seconds_estimator", "seconds_ascent",
                 "seconds_write")}
     result = {
-        "date": str(datetime.date.today()), "dataset": args.dataset, "size": summary.count, "rounds": args.rounds,
+        "date": str(datetime.date.today()), "code": code_version(), "dataset": args.dataset, "size": summary.count, "rounds": args.rounds,
         "address": args.address, "overrides": args.set, "total_seconds": round(total),
         "seconds_per_pass_all_rounds": seconds,
         "seconds_other": round(total - sum(seconds.values())),  # start-up, ingest, finish and publishing
