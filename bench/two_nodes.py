@@ -35,7 +35,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster" / "local"))
-from localcluster import free_ports, stop_group  # the local cluster's process helpers
+from localcluster import free_ports, process_start, stop_group  # the local cluster's process helpers
 from protect_round import round_seconds  # same folder: the per-round split by pass
 
 from pipelines.config import load_protect_config
@@ -85,11 +85,11 @@ def run(nodes: int, args: argparse.Namespace, config, directory: Path, attempt: 
     root = directory / f"{nodes}-node-{attempt}"
     root.mkdir(parents=True)
     gcs_port = free_ports(1)[0]
-    pids = []
+    components = []  # as localcluster records them: pid and start time, so a reused pid is never stopped
     try:
-        pids.append(start_node(0, root, gcs_port, head=True))
-        if nodes == 2:
-            pids.append(start_node(1, root, gcs_port, head=False))
+        for node in range(nodes):
+            pid = start_node(node, root, gcs_port, head=node == 0)
+            components.append({"pid": pid, "started": process_start(pid)})
         address = f"127.0.0.1:{gcs_port}"
         wait_for_nodes(address, nodes)
         started = time.perf_counter()
@@ -98,8 +98,8 @@ def run(nodes: int, args: argparse.Namespace, config, directory: Path, attempt: 
         total = time.perf_counter() - started
         ray.shutdown()
     finally:
-        for pid in reversed(pids):
-            stop_group(pid)
+        for component in reversed(components):
+            stop_group(component)
     with open(root / "release" / "manifest.json") as f:
         history = json.load(f)["history"]
     rounds = round_seconds(history)

@@ -63,7 +63,24 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def alive(pid: int) -> bool:
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22); None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def alive(component: dict) -> bool:
+    """Whether the process group a component leads still runs. A pid recorded in the state file can name
+    another process once ours has ended (pids are reused, within minutes on a busy machine): a process with
+    that pid but another start time is not ours, and since Linux never hands out a pid that still names a
+    process group, our group is gone then too."""
+    pid = component["pid"]
+    started = process_start(pid)
+    if started is not None and component.get("started", started) != started:
+        return False
     try:
         os.killpg(pid, 0)  # every component leads its own process group
         return True
@@ -89,7 +106,7 @@ class LocalCluster:
 
     def running(self, state: dict, name: str) -> bool:
         component = state["components"].get(name)
-        return component is not None and alive(component["pid"])
+        return component is not None and alive(component)
 
     def credentials(self, state: dict) -> dict[str, str]:
         if "s3_credentials" not in state:
@@ -122,7 +139,8 @@ class LocalCluster:
         with open(log, "ab") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        env=env, cwd=self.root, start_new_session=True)
-        state["components"][name] = {"pid": process.pid, "ports": ports, "log": str(log)}
+        state["components"][name] = {"pid": process.pid, "started": process_start(process.pid), "ports": ports,
+                                     "log": str(log)}
         self.save(state)
 
     # ---------------------------------------------------------------------------------------------- up
@@ -264,7 +282,7 @@ class LocalCluster:
             component = state["components"].get(name)
             if component is None:
                 continue
-            stop_group(component["pid"])
+            stop_group(component)
             for port in component["ports"]:
                 deadline = time.monotonic() + STOP_TIMEOUT
                 while port_open(port) and time.monotonic() < deadline:
@@ -281,7 +299,7 @@ class LocalCluster:
         up = True
         for name in COMPONENTS:
             component = state["components"].get(name)
-            running = component is not None and alive(component["pid"])
+            running = component is not None and alive(component)
             up &= running
             pid = component["pid"] if component else "-"
             print(f"{name:11} {'running' if running else 'stopped':8} pid {pid}")
@@ -292,20 +310,24 @@ class LocalCluster:
         return up
 
 
-def stop_group(pid: int) -> None:
-    """SIGTERM the process group ``pid`` leads, then SIGKILL what is left after STOP_TIMEOUT."""
+def stop_group(component: dict) -> None:
+    """SIGTERM the process group the component leads, then SIGKILL what is left after STOP_TIMEOUT; nothing
+    when it is no longer ours (:func:`alive`: its pid now names another process)."""
+    pid = component["pid"]
+    if not alive(component):
+        return
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + STOP_TIMEOUT
     while time.monotonic() < deadline:
-        if not alive(pid):
-            return
         try:
             os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
         except ChildProcessError:
             pass
+        if not alive(component):
+            return
         time.sleep(0.2)
     try:
         os.killpg(pid, signal.SIGKILL)
