@@ -34,7 +34,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, get_args
 
-import numpy as np
 from fsspec import AbstractFileSystem
 
 from ue_core.data.atomic import check_output_free, staged_directory
@@ -146,12 +145,12 @@ class ReleaseWriter:
 
     def add(self, release: ImageDataset, clean: ImageDataset | None = None) -> None:
         """Append released rows (ascending index, above those added before) and, for the ``delta`` format,
-        the clean rows of the same indices."""
+        the clean rows of the same indices (the same rows: q − x is taken row by row, ue_core.data.delta)."""
         for name, writer in self.writers.items():
             if name == "delta":
                 if clean is None:
                     raise InvalidInputError("the delta release format needs the clean images of every batch")
-                writer.add(release, clean.subset(np.isin(clean.index, release.index)))
+                writer.add(release, clean)
             else:
                 writer.add(release)
         self.added += len(release)
