@@ -10,6 +10,13 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# No Ray starts by itself in a test process (read by Ray at import, so set before any test module imports it).
+# Ray Data's prefetch threads outlive an iterator left early (a test that checks a refused state) and, once the
+# module's ray.shutdown() ran, their next Ray call would start a new local Ray from that thread: Ray
+# fate-shares its GCS and raylet with the thread that started them, so they die with it, and the next test
+# module of that pytest worker, which finds Ray initialised, loses its cluster and the worker dies with it.
+os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Before pytest-xdist's workers start (scripts/test.sh runs two): make sure Ray's authentication token
