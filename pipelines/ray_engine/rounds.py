@@ -58,7 +58,7 @@ def run_round(
     started = time.perf_counter()
     columns = state_columns(config.pga)
     if not isinstance(state, MaterializedDataset):
-        state = canonical_layout(state, columns, resources)
+        state = canonical_layout(state, columns, info, resources)
     round_metrics: dict[str, float] = {"round": round_index, "seconds_read": time.perf_counter() - started}
     started = time.perf_counter()
     surrogate, accuracies = trainer.train(state, previous, round_index)

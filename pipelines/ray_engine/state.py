@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,10 +69,15 @@ def load_model(spec: dict[str, Any]) -> Classifier:
     return model.eval()
 
 
+def clean_images(batch: Rows) -> torch.Tensor:
+    """Clean images x (B, C, H, W) float32 in [0, 1] from a state batch's uint8 (B, H, W, C) images."""
+    x = torch.from_numpy(np.ascontiguousarray(batch["image"])).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous()
+
+
 def images_and_delta(batch: Rows) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean images x (B, C, H, W) in [0, 1] and δ (B, C, H, W) from a state batch."""
-    x = torch.from_numpy(np.ascontiguousarray(batch["image"])).permute(0, 3, 1, 2).float().div_(255.0)
-    return x.contiguous(), torch.from_numpy(np.ascontiguousarray(batch["delta"]))
+    return clean_images(batch), torch.from_numpy(np.ascontiguousarray(batch["delta"]))
 
 
 def initial_state(
@@ -119,16 +125,66 @@ def state_rows(blocks: list[Any], columns: tuple[str, ...]) -> Rows:
     return sorted_by_index(concat_rows([BlockAccessor.for_block(part).to_batch_format("numpy") for part in parts]))
 
 
+def training_set(blocks: list[ray.ObjectRef], with_delta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The surrogate's training set from the state blocks: images x, or x + δ when ``with_delta``, float32
+    (N, C, H, W), and labels int64 (N,), rows sorted by index: the same values as :func:`images_and_delta`
+    on :func:`state_rows`. Filled a block at a time, so the process holds the images once (4 bytes per
+    value) and one block's columns, not every column of every block at once."""
+    from ray.data.block import BlockAccessor
 
-def canonical_layout(state: ray.data.Dataset, columns: list[str], resources: Resources) -> MaterializedDataset:
-    """The state ``columns`` in ``max(2, 2 × actors)`` equal blocks, rows in the order given, in the object store.
+    def columns(ref: ray.ObjectRef, names: list[str]) -> Rows:
+        table = BlockAccessor.for_block(ray.get(ref)).select(names)
+        return BlockAccessor.for_block(table).to_batch_format("numpy")
+
+    keys = [columns(ref, ["index", "label"]) for ref in blocks]
+    order = np.argsort(np.concatenate([part["index"] for part in keys]), kind="stable")
+    destination = np.empty_like(order)
+    destination[order] = np.arange(len(order))  # where each row, taken in block order, lands in index order
+    images: torch.Tensor | None = None
+    start = 0
+    for ref in blocks:
+        rows = columns(ref, ["image", "delta"] if with_delta else ["image"])
+        x = clean_images(rows)
+        if images is None:
+            images = torch.empty((len(order), *x.shape[1:]), dtype=torch.float32)
+        rows_here = torch.from_numpy(destination[start:start + len(x)])
+        images[rows_here] = x + torch.from_numpy(np.ascontiguousarray(rows["delta"])) if with_delta else x
+        start += len(x)
+    if images is None:
+        raise InvalidInputError("the state holds no rows")
+    labels = torch.from_numpy(np.concatenate([part["label"] for part in keys])[order].astype(np.int64))
+    return images, labels
+
+
+BLOCK_BYTES = 128 * 2**20
+"""A state block's bytes at most. A pass actor's call holds a few copies of its block (the Arrow columns,
+their NumPy views, the new δ, the block it returns: ~16 bytes per pixel value, bench/README.md "Scale"),
+so bounding the block bounds every worker's memory whatever N."""
+
+
+def state_row_bytes(image_shape: tuple[int, int, int], columns: list[str]) -> int:
+    """Bytes of one state row of ``columns`` (:func:`state_columns`): uint8 image, float32 δ and moments,
+    int64 index, label and steps."""
+    values = int(np.prod(image_shape))
+    per_column = {"image": values, "delta": 4 * values, **{name: 4 * values for name in MOMENT_COLUMNS}}
+    return sum(per_column.get(name, 8) for name in columns)
+
+
+def canonical_layout(
+    state: ray.data.Dataset, columns: list[str], info: DatasetInfo, resources: Resources
+) -> MaterializedDataset:
+    """The state ``columns`` in equal blocks, rows in the order given, in the object store: a multiple of the
+    actors, at least two per actor, and as many more as keep each block within :data:`BLOCK_BYTES`.
 
     A round's batches follow the blocks, and float results can depend on the batch a row is in; an equal
-    split depends only on the row order, which a Parquet write and read keep, so the state handed on in
-    memory and the same state read back after a resume give the same blocks.
+    split depends only on the row order and the block count (a function of N, the image shape and the
+    actors), which a Parquet write and read keep, so the state handed on in memory and the same state read
+    back after a resume give the same blocks.
     """
-    blocks = max(2, 2 * resources.actors)
-    return state.select_columns(columns).repartition(blocks).materialize()
+    actors = max(1, resources.actors)
+    state_bytes = info.count * state_row_bytes(info.image_shape, columns)
+    per_actor = max(2, math.ceil(state_bytes / BLOCK_BYTES / actors))
+    return state.select_columns(columns).repartition(per_actor * actors).materialize()
 
 
 def _read_json(uri: str) -> Any:

@@ -12,7 +12,7 @@ import torch
 from ray.data.dataset import MaterializedDataset
 
 from pipelines.ray_engine.resources import Resources, on_gpu
-from pipelines.ray_engine.state import DatasetInfo, images_and_delta, load_model, state_rows
+from pipelines.ray_engine.state import DatasetInfo, load_model, training_set
 from pipelines.ray_utils import Shared
 from pipelines.storage import WorkDir, pyarrow_filesystem
 from ue_core.config import from_dict, to_dict
@@ -39,15 +39,14 @@ def _surrogate_loop(loop_config: dict[str, Any]) -> None:
     inbox, outbox = loop_config["inbox"], loop_config["outbox"]
     device = ray.train.torch.get_device()
     while (request := inbox.get()) is not None:
-        data = state_rows(ray.get(request["blocks"]), ("index", "label", "image", "delta"))
-        x, delta = images_and_delta(data)
-        y = torch.from_numpy(data["label"])
-        training_images = x if config.surrogate.mode == "fixed" else x + delta
+        # the clean images in mode "fixed", else the protected ones (x + δ), as the reference engine
+        training_images, y = training_set(request["blocks"], with_delta=config.surrogate.mode != "fixed")
         previous = load_model(ray.get(request["previous"])) if request["previous"] is not None else None
         model = train_surrogate(
             previous, training_images, y, loop_config["num_classes"], config.surrogate,
             seed=round_seed(config.seed, request["round"]), device=device, compute=config.compute,
         )
+        del training_images  # not held while the worker waits for the next round
         metrics = {"on_gpu_surrogate": on_gpu(device)}  # the train accuracy: from the round's first feature pass
         if loop_config["test"] is not None:
             test_x, test_y = loop_config["test"].get()
