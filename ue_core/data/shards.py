@@ -84,7 +84,9 @@ def write_shards(
     with staged_directory(uri, overwrite) as (fs, staging):
         writer = ShardWriter(fs, staging, dataset, rows_per_shard,
                              {name: array.shape[1:] for name, array in extra_arrays.items()})
-        writer.add(dataset.subset(order), {name: array[order] for name, array in extra_arrays.items()})
+        for start in range(0, len(order), rows_per_shard):  # a shard's rows at a time: no sorted copy of the set
+            rows = order[start:start + rows_per_shard]
+            writer.add(dataset.subset(rows), {name: array[rows] for name, array in extra_arrays.items()})
         file_names = writer.close()
     return [join(uri, file_name) for file_name in file_names]
 
@@ -225,17 +227,22 @@ def _read_set(uri: str, with_extra: bool) -> tuple[ImageDataset, dict[str, np.nd
             raise DatasetFormatError(f"shard metadata differs from the first shard's: {shard_path}")
     try:
         dataset = ImageDataset(
-            images=np.concatenate([s.images for s in shards]),
-            labels=np.concatenate([s.labels for s in shards]),
-            index=np.concatenate([s.index for s in shards]),
+            images=_joined([s.images for s in shards]),
+            labels=_joined([s.labels for s in shards]),
+            index=_joined([s.index for s in shards]),
             num_classes=int(metadata["num_classes"]),
             class_names=tuple(metadata["class_names"]),
             name=str(metadata["name"]),
         )
     except InvalidInputError as error:
         raise DatasetFormatError(f"invalid shard set {uri}: {error}") from error
-    extra = {name: np.concatenate([s.extra[name] for s in shards]) for name in shards[0].extra}
+    extra = {name: _joined([s.extra[name] for s in shards]) for name in shards[0].extra}
     return dataset, extra
+
+
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    """``arrays`` one after another (a single array as it is: no copy of a one-shard set)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def empty_like(uri: str | os.PathLike) -> ImageDataset:
@@ -361,8 +368,9 @@ def _fixed_width_rows(
             f"{expected} expected for {shape} {np.dtype(dtype).name}: {path}"
         )
     parts = [_chunk_bytes(chunk) for chunk in column.chunks]
-    data = np.concatenate(parts) if parts else np.empty(0, np.uint8)
-    return data.view(dtype).reshape(len(column), *shape).copy()
+    # one copy, owned by NumPy (a single chunk's bytes are a view of the Arrow table, freed with it)
+    data = parts[0].copy() if len(parts) == 1 else np.concatenate(parts) if parts else np.empty(0, np.uint8)
+    return data.view(dtype).reshape(len(column), *shape)
 
 
 def _chunk_bytes(chunk: pa.Array) -> np.ndarray:
