@@ -62,11 +62,16 @@ def write_synthetic_tiny(uri: str, size: int, seed: int = 0) -> None:
 
 
 class MemorySampler(threading.Thread):
-    """Peak resident memory of every Ray worker process (VmHWM) and the object store's peak use."""
+    """Peak resident memory of every Ray worker process (VmHWM) and the object store's peak use. A peak is
+    attributed to the process title (``ray::IDLE``, a task's or an actor's name) seen when it last rose, so
+    a pooled task worker's peak names the task that caused it. With ``only_descendants`` (an embedded Ray,
+    whose processes this one starts) other Ray instances on the machine are left out; a cluster's workers
+    are not this process's descendants, so a cluster run counts every Ray worker on the machine."""
 
-    def __init__(self) -> None:
+    def __init__(self, only_descendants: bool) -> None:
         super().__init__(daemon=True)
-        self.workers: dict[int, tuple[str, int]] = {}  # pid → (process title, peak bytes)
+        self.only_descendants = only_descendants
+        self.workers: dict[int, tuple[str, int]] = {}  # pid → (its title when its peak last rose, peak bytes)
         self.object_store_peak = 0
         self.stopped = threading.Event()
 
@@ -78,11 +83,14 @@ class MemorySampler(threading.Thread):
                     title = (pid_dir / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
                     if not title.startswith("ray::") or int(pid_dir.name) == os.getpid():
                         continue
+                    if self.only_descendants and not descends_from_this_process(int(pid_dir.name)):
+                        continue
                     status = (pid_dir / "status").read_text()
                 except OSError:
                     continue
                 peak = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
-                self.workers[int(pid_dir.name)] = (title, max(peak, self.workers.get(int(pid_dir.name), ("", 0))[1]))
+                if peak > self.workers.get(int(pid_dir.name), ("", 0))[1]:
+                    self.workers[int(pid_dir.name)] = (title, peak)  # the title of the work that raised it
             ticks += 1
             if ticks % 2 == 0 and ray.is_initialized():
                 self.object_store_peak = max(self.object_store_peak, object_store_used())
@@ -97,12 +105,22 @@ class MemorySampler(threading.Thread):
                 "object_store_peak_mib": round(self.object_store_peak / 2**20)}
 
 
+def descends_from_this_process(pid: int) -> bool:
+    """Whether ``pid``'s chain of parents reaches this process (/proc/PID/stat's fourth field)."""
+    while pid > 1:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        pid = int(stat[stat.rindex(")") + 2:].split()[1])  # after "pid (comm) state"
+        if pid == os.getpid():
+            return True
+    return False
+
+
 def object_store_used() -> int:
     """Bytes in the object store now (Ray's `ray memory --stats-only` summary); 0 when unavailable."""
     try:
         from ray._private.internal_api import memory_summary
 
-        summary = memory_summary(stats_only=True)
+        summary = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
     except Exception:  # noqa: BLE001 - an internal API: its absence must not stop the benchmark
         return 0
     match = re.search(r"Plasma memory usage (\d+) MiB", summary)
@@ -130,7 +148,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         out = args.out or f"{directory}/release"
         connect(args.address, progress=False)
-        sampler = MemorySampler()
+        sampler = MemorySampler(only_descendants=args.address is None)
         sampler.start()
         started = time.perf_counter()
         try:
