@@ -63,21 +63,24 @@ def write_synthetic_tiny(uri: str, size: int, seed: int = 0) -> None:
 
 class MemorySampler(threading.Thread):
     """Peak resident memory of every Ray worker process (VmHWM) and the object store's peak use. A peak is
-    attributed to the process title (``ray::IDLE``, a task's or an actor's name) seen when it last rose, so
-    a pooled task worker's peak names the task that caused it. With ``only_descendants`` (an embedded Ray,
-    whose processes this one starts) other Ray instances on the machine are left out; a cluster's workers
-    are not this process's descendants, so a cluster run counts every Ray worker on the machine."""
+    attributed to the process title (a task's or an actor's name) seen when it last rose, or, when the
+    worker is back to ``ray::IDLE`` by then, to the last title seen before: with a sample every 0.25 s, a
+    pooled task worker's peak names the task that caused it unless that task ran entirely between samples.
+    With ``only_descendants`` (an embedded Ray, whose processes this one starts) other Ray instances on the
+    machine are left out; a cluster's workers are not this process's descendants, so a cluster run counts
+    every Ray worker on the machine."""
 
     def __init__(self, only_descendants: bool) -> None:
         super().__init__(daemon=True)
         self.only_descendants = only_descendants
-        self.workers: dict[int, tuple[str, int]] = {}  # pid → (its title when its peak last rose, peak bytes)
+        self.workers: dict[int, tuple[str, int]] = {}  # pid → (the work that raised its peak, peak bytes)
+        self.last_work: dict[int, str] = {}  # pid → the last title seen other than ray::IDLE
         self.object_store_peak = 0
         self.stopped = threading.Event()
 
     def run(self) -> None:
         ticks = 0
-        while not self.stopped.wait(1.0):
+        while not self.stopped.wait(0.25):
             for pid_dir in Path("/proc").glob("[0-9]*"):
                 try:
                     title = (pid_dir / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
@@ -88,11 +91,14 @@ class MemorySampler(threading.Thread):
                     status = (pid_dir / "status").read_text()
                 except OSError:
                     continue
+                pid = int(pid_dir.name)
                 peak = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
-                if peak > self.workers.get(int(pid_dir.name), ("", 0))[1]:
-                    self.workers[int(pid_dir.name)] = (title, peak)  # the title of the work that raised it
+                if title != "ray::IDLE":
+                    self.last_work[pid] = title
+                if peak > self.workers.get(pid, ("", 0))[1]:
+                    self.workers[pid] = (self.last_work.get(pid, title), peak)
             ticks += 1
-            if ticks % 2 == 0 and ray.is_initialized():
+            if ticks % 8 == 0 and ray.is_initialized():  # every 2 s
                 self.object_store_peak = max(self.object_store_peak, object_store_used())
 
     def stop(self) -> dict:
