@@ -206,7 +206,7 @@ def quantise_release(clean: np.ndarray, delta: torch.Tensor, budget: Budget, ind
     if not finite.all():
         bad = index[~finite]
         raise ReleaseCheckError(f"perturbation has NaN or Inf at {bad.size} samples, indices {bad[:10].tolist()}")
-    x = torch.from_numpy(clean).to(torch.float64)
+    x = torch.from_numpy(clean.astype(np.float64))  # a copy: ``clean`` may be a read-only view (Arrow)
     levels = delta.detach().to(torch.float64).permute(0, 2, 3, 1) * 255.0
     difference = torch.round(x + levels).clamp_(0, 255) - x
     levels = budget.integer_budget

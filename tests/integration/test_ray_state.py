@@ -72,7 +72,7 @@ def test_the_canonical_layout_bounds_each_block(local_ray, monkeypatch):
     columns = ["index", "label", "image", "delta", "steps"]
     row_bytes = state_row_bytes(IMAGE_SHAPE, columns)
     assert row_bytes == 60 + 4 * 60 + 3 * 8
-    state = shuffled_state(40, seed=4)
+    state = shuffled_state(40, seed=4).materialize()  # its blocks in a fixed order: the order given
     info = DatasetInfo(IMAGE_SHAPE, 4, 40, "tiny")
 
     small = canonical_layout(state, columns, info, resources(actors=2))
@@ -85,5 +85,5 @@ def test_the_canonical_layout_bounds_each_block(local_ray, monkeypatch):
     assert max(sizes) * row_bytes <= 7 * row_bytes
     # the rows in the order given, block after block
     index = np.concatenate([ray.get(ref).column("index").to_numpy() for ref in bounded.to_arrow_refs()])
-    given = np.concatenate([b["index"] for b in state.iter_batches(batch_size=None, batch_format="numpy")])
+    given = np.concatenate([ray.get(ref).column("index").to_numpy() for ref in state.to_arrow_refs()])
     assert np.array_equal(index, given)
