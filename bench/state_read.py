@@ -22,11 +22,17 @@ import pyarrow.parquet as pq
 import ray
 from scale import MemorySampler, write_synthetic_tiny
 
-from pipelines.ray_engine.state import initial_state, read_state, state_row_bytes
+from pipelines.ray_engine.resources import Resources
+from pipelines.ray_engine.state import (
+    DatasetInfo,
+    canonical_layout,
+    initial_state,
+    read_state,
+    state_row_bytes,
+)
 
 COLUMNS = ["index", "label", "image", "delta", "steps"]
 SHAPE = (64, 64, 3)
-BLOCK_BYTES = 128 * 2**20
 
 
 def main() -> None:
@@ -37,10 +43,10 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as folder:
         write_synthetic_tiny(f"{folder}/ingest", args.size)
-        blocks = max(2, -(-args.size * state_row_bytes(SHAPE, COLUMNS) // BLOCK_BYTES))
-        state = read_state(f"{folder}/ingest").map_batches(
-            initial_state, fn_kwargs={"image_shape": SHAPE, "columns": COLUMNS}
-        ).repartition(blocks).materialize()
+        state = canonical_layout(
+            read_state(f"{folder}/ingest").map_batches(initial_state, fn_kwargs={"image_shape": SHAPE, "columns": COLUMNS}),
+            COLUMNS, DatasetInfo(SHAPE, 200, args.size, "synthetic-tiny"), Resources.from_cluster(),
+        )
         state.write_parquet(f"{folder}/state", use_dictionary=args.dictionary)
         row_groups = [pq.ParquetFile(path).metadata for path in sorted(Path(f"{folder}/state").glob("*.parquet"))]
         sampler = MemorySampler(only_descendants=True)

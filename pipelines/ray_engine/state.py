@@ -159,7 +159,7 @@ def training_set(blocks: list[ray.ObjectRef], with_delta: bool) -> tuple[torch.T
 BLOCK_BYTES = 128 * 2**20
 """A state block's bytes at most. A pass actor's call holds a few copies of its block (the Arrow columns,
 their NumPy views, the new δ, the block it returns: ~16 bytes per pixel value, bench/README.md "Scale"),
-so bounding the block bounds every worker's memory whatever N."""
+so bounding the block bounds a pass actor's memory whatever N."""
 
 
 def state_row_bytes(image_shape: tuple[int, int, int], columns: list[str]) -> int:
