@@ -117,12 +117,16 @@ def collect(dataset: ray.data.Dataset, columns: list[str]) -> Rows:
     ))
 
 
-def state_rows(blocks: list[Any], columns: tuple[str, ...]) -> Rows:
-    """``columns`` of the state blocks (Arrow tables from the object store), rows sorted by index."""
+def block_columns(block: Any, columns: list[str]) -> Rows:
+    """``columns`` of one state block (an Arrow table from the object store) as NumPy arrays, rows as stored."""
     from ray.data.block import BlockAccessor
 
-    parts = [BlockAccessor.for_block(block).select(list(columns)) for block in blocks]
-    return sorted_by_index(concat_rows([BlockAccessor.for_block(part).to_batch_format("numpy") for part in parts]))
+    return BlockAccessor.for_block(BlockAccessor.for_block(block).select(columns)).to_batch_format("numpy")
+
+
+def state_rows(blocks: list[Any], columns: tuple[str, ...]) -> Rows:
+    """``columns`` of the state blocks (Arrow tables from the object store), rows sorted by index."""
+    return sorted_by_index(concat_rows([block_columns(block, list(columns)) for block in blocks]))
 
 
 def training_set(blocks: list[ray.ObjectRef], with_delta: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,20 +134,14 @@ def training_set(blocks: list[ray.ObjectRef], with_delta: bool) -> tuple[torch.T
     (N, C, H, W), and labels int64 (N,), rows sorted by index: the same values as :func:`images_and_delta`
     on :func:`state_rows`. Filled a block at a time, so the process holds the images once (4 bytes per
     value) and one block's columns, not every column of every block at once."""
-    from ray.data.block import BlockAccessor
-
-    def columns(ref: ray.ObjectRef, names: list[str]) -> Rows:
-        table = BlockAccessor.for_block(ray.get(ref)).select(names)
-        return BlockAccessor.for_block(table).to_batch_format("numpy")
-
-    keys = [columns(ref, ["index", "label"]) for ref in blocks]
+    keys = [block_columns(ray.get(ref), ["index", "label"]) for ref in blocks]
     order = np.argsort(np.concatenate([part["index"] for part in keys]), kind="stable")
     destination = np.empty_like(order)
     destination[order] = np.arange(len(order))  # where each row, taken in block order, lands in index order
     images: torch.Tensor | None = None
     start = 0
     for ref in blocks:
-        rows = columns(ref, ["image", "delta"] if with_delta else ["image"])
+        rows = block_columns(ray.get(ref), ["image", "delta"] if with_delta else ["image"])
         x = clean_images(rows)
         if images is None:
             images = torch.empty((len(order), *x.shape[1:]), dtype=torch.float32)
