@@ -136,12 +136,12 @@ def protect_on_ray(
 def release_pairs(job: JobState, rounds: int, like: ImageDataset, ingested: np.ndarray, budget: Budget,
                   batch_rows: int) -> Iterator[tuple[ImageDataset, ImageDataset]]:
     """The release after ``rounds`` rounds as (clean rows, release rows) batches of ``batch_rows`` in index
-    order, streamed from that round's state in the work directory and quantised a batch at a time
+    order, streamed from that round's state in the work directory (read in this process, a row group at a
+    time: :meth:`JobState.state_batches_after`) and quantised a batch at a time
     (ue_core.methods.base.release_of, which checks each batch); the state must hold exactly the ``ingested``
     indices (sorted)."""
-    state = job.state_after(rounds - 1).select_columns(["index", "label", "image", "delta"]).sort("index")
     position = 0
-    for batch in state.iter_batches(batch_size=batch_rows, batch_format="numpy"):
+    for batch in job.state_batches_after(rounds - 1, ["index", "label", "image", "delta"], batch_rows):
         clean = ImageDataset(np.ascontiguousarray(batch["image"]), np.array(batch["label"], np.int64),
                              like.num_classes, np.array(batch["index"], np.int64), like.class_names, like.name)
         if not np.array_equal(clean.index, ingested[position:position + len(clean)]):

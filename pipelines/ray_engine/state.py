@@ -10,10 +10,13 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray
 import torch
 from ray.data.dataset import MaterializedDataset
@@ -203,6 +206,50 @@ def read_state(uri: str) -> ray.data.Dataset:
     return ray.data.read_parquet(path, filesystem=fs)
 
 
+def index_ordered_batches(uri: str, columns: list[str], batch_rows: int) -> Iterator[Rows]:
+    """``columns`` of the state shards at ``uri``, ``batch_rows`` rows at a time in index order, read in this
+    process a Parquet row group at a time: it holds the index column (8 bytes a row), one row group (a state
+    block, :data:`BLOCK_BYTES` at most) and one batch, whatever N.
+
+    The rounds split and join blocks but never shuffle rows, so a row group holds long runs of consecutive
+    indices and is read about once; rows in any other order come out right, only slower (a row group is read
+    again for each batch that needs it). Ray Data's own read of the state, sorted, held memory that grew
+    with N (bench/README.md "Scale").
+    """
+    fs, path = pyarrow_filesystem(uri)
+
+    def read_group(file: str, number: int, names: list[str]) -> Any:
+        # opened for each read: an open ParquetFile keeps memory for every row group it has read
+        with pq.ParquetFile(fs.open_input_file(file)) as parquet:
+            return parquet.read_row_group(number, columns=names)
+
+    files = sorted(entry.path for entry in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                   if entry.path.endswith(".parquet"))
+    groups = []
+    for file in files:
+        with pq.ParquetFile(fs.open_input_file(file)) as parquet:
+            groups.extend((file, number) for number in range(parquet.num_row_groups))
+    if not groups:
+        return
+    indices = [read_group(file, number, ["index"]).column("index").to_numpy() for file, number in groups]
+    group_of = np.repeat(np.arange(len(groups)), [len(index) for index in indices])
+    row_of = np.concatenate([np.arange(len(index)) for index in indices])
+    order = np.argsort(np.concatenate(indices), kind="stable")
+    cached: tuple[int, Rows] | None = None
+    for start in range(0, len(order), batch_rows):
+        chosen = order[start:start + batch_rows]
+        positions, parts = [], []
+        for g in dict.fromkeys(group_of[chosen].tolist()):  # the row groups this batch needs, in first-use order
+            if cached is None or cached[0] != g:
+                cached = None  # freed before the next row group is read
+                cached = (g, block_columns(read_group(*groups[g], columns), columns))
+            mine = np.flatnonzero(group_of[chosen] == g)
+            positions.append(mine)
+            parts.append({name: values[row_of[chosen[mine]]] for name, values in cached[1].items()})
+        back = np.argsort(np.concatenate(positions))
+        yield {name: values[back] for name, values in concat_rows(parts).items()}
+
+
 class JobState:
     """The work directory of one protect job, which makes it resumable:
 
@@ -258,6 +305,11 @@ class JobState:
     def state_after(self, round_index: int) -> ray.data.Dataset:
         """The state after a completed round (lazy)."""
         return read_state(f"{self.work.round_dir(round_index)}/state")
+
+    def state_batches_after(self, round_index: int, columns: list[str], batch_rows: int) -> Iterator[Rows]:
+        """The state after a completed round, in index order, read here a batch at a time
+        (:func:`index_ordered_batches`)."""
+        return index_ordered_batches(f"{self.work.round_dir(round_index)}/state", columns, batch_rows)
 
     def surrogate_of(self, round_index: int) -> dict[str, Any]:
         """The surrogate spec of a completed round."""

@@ -1,8 +1,10 @@
 """The Ray engine's state in bounded pieces, on a real local Ray: the surrogate's training set filled a block at
-a time is the all-at-once one value for value, and the canonical layout keeps every block within its byte
-bound in equal blocks, a multiple of the pass actors."""
+a time is the all-at-once one value for value, the canonical layout keeps every block within its byte
+bound in equal blocks, a multiple of the pass actors, and the finish's read of a written state gives every row
+once, in index order, a batch at a time."""
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
@@ -13,6 +15,7 @@ from pipelines.ray_engine.state import (
     DatasetInfo,
     canonical_layout,
     images_and_delta,
+    index_ordered_batches,
     state_row_bytes,
     state_rows,
     training_set,
@@ -87,3 +90,31 @@ def test_the_canonical_layout_bounds_each_block(local_ray, monkeypatch):
     index = np.concatenate([ray.get(ref).column("index").to_numpy() for ref in bounded.to_arrow_refs()])
     given = np.concatenate([ray.get(ref).column("index").to_numpy() for ref in state.to_arrow_refs()])
     assert np.array_equal(index, given)
+
+
+@pytest.mark.parametrize("row_group_rows", [None, 4])
+def test_the_finish_reads_a_written_state_in_index_order_a_batch_at_a_time(local_ray, tmp_path, row_group_rows):
+    columns = ["index", "label", "image", "delta"]
+    state = shuffled_state(53, seed=5).repartition(4).materialize()
+    state.write_parquet(str(tmp_path / "state"), use_dictionary=False)
+    if row_group_rows:  # several row groups in a file, as a state written by another writer may hold
+        for path in (tmp_path / "state").glob("*.parquet"):
+            pq.write_table(pq.read_table(path), path, row_group_size=row_group_rows)
+        assert max(pq.ParquetFile(path).num_row_groups for path in (tmp_path / "state").glob("*.parquet")) > 1
+
+    batches = list(index_ordered_batches(str(tmp_path / "state"), columns, batch_rows=6))
+
+    assert [len(batch["index"]) for batch in batches] == [6] * 8 + [5]
+    assert all(set(batch) == set(columns) for batch in batches)
+    index = np.concatenate([batch["index"] for batch in batches])
+    assert np.array_equal(index, np.arange(1000, 1053))
+    # each row's values are those the state holds under its index (read independently, by Ray)
+    by_index = {row["index"]: row for row in state.iter_rows()}
+    for name in ("label", "image", "delta"):
+        values = np.concatenate([batch[name] for batch in batches])
+        assert np.array_equal(values, np.stack([np.asarray(by_index[i][name]) for i in index]))
+
+
+def test_the_finish_reads_an_empty_state_as_no_batches(tmp_path):
+    (tmp_path / "state").mkdir()
+    assert list(index_ordered_batches(str(tmp_path / "state"), ["index"], batch_rows=6)) == []
