@@ -3,12 +3,14 @@
 Protects N images with the Ray engine and reports, beside the per-pass seconds of each round (from the
 release manifest's history) and the rest (start-up, ingest, finish and publishing), the peak resident memory of the driver (this
 process), of every Ray worker process (their kernel high-water marks, /proc/PID/status VmHWM, read every
-second while they live) and the object store's peak use (Ray's memory summary, sampled every 2 s).
+0.25 s while they live) and the object store's peak use (Ray's memory summary, sampled every 2 s).
 Appends one JSON line to bench/results/scale.jsonl and prints it.
 
     python bench/scale.py --dataset fashion-mnist --size 60000 --rounds 2       # real Fashion-MNIST (data/)
-    python bench/scale.py --dataset synthetic-tiny --size 100000 --rounds 1 \\
-        --address 127.0.0.1:6379 --source s3://bench/tiny                        # written first if missing
+    source /tmp/ue-local-cluster/env    # the local two-node cluster (cluster/local); the nodes hold the S3 keys
+    ray job submit -- python $PWD/bench/scale.py --dataset synthetic-tiny --size 100000 --rounds 1 \\
+        --set beo.surrogate.epochs=1 --address auto --source s3://datasets/tiny100000 \\
+        --out s3://releases/tiny100000 --tracking-uri $MLFLOW_TRACKING_URI      # the source written first if missing
 
 ``synthetic-tiny`` is Tiny-ImageNet-shaped data (64 × 64 × 3, 200 classes, uniform random pixels) written
 as Parquet shards at ``--source`` (a folder or an s3:// URI, with the usual AWS_* variables). The protect
@@ -142,6 +144,8 @@ def main() -> None:
     parser.add_argument("--address", default=None, help="a running cluster (default: an embedded Ray)")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE over the fashion-mnist preset")
     parser.add_argument("--out", default=None, help="where the release goes (default: a temporary folder)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: a temporary sqlite store; a cluster needs a server)")
     args = parser.parse_args()
     if args.dataset == "synthetic-tiny":
         fs, path = filesystem(args.source)
@@ -159,7 +163,7 @@ def main() -> None:
         started = time.perf_counter()
         try:
             summary = protect(args.source, out, config, engine="ray", progress=False, ray_address=args.address,
-                              tracking_uri=f"sqlite:///{directory}/mlruns.db", experiment="bench")
+                              tracking_uri=args.tracking_uri or f"sqlite:///{directory}/mlruns.db", experiment="bench")
         finally:
             memory = sampler.stop()
             ray.shutdown()
