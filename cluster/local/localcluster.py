@@ -34,6 +34,11 @@ BIN = Path(sys.executable).parent
 COMPONENTS = ("s3", "mlflow", "ray-head", "ray-worker")  # start order; stopped in reverse
 BUCKETS = ("mlflow-artifacts", "datasets", "releases", "results")
 NODE_CPUS = 2  # logical CPUs per Ray node (fewer and Ray Data stalls)
+NODES = 2
+OBJECT_STORE_SHARE = 0.3
+"""Ray gives one node's object store 30% of the machine's memory by default; here the nodes share one machine,
+so each gets its part of that share (two default stores filled 60% of it with shared memory, and a 100,000-image
+job was killed for memory while laying out its state: bench/README.md "Scale")."""
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 
@@ -225,7 +230,9 @@ class LocalCluster:
     def start_ray_node(self, state: dict, name: str) -> None:
         """The head ("ray-head") or the worker node ("ray-worker"), each with NODE_CPUS and its own ports."""
         ports = free_ports(7, exclude=self.assigned_ports(state))  # the head's GCS port is not bound yet
-        node = ["--node-ip-address=127.0.0.1", f"--num-cpus={NODE_CPUS}", "--block", "--disable-usage-stats",
+        store_bytes = int(OBJECT_STORE_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / NODES)
+        node = ["--node-ip-address=127.0.0.1", f"--num-cpus={NODE_CPUS}", f"--object-store-memory={store_bytes}",
+                "--block", "--disable-usage-stats",
                 f"--node-manager-port={ports[0]}", f"--object-manager-port={ports[1]}",
                 f"--dashboard-agent-listen-port={ports[2]}", f"--dashboard-agent-grpc-port={ports[3]}",
                 f"--runtime-env-agent-port={ports[4]}", f"--metrics-export-port={ports[5]}"]
