@@ -28,6 +28,7 @@ import resource
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,9 @@ def write_synthetic_tiny(uri: str, size: int, seed: int = 0) -> None:
 
 
 class MemorySampler(threading.Thread):
-    """Peak resident memory of every Ray worker process (VmHWM) and the object store's peak use. A peak is
+    """Peak resident memory of every Ray worker process (VmHWM), the peak of its private part (RssAnon, sampled;
+    VmHWM also counts the object store's shared pages a process has read, which the store holds once for
+    all), the same private peak of this process, and the object store's peak use. A peak is
     attributed to the process title (a task's or an actor's name) seen when it last rose, or, when the
     worker is back to ``ray::IDLE`` by then, to the last title seen before: with a sample every 0.25 s, a
     pooled task worker's peak names the task that caused it unless that task ran entirely between samples.
@@ -76,6 +79,8 @@ class MemorySampler(threading.Thread):
         super().__init__(daemon=True)
         self.only_descendants = only_descendants
         self.workers: dict[int, tuple[str, int]] = {}  # pid → (the work that raised its peak, peak bytes)
+        self.private: dict[int, tuple[str, int]] = {}  # the same for the private part
+        self.own_private_peak = 0
         self.last_work: dict[int, str] = {}  # pid → the last title seen other than ray::IDLE
         self.object_store_peak = 0
         self.stopped = threading.Event()
@@ -83,6 +88,7 @@ class MemorySampler(threading.Thread):
     def run(self) -> None:
         ticks = 0
         while not self.stopped.wait(0.25):
+            self.own_private_peak = max(self.own_private_peak, private_bytes(Path("/proc/self/status").read_text()))
             for pid_dir in Path("/proc").glob("[0-9]*"):
                 try:
                     title = (pid_dir / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
@@ -99,6 +105,9 @@ class MemorySampler(threading.Thread):
                     self.last_work[pid] = title
                 if peak > self.workers.get(pid, ("", 0))[1]:
                     self.workers[pid] = (self.last_work.get(pid, title), peak)
+                private = private_bytes(status)
+                if private > self.private.get(pid, ("", 0))[1]:
+                    self.private[pid] = (self.last_work.get(pid, title), private)
             ticks += 1
             if ticks % 8 == 0 and ray.is_initialized():  # every 2 s
                 self.object_store_peak = max(self.object_store_peak, object_store_used())
@@ -106,11 +115,23 @@ class MemorySampler(threading.Thread):
     def stop(self) -> dict:
         self.stopped.set()
         self.join()
-        by_title: dict[str, int] = {}
-        for title, peak in self.workers.values():
-            by_title[title] = max(by_title.get(title, 0), peak)
-        return {"worker_peak_rss_mib": {title: round(peak / 2**20) for title, peak in sorted(by_title.items())},
+        return {"worker_peak_rss_mib": peaks_by_title(self.workers.values()),
+                "worker_peak_private_mib": peaks_by_title(self.private.values()),
+                "driver_peak_private_mib": round(self.own_private_peak / 2**20),
                 "object_store_peak_mib": round(self.object_store_peak / 2**20)}
+
+
+def private_bytes(status: str) -> int:
+    """A process's private resident bytes (RssAnon) from its /proc/PID/status text."""
+    return int(re.search(r"RssAnon:\s+(\d+) kB", status).group(1)) * 1024
+
+
+def peaks_by_title(peaks: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """The largest of ``(title, bytes)`` peaks per title, in MiB."""
+    by_title: dict[str, int] = {}
+    for title, peak in peaks:
+        by_title[title] = max(by_title.get(title, 0), peak)
+    return {title: round(peak / 2**20) for title, peak in sorted(by_title.items())}
 
 
 def descends_from_this_process(pid: int) -> bool:
