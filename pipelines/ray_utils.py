@@ -27,12 +27,16 @@ def connect(address: str | None, progress: bool) -> None:
     15–30% slower (bench/README.md). A cluster whose nodes share cores sets PASSIVE in its nodes' own
     environment (cluster/local/localcluster.py does).
 
+    The driver computes with torch only in the finish (β̂ of the clean images and the release), when no pass
+    runs: it uses every core it may run on (:func:`use_node_cores`).
+
     Nothing is pushed into a cluster's runtime environment: its nodes hold their credentials (instance
     profile, IRSA, node environment) and a submitted job's runtime env carries the rest; credentials in a
     runtime env would show in the dashboard and in error messages, and a second copy of a job's env var is a
     conflict that Ray refuses.
     """
     return_freed_memory()
+    use_node_cores()
     if not ray.is_initialized():
         if address or os.environ.get("RAY_ADDRESS"):
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -42,6 +46,17 @@ def connect(address: str | None, progress: bool) -> None:
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # the same blocks in the same order on every run
     context.enable_progress_bars = progress
+
+
+def use_node_cores() -> None:
+    """Give this process's torch one thread per core it may run on.
+
+    A job submitted through Ray's job API runs its driver as a child of the job's supervisor, an actor that
+    reserves no CPU, so it inherits OMP_NUM_THREADS=1 and torch computes on one core: the finish of a
+    100,000-image Tiny-ImageNet-shaped job took one core of two for its features (bench/README.md "Scale")."""
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
 
 
 def return_freed_memory(threshold: int = 1 << 20) -> None:

@@ -1,4 +1,8 @@
-"""Sizing from the cluster: a cluster that would hang is refused up front."""
+"""Sizing from the cluster: a cluster that would hang is refused up front; a driver computes on its cores."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 import ray
@@ -76,3 +80,17 @@ def test_a_cpu_cluster_runs_one_pass_actor_per_node_with_small_shares():
         assert resources.pass_threads == resources.task_threads == 2
     finally:
         ray.shutdown()
+
+
+def test_a_driver_started_with_one_openmp_thread_computes_on_every_core_after_connecting():
+    """A job submitted through Ray's job API inherits OMP_NUM_THREADS=1 from its supervisor actor; the driver's
+    own torch work (the finish) must not run on one core."""
+    script = ("import torch, ray; from pipelines.ray_utils import connect; before = torch.get_num_threads(); "
+              "connect(None, progress=False); print(before, torch.get_num_threads()); ray.shutdown()")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, after = map(int, result.stdout.split()[-2:])
+    assert before == 1
+    assert after == len(os.sched_getaffinity(0))
