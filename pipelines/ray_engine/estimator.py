@@ -108,17 +108,19 @@ def feature_gradient(
     settings = to_dict(estimator)
     blocks = np.array_split(np.arange(len(features)), max(1, min(len(features), resources.blocks)))
     bounds = [(int(b[0]), int(b[-1]) + 1) for b in blocks if len(b)]
-    stats_task = _stats_block.options(**resources.task_options())
-    parts = unwrap(
-        [stats_task.remote(bank, bank_labels, num_classes, settings, sigma, a, b, threads) for a, b in bounds]
-    )
+    parts = unwrap([
+        _stats_block.options(**resources.task_options(k)).remote(
+            bank, bank_labels, num_classes, settings, sigma, a, b, threads)
+        for k, (a, b) in enumerate(bounds)
+    ])
     stats = bayes_error.KernelStats.concat([bayes_error.KernelStats.from_arrays(p[:-1]) for p in parts])
     bayes_error.check_support(stats, sigma)
     stats_ref = ray.put(stats.to_arrays())
-    gradient_task = _gradient_block.options(**resources.task_options())
-    rows = unwrap(
-        [gradient_task.remote(bank, bank_labels, stats_ref, settings, sigma, a, b, threads) for a, b in bounds]
-    )
+    rows = unwrap([
+        _gradient_block.options(**resources.task_options(k)).remote(
+            bank, bank_labels, stats_ref, settings, sigma, a, b, threads)
+        for k, (a, b) in enumerate(bounds)
+    ])
     return float(stats.errors.mean()), sigma, np.concatenate(rows), min(p[-1] for p in parts)
 
 

@@ -35,11 +35,13 @@ class Resources:
             take 1 CPU each; whole-CPU actors deadlocked a 2-core machine).
         pass_gpus: the GPU share of each pass actor (GPU_SHARES), 0 on a CPU cluster.
         pass_threads: torch threads of each pass actor: its node's cores.
-        blocks: row blocks of the exact estimator, each a task: one per node, spread over the nodes, each
-            with ``task_threads`` torch threads (the node's cores) and ``task_cpus``, a fraction, so that all
-            blocks run at once whatever else holds a share of a CPU (with one single-threaded task per CPU,
-            the trainer's reserved 0.05 CPU made the second task wait for the first). Ray keeps the
-            tasks' worker processes and reuses them in the next round.
+        task_nodes: the node of each row block of the exact estimator, each block a task: one per node
+            (:meth:`task_options` places block k on ``task_nodes[k]``; Ray's SPREAD strategy alone put both
+            gradient blocks of the 100,000-image job on one node of two), each with ``task_threads`` torch
+            threads (the node's cores) and ``task_cpus``, a fraction, so that all blocks run at once whatever
+            else holds a share of a CPU (with one single-threaded task per CPU, the trainer's reserved 0.05
+            CPU made the second task wait for the first). Ray keeps the tasks' worker processes and reuses
+            them in the next round.
         task_gpus: the GPU share of each estimator task (GPU_SHARES), 0 on a CPU cluster.
         trainer_cpus: CPUs the surrogate's Ray Train worker reserves for the whole job: a small fraction,
             since it trains only while everything else waits for it (SurrogateTrainer).
@@ -54,7 +56,7 @@ class Resources:
     task_cpus: float
     task_gpus: float
     task_threads: int
-    blocks: int
+    task_nodes: tuple[str, ...]
     trainer_cpus: float
     trainer_gpus: float
     trainer_threads: int
@@ -69,9 +71,17 @@ class Resources:
         return {"num_cpus": self.pass_cpus, "num_gpus": self.pass_gpus,
                 "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
 
-    def task_options(self) -> dict[str, Any]:
-        """Ray options of an estimator task, spread over the nodes."""
-        return {"num_cpus": self.task_cpus, "num_gpus": self.task_gpus, "scheduling_strategy": "SPREAD"}
+    @property
+    def blocks(self) -> int:
+        """Row blocks of the exact estimator: one per node."""
+        return len(self.task_nodes)
+
+    def task_options(self, block: int) -> dict[str, Any]:
+        """Ray options of the estimator task of row block ``block``, placed on its node; softly, so that a
+        block whose node is gone runs on another."""
+        node = self.task_nodes[block % len(self.task_nodes)]
+        return {"num_cpus": self.task_cpus, "num_gpus": self.task_gpus,
+                "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
 
     def trainer_resources(self) -> dict[str, float]:
         """The surrogate's Train worker's ``resources_per_worker``."""
@@ -101,7 +111,7 @@ class Resources:
         return Resources(
             pass_nodes=pass_nodes, pass_cpus=PASS_CPUS, pass_gpus=share("pass"), pass_threads=threads,
             task_cpus=0.5 * usable / max(1, len(nodes)), task_gpus=share("task"), task_threads=threads,
-            blocks=max(1, len(nodes)),
+            task_nodes=tuple(gpus_per_node),
             trainer_cpus=trainer_cpus, trainer_gpus=share("trainer"), trainer_threads=threads,
         )
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import mlflow
@@ -143,6 +144,9 @@ def test_protect_job_from_s3_to_s3_runs_on_both_nodes_and_tracks_to_the_mlflow_s
     (job,) = cluster.ray_list("jobs", f"submission_id={job_id}")
     tasks = cluster.ray_list("tasks", f"job_id={job['job_id']}")
     assert len({t["node_id"] for t in tasks if t.get("node_id")}) == 2, "the job's tasks ran on one node only"
+    for name in ("_stats_block", "_gradient_block"):  # the exact estimator's row blocks: one on each node
+        nodes = Counter(t["node_id"] for t in tasks if t["name"] == name)
+        assert len(nodes) == 2 and len(set(nodes.values())) == 1, (name, nodes)
 
     client = mlflow.MlflowClient(cluster.state["endpoints"]["mlflow"])
     experiment = client.get_experiment_by_name("ue-protect")

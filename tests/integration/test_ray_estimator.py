@@ -22,8 +22,9 @@ def local_ray():
 
 @pytest.mark.parametrize(("kind", "blocks"), [("exact", None), ("exact", 3), ("batch", None), ("reference", None)])
 def test_distributed_estimator_matches_one_process(local_ray, kind, blocks):
-    """Default sizing (one block per node: one here) and three row blocks, as on a three-node cluster."""
-    resources = local_ray if blocks is None else dataclasses.replace(local_ray, blocks=blocks)
+    """Default sizing (one block per node: one here) and three row blocks, as on a three-node cluster (here
+    three blocks on the one node)."""
+    resources = local_ray if blocks is None else dataclasses.replace(local_ray, task_nodes=local_ray.task_nodes * blocks)
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 4, (300,), generator=generator)
     features = torch.randn(4, 16, generator=generator)[labels] + 0.8 * torch.randn(300, 16, generator=generator)

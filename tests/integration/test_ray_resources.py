@@ -59,7 +59,7 @@ def test_the_job_s_gpu_users_all_fit_at_once_one_pass_actor_per_gpu(gpus):
                                   num_gpus=resources.trainer_resources()["GPU"]).remote()
         pool = [_Holder.options(**resources.pass_actor_options(node)).remote() for node in resources.pass_nodes]
         calls = [trainer.gpu.remote(), *(actor.gpu.remote() for actor in pool),
-                 *(_gpu_of_task.options(**resources.task_options()).remote() for _ in range(resources.blocks))]
+                 *(_gpu_of_task.options(**resources.task_options(k)).remote() for k in range(resources.blocks))]
         ready, _ = ray.wait(calls, num_returns=len(calls), timeout=60)
         assert len(ready) == len(calls), "a GPU user of the job was never scheduled"
         gpu_ids = ray.get(calls)

@@ -46,7 +46,7 @@ def shuffled_state(rows: int, seed: int) -> ray.data.Dataset:
 
 def resources(actors: int) -> Resources:
     return Resources(pass_nodes=("node",) * actors, pass_cpus=0.1, pass_gpus=0.0, pass_threads=1, task_cpus=0.1,
-                     task_gpus=0.0, task_threads=1, blocks=1, trainer_cpus=0.1, trainer_gpus=0.0,
+                     task_gpus=0.0, task_threads=1, task_nodes=("node",), trainer_cpus=0.1, trainer_gpus=0.0,
                      trainer_threads=1)
 
 
