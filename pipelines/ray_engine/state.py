@@ -225,13 +225,14 @@ def index_ordered_batches(uri: str, columns: list[str], batch_rows: int) -> Iter
 
     files = sorted(entry.path for entry in fs.get_file_info(pafs.FileSelector(path, recursive=True))
                    if entry.path.endswith(".parquet"))
-    groups = []
+    groups, indices = [], []  # (file, row group number) of each row group, and its index column
     for file in files:
         with pq.ParquetFile(fs.open_input_file(file)) as parquet:
-            groups.extend((file, number) for number in range(parquet.num_row_groups))
+            for number in range(parquet.num_row_groups):
+                groups.append((file, number))
+                indices.append(parquet.read_row_group(number, columns=["index"]).column("index").to_numpy())
     if not groups:
         return
-    indices = [read_group(file, number, ["index"]).column("index").to_numpy() for file, number in groups]
     group_of = np.repeat(np.arange(len(groups)), [len(index) for index in indices])
     row_of = np.concatenate([np.arange(len(index)) for index in indices])
     order = np.argsort(np.concatenate(indices), kind="stable")
