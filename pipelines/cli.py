@@ -317,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.command_parser.error(f"the following arguments are required: {', '.join(missing)}")
     if args.s3_endpoint:
         os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint
+    from pipelines.storage import quiet_abandoned_requests
+
+    quiet_abandoned_requests()
     try:
         return HANDLERS[args.command](args)
     except UEError as error:

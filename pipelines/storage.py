@@ -17,9 +17,11 @@ fails before any work.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
 import time
@@ -32,6 +34,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
+from fsspec.asyn import get_loop
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
@@ -103,6 +106,33 @@ def pyarrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if region:
         options["region"] = region
     return pafs.S3FileSystem(**options), uri.split("://", 1)[1]
+
+
+def _is_connection_error(error: BaseException | None) -> bool:
+    """A broken connection to a server: an OSError or one of aiohttp's client connection errors."""
+    return isinstance(error, OSError) or type(error).__name__.startswith(("ClientConnection", "ServerDisconnected"))
+
+
+def quiet_abandoned_requests() -> None:
+    """Send connection errors of requests nobody awaits any more to the debug log, not to stderr.
+
+    When the S3 endpoint goes away mid-write, s3fs has several aiohttp requests in flight on fsspec's event
+    loop; the first failure stops the job (one-line error), and asyncio prints every other one — "Task
+    exception was never retrieved" with a traceback — when its task is collected. Other errors keep asyncio's
+    default report.
+    """
+    loop = get_loop()
+    report = loop.get_exception_handler()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if _is_connection_error(context.get("exception")):
+            logging.getLogger(__name__).debug("abandoned request: %s", context.get("exception"))
+        elif report is not None:
+            report(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
 
 
 def _known_reason(error: BaseException) -> str | None:

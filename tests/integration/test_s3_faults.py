@@ -63,3 +63,32 @@ def test_the_s3_server_killed_while_publishing_leaves_no_release_and_the_rerun_p
     fs = server.filesystem()
     leftovers = [key for key in fs.find("releases") if not key.startswith("releases/drill/")]
     assert leftovers == []  # the stale staging folder and the stale claim are gone
+
+
+ABANDON_TWO_TASKS = """
+import asyncio, gc, time
+from fsspec.asyn import get_loop
+from pipelines.storage import quiet_abandoned_requests
+
+quiet_abandoned_requests()
+
+async def fail(error):
+    raise error
+
+async def abandon():  # two tasks nobody awaits, as s3fs leaves behind when the endpoint dies mid-write
+    asyncio.ensure_future(fail(ConnectionResetError("Cannot write to closing transport")))
+    asyncio.ensure_future(fail(ValueError("a bug, not a lost connection")))
+    await asyncio.sleep(0.1)
+
+asyncio.run_coroutine_threadsafe(abandon(), get_loop()).result()
+get_loop().call_soon_threadsafe(gc.collect)
+time.sleep(0.5)
+"""
+
+
+def test_abandoned_requests_lost_with_the_connection_are_not_printed_but_other_errors_are():
+    result = subprocess.run([sys.executable, "-c", ABANDON_TWO_TASKS], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "ValueError: a bug, not a lost connection" in result.stderr
+    assert "ConnectionResetError" not in result.stderr
+    assert result.stderr.count("Task exception was never retrieved") == 1
