@@ -95,20 +95,12 @@ def target_rate(model: torch.nn.Module, release: ImageDataset, estimator: Estima
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="the run's name in the results file")
-    parser.add_argument("--source", default="data")
     parser.add_argument("--method", default="beo")
     parser.add_argument("--eps", default="8/255")
     parser.add_argument("--rounds", type=int, default=None, help="BEO rounds (default: the preset's)")
     parser.add_argument("--release-rounds", default="", help="comma-separated rounds released early")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE over the fashion-mnist preset")
-    parser.add_argument("--size", type=int, default=2000)
-    parser.add_argument("--test-size", type=int, default=2000)
-    parser.add_argument("--ratio", type=float, default=0.5)
-    parser.add_argument("--epochs", type=int, default=10, help="victim epochs")
-    parser.add_argument("--recipes", nargs="+", default=["plain"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--victim", default=DEFAULT_VICTIM, help="victim model: a zoo name, or small_cnn:WIDTH")
-    parser.add_argument("--out", default="bench/results/efficacy.jsonl")
+    add_harness_arguments(parser)
     args = parser.parse_args()
 
     overrides = dict(parse_override(text) for text in args.set)
@@ -119,8 +111,7 @@ def main() -> None:
         overrides["beo.release_rounds"] = [int(k) for k in args.release_rounds.split(",")]
     config = load_protect_config("fashion-mnist", overrides=overrides)
     torch.manual_seed(0)
-    clean = balanced_subset(read_dataset(args.source, split="train"), args.size, seed=0)
-    test = balanced_subset(read_dataset(args.source, split="test"), args.test_size, seed=0)
+    clean, test = clean_and_test(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -128,10 +119,6 @@ def main() -> None:
     result = config.build(test).protect(clean, progress=True)
     seconds = time.perf_counter() - started
     releases = {**result.snapshots, config.beo.rounds: result.release}
-    space = fixed_space(clean, args.epochs, out.parent / f"fixed-space-{args.size}-{args.epochs}.pt")
-    estimator = EstimatorConfig(sigma=FIXED_SPACE_SIGMA)
-    clean_images, labels = clean.tensors()
-    bayes_clean = measure_bayes_error(space, clean_images, labels, clean.num_classes, estimator)
     history = {int(r["round"]) + 1: r for r in result.history} if args.method == "beo" else {}
     for rounds, release in sorted(releases.items()):
         record = {
@@ -139,33 +126,66 @@ def main() -> None:
             "rounds": rounds if args.method == "beo" else None,
             "overrides": {k: v for k, v in overrides.items() if k not in ("method", "budget.eps")},
             "seconds_protect": round(seconds, 1), "size": args.size, "victim": args.victim,
-            "psnr_db": round(psnr(clean.images, release.images), 2), "ssim": round(ssim(clean.images, release.images), 4),
-            "bayes_error_fixed_clean": round(bayes_clean, 4),
-            "bayes_error_fixed_release": round(measure_bayes_error(
-                space, release.tensors()[0], labels, clean.num_classes, estimator), 4),
-            # how much wrong-class evidence the release carries for a clean model: its accuracy on the
-            # release (on the clean images it is 100% or near) and how often it predicts (y + 1) mod C
-            "fixed_model_accuracy_on_release": round(100 * evaluate(space, *release.tensors()), 2),
-            "fixed_model_target_rate": round(100 * target_rate(space, release, config.beo.estimator), 2),
         }
         if args.method == "beo":
             last = history[rounds]
             record |= {k: round(last[k], 4) for k in ("bayes_error", "surrogate_test_accuracy",
                                                       "surrogate_train_accuracy", "delta_mean_abs") if k in last}
-        for recipe_name in args.recipes:
-            for seed in args.seeds:
-                references = clean_references(clean, test, recipe_name, args.epochs, seed, args.ratio,
-                                              out.parent / "clean-references.json", args.victim)
-                arms = dict(references)
-                for arm in ("mixed", "poison-only"):
-                    train, _ = build_training_set(clean, release, arm, args.ratio, seed)
-                    arms[arm] = train_victim(train, test, recipe_name, args.epochs, seed, args.victim)[1]
-                record[f"{recipe_name}/seed{seed}"] = {k: round(v, 2) for k, v in arms.items()}
-                print(json.dumps({"rounds": rounds, recipe_name: arms, "seed": seed}), flush=True)
+        record |= measure_release(clean, test, release, args, out, config.beo.estimator)
         with out.open("a") as f:
             f.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)
 
+
+def measure_release(clean: ImageDataset, test: ImageDataset, release: ImageDataset, args: argparse.Namespace,
+                    out: Path, target: EstimatorConfig | None = None) -> dict:
+    """PSNR/SSIM, β̂ and the wrong-class evidence in the fixed clean space, and the victims of each (recipe,
+    seed) in ``args`` with their clean references: the measured part of one results line. ``target`` names
+    the target class map behind ``fixed_model_target_rate`` (default (y + 1) mod C)."""
+    space = fixed_space(clean, args.epochs, out.parent / f"fixed-space-{args.size}-{args.epochs}.pt")
+    estimator = EstimatorConfig(sigma=FIXED_SPACE_SIGMA)
+    clean_images, labels = clean.tensors()
+    record = {
+        "psnr_db": round(psnr(clean.images, release.images), 2), "ssim": round(ssim(clean.images, release.images), 4),
+        "bayes_error_fixed_clean": round(measure_bayes_error(space, clean_images, labels, clean.num_classes,
+                                                             estimator), 4),
+        "bayes_error_fixed_release": round(measure_bayes_error(
+            space, release.tensors()[0], labels, clean.num_classes, estimator), 4),
+        # how much wrong-class evidence the release carries for a clean model: its accuracy on the
+        # release (on the clean images it is 100% or near) and how often it predicts the target class
+        "fixed_model_accuracy_on_release": round(100 * evaluate(space, *release.tensors()), 2),
+        "fixed_model_target_rate": round(100 * target_rate(space, release, target or EstimatorConfig()), 2),
+    }
+    for recipe_name in args.recipes:
+        for seed in args.seeds:
+            arms = dict(clean_references(clean, test, recipe_name, args.epochs, seed, args.ratio,
+                                         out.parent / "clean-references.json", args.victim))
+            for arm in ("mixed", "poison-only"):
+                train, _ = build_training_set(clean, release, arm, args.ratio, seed)
+                arms[arm] = train_victim(train, test, recipe_name, args.epochs, seed, args.victim)[1]
+            record[f"{recipe_name}/seed{seed}"] = {k: round(v, 2) for k, v in arms.items()}
+            print(json.dumps({recipe_name: arms, "seed": seed}), flush=True)
+    return record
+
+
+def add_harness_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data, victims and results-file options every efficacy script shares."""
+    parser.add_argument("--source", default="data")
+    parser.add_argument("--size", type=int, default=2000)
+    parser.add_argument("--test-size", type=int, default=2000)
+    parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--epochs", type=int, default=10, help="victim epochs")
+    parser.add_argument("--recipes", nargs="+", default=["plain"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--victim", default=DEFAULT_VICTIM, help="victim model: a zoo name, or small_cnn:WIDTH")
+    parser.add_argument("--out", default="bench/results/efficacy.jsonl")
+
+
+def clean_and_test(args: argparse.Namespace) -> tuple[ImageDataset, ImageDataset]:
+    """The class-balanced training subset (seed 0) and the fixed clean test subset of ``args``."""
+    clean = balanced_subset(read_dataset(args.source, split="train"), args.size, seed=0)
+    test = balanced_subset(read_dataset(args.source, split="test"), args.test_size, seed=0)
+    return clean, test
 
 if __name__ == "__main__":
     main()
