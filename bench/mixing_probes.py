@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from efficacy import add_harness_arguments, clean_and_test, measure_release  # bench/efficacy.py, beside this
 
 from ue_core.config import parse_fraction
-from ue_core.data.dataset import ImageDataset
+from ue_core.methods.base import release_of
 from ue_core.models import build_model
+from ue_core.pga import Budget
 from ue_core.training import fit, recipe
 
 PROBES = ("alignment", "class-pattern")
@@ -98,12 +99,6 @@ def gradient_alignment(images: torch.Tensor, labels: torch.Tensor, num_classes: 
     return delta, trace
 
 
-def release_of(clean: ImageDataset, delta: torch.Tensor) -> ImageDataset:
-    """The uint8 release (N, H, W, C) of ``clean`` + δ (N, C, H, W), rounded to the nearest pixel value."""
-    images = (clean.tensors()[0] + delta).clamp(0, 1).mul(255).round().to(torch.uint8)
-    return clean.with_images(images.permute(0, 2, 3, 1).numpy())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="the run's name in the results file")
@@ -130,7 +125,7 @@ def main() -> None:
     out = Path(args.out)
     record = {"name": args.name, "method": f"probe:{args.probe}", "eps": round(eps * 255, 3), "rounds": None,
               "overrides": settings, "seconds_protect": round(seconds, 1), "size": args.size, "victim": args.victim}
-    record |= measure_release(clean, test, release_of(clean, delta), args, out)
+    record |= measure_release(clean, test, release_of(clean, delta, Budget(eps=eps)), args, out)
     with out.open("a") as f:
         f.write(json.dumps(record) + "\n")
     print(json.dumps(record), flush=True)
