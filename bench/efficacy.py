@@ -187,5 +187,6 @@ def clean_and_test(args: argparse.Namespace) -> tuple[ImageDataset, ImageDataset
     test = balanced_subset(read_dataset(args.source, split="test"), args.test_size, seed=0)
     return clean, test
 
+
 if __name__ == "__main__":
     main()
