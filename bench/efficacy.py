@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
-from pipelines.config import load_protect_config, parse_override
+from pipelines.config import ProtectConfig, load_protect_config, parse_override
 from ue_core.bayes_error import target_classes
 from ue_core.data import read_dataset
 from ue_core.data.dataset import ImageDataset, balanced_subset
 from ue_core.data.mixing import build_training_set
+from ue_core.methods.base import ProtectionResult
 from ue_core.methods.beo import EstimatorConfig, measure_bayes_error
 from ue_core.models import build_model
 from ue_core.quality import psnr, ssim
@@ -112,22 +113,27 @@ def main() -> None:
     config = load_protect_config("fashion-mnist", overrides=overrides)
     torch.manual_seed(0)
     clean, test = clean_and_test(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-
     started = time.perf_counter()
     result = config.build(test).protect(clean, progress=True)
-    seconds = time.perf_counter() - started
+    record_releases(args, config, overrides, result, time.perf_counter() - started, clean, test)
+
+
+def record_releases(args: argparse.Namespace, config: ProtectConfig, overrides: dict, result: ProtectionResult,
+                    seconds: float, clean: ImageDataset, test: ImageDataset) -> None:
+    """Measure every release of one protect run (its early releases and the final one) with
+    :func:`measure_release` and append a results line for each to ``args.out``."""
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     releases = {**result.snapshots, config.beo.rounds: result.release}
-    history = {int(r["round"]) + 1: r for r in result.history} if args.method == "beo" else {}
+    history = {int(r["round"]) + 1: r for r in result.history} if config.method == "beo" else {}
     for rounds, release in sorted(releases.items()):
         record = {
-            "name": args.name, "method": args.method, "eps": round(config.budget.eps * 255, 3),
-            "rounds": rounds if args.method == "beo" else None,
+            "name": args.name, "method": config.method, "eps": round(config.budget.eps * 255, 3),
+            "rounds": rounds if config.method == "beo" else None,
             "overrides": {k: v for k, v in overrides.items() if k not in ("method", "budget.eps")},
             "seconds_protect": round(seconds, 1), "size": args.size, "victim": args.victim,
         }
-        if args.method == "beo":
+        if config.method == "beo":
             last = history[rounds]
             record |= {k: round(last[k], 4) for k in ("bayes_error", "surrogate_test_accuracy",
                                                       "surrogate_train_accuracy", "delta_mean_abs") if k in last}

@@ -7,6 +7,10 @@ become a method in ue_core/methods.
 
     python bench/mixing_probes.py --name align-e16 --probe alignment --eps 16/255 --steps 150 --seeds 0 1
     python bench/mixing_probes.py --name classwise-e16 --probe class-pattern --eps 16/255 --seeds 0 1
+    python bench/mixing_probes.py --name pattern-beo-e16 --probe class-pattern-then-beo --eps 16/255 \
+        --rounds 20 --release-rounds 10 --seeds 0 1
+    python bench/mixing_probes.py --name classwise-beo-e16 --probe classwise-beo --eps 16/255 \
+        --rounds 20 --release-rounds 10 --seeds 0 1
 
 - ``alignment``: gradient alignment with the reversed clean gradient. This is a bilevel objective cut to one
   unrolled training step, after Fowl et al., "Preventing Unauthorized Use of Proprietary Data: Poisoning
@@ -24,6 +28,13 @@ become a method in ue_core/methods.
 - ``class-pattern``: one pattern per class, δ = ε · sign(m_{(y+1) mod C} − m_y), where m_c is the mean clean
   image of class c. It is the L∞-bounded step towards the next class's mean image, shared by every
   protected image of a class. So it is a class-wise shortcut that points at wrong-class natural features.
+- ``class-pattern-then-beo``: BEO (the ``--preset``'s settings, ``fashion-mnist-strong`` by default) started
+  from the class pattern instead of δ = 0: does the kernel objective's ascent strengthen the strongest
+  poison measured here, or wear it away? Every release of the run (``--release-rounds`` and the last) gets
+  a results line, as bench/efficacy.py writes them.
+- ``classwise-beo``: BEO (the ``--preset``'s settings) whose every step follows the class mean of the pixel
+  gradient, so every image of a class moves the same way (up to the clipping to [0, 1]): a class-wise BEO,
+  as error-minimising noise has a class-wise variant (Huang et al., ICLR 2021). Results as above.
 
 Each run appends one line to the results file, with the fields bench/efficacy.py writes.
 """
@@ -37,15 +48,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from efficacy import add_harness_arguments, clean_and_test, measure_release  # bench/efficacy.py, beside this
+from efficacy import (  # bench/efficacy.py, beside this
+    add_harness_arguments,
+    clean_and_test,
+    measure_release,
+    record_releases,
+)
 
+from pipelines.config import load_protect_config
 from ue_core.config import parse_fraction
 from ue_core.methods.base import release_of
+from ue_core.methods.beo import BEO, pixel_gradient
 from ue_core.models import build_model
-from ue_core.pga import Budget
+from ue_core.pga import Budget, PixelState, ascent_step
 from ue_core.training import fit, recipe
 
-PROBES = ("alignment", "class-pattern")
+PROBES = ("alignment", "class-pattern", "class-pattern-then-beo", "classwise-beo")
 
 
 def class_pattern(images: torch.Tensor, labels: torch.Tensor, num_classes: int, eps: float) -> torch.Tensor:
@@ -53,6 +71,35 @@ def class_pattern(images: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     means = torch.stack([images[labels == c].mean(0) for c in range(num_classes)])
     patterns = eps * torch.sign(means.roll(-1, dims=0) - means)
     return patterns[labels]
+
+
+class BEOFromClassPattern(BEO):
+    """BEO whose ascent starts at the class pattern (clipped to [0, 1]) instead of δ = 0."""
+
+    def initial_state(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> PixelState:
+        state = PixelState.zeros(tuple(images.shape))
+        pattern = class_pattern(images, labels, num_classes, self.budget.eps)
+        state.delta.copy_((images + pattern).clamp(0, 1) - images)
+        return state
+
+
+def class_mean(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Every row of values (N, ...) replaced by the mean of the rows of its class, labels (N,)."""
+    members = F.one_hot(labels).float()  # (N, max label + 1)
+    means = (members.T @ values.flatten(1)) / members.sum(0).clamp_min(1)[:, None]
+    return (members @ means).reshape(values.shape)
+
+
+class ClasswiseBEO(BEO):
+    """BEO whose every step follows the class mean of the pixel gradient (one direction per class)."""
+
+    def step_pixels(self, surrogate: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    state: PixelState, feature_gradients: list[torch.Tensor], views: list) -> PixelState:
+        config = self.config
+        gradient = pixel_gradient(surrogate, images + state.delta, feature_gradients, views, config.batch_size,
+                                  self.device, config.compute)
+        return ascent_step(state, class_mean(gradient, labels), images, self.budget,
+                           config.pga)
 
 
 def flat_gradient(loss: torch.Tensor, params: list[torch.Tensor], create_graph: bool = False) -> torch.Tensor:
@@ -99,6 +146,9 @@ def gradient_alignment(images: torch.Tensor, labels: torch.Tensor, num_classes: 
     return delta, trace
 
 
+BEO_PROBES: dict[str, type[BEO]] = {"class-pattern-then-beo": BEOFromClassPattern, "classwise-beo": ClasswiseBEO}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="the run's name in the results file")
@@ -107,8 +157,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="alignment: signed steps over every batch")
     parser.add_argument("--step-size", default="1/255", help="alignment: the signed step")
     parser.add_argument("--checkpoints", choices=("last", "trajectory"), default="last")
+    parser.add_argument("--preset", default="fashion-mnist-strong", help="BEO probes: BEO's settings")
+    parser.add_argument("--rounds", type=int, default=None, help="BEO probes: rounds (the preset's)")
+    parser.add_argument("--release-rounds", default="", help="BEO probes: rounds released early")
     add_harness_arguments(parser)
     args = parser.parse_args()
+    if args.probe in BEO_PROBES:
+        beo_probe(args, BEO_PROBES[args.probe])
+        return
     clean, test = clean_and_test(args)
     images, labels = clean.tensors()
     eps = parse_fraction(args.eps)
@@ -129,6 +185,22 @@ def main() -> None:
     with out.open("a") as f:
         f.write(json.dumps(record) + "\n")
     print(json.dumps(record), flush=True)
+
+
+def beo_probe(args: argparse.Namespace, method: type[BEO]) -> None:
+    """One run of a BEO variant with the ``--preset``'s settings, a results line per release."""
+    overrides: dict[str, object] = {"budget.eps": args.eps, "data.subset": args.size}
+    if args.rounds is not None:
+        overrides["beo.rounds"] = args.rounds
+    if args.release_rounds:
+        overrides["beo.release_rounds"] = [int(k) for k in args.release_rounds.split(",")]
+    config = load_protect_config(args.preset, overrides=overrides)
+    torch.manual_seed(0)
+    clean, test = clean_and_test(args)
+    started = time.perf_counter()
+    result = method(config.budget, config.beo, test_set=test).protect(clean, progress=True)
+    record_releases(args, config, {"preset": args.preset, **overrides, "probe": args.probe}, result,
+                    time.perf_counter() - started, clean, test)
 
 
 if __name__ == "__main__":

@@ -278,6 +278,34 @@ def step_views(config: BEOConfig, index: np.ndarray, round_index: int, step: int
     return [View.draw(index, view_key(step_seed, v), config.augment) for v in range(config.augment.views)]
 
 
+def pixel_gradient(
+    model: Classifier,
+    protected: torch.Tensor,
+    feature_gradients: list[torch.Tensor],
+    views: list[View | None],
+    batch_size: int,
+    device: Device = "cpu",
+    compute: Compute = Compute(),
+) -> torch.Tensor:
+    """The objective's gradient with respect to the pixels of a block of rows, (B, C, H, W): the mean over the
+    step's views v of J_{φ∘v}(x + δ)ᵀ (∂objective_v/∂z / s_v).
+
+    Args:
+        protected: x + δ (B, C, H, W) in [0, 1].
+        feature_gradients: per view, the objective's gradient with respect to the normalised features
+            divided by the normalisation s, (B, D): the gradient with respect to the raw features.
+        views: the views, drawn for these rows (:func:`step_views`; ``[None]`` without augmentation).
+        device: where ``model`` is and the VJP runs, batch by batch; the gradient is returned on the host.
+        compute: memory format and autocast of the VJP passes.
+    """
+    gradients = [
+        feature_vjp(model, protected, feature_gradient, batch_size=batch_size, transform=view, device=device,
+                    compute=compute)
+        for feature_gradient, view in zip(feature_gradients, views, strict=True)
+    ]
+    return gradients[0] if len(gradients) == 1 else torch.stack(gradients).mean(dim=0)
+
+
 def pixel_step(
     model: Classifier,
     images: torch.Tensor,
@@ -290,25 +318,10 @@ def pixel_step(
     device: Device = "cpu",
     compute: Compute = Compute(),
 ) -> PixelState:
-    """One update of δ for a block of rows: g = mean over the step's views v of J_{φ∘v}(x + δ)ᵀ (∂objective_v/∂z
-    / s_v), then ascent by the rule ``pga`` and projection onto ``budget``.
-
-    Args:
-        images: clean x (B, C, H, W) in [0, 1]; ``state`` holds their δ and optimiser state.
-        feature_gradients: per view, the objective's gradient with respect to the normalised features
-            divided by the normalisation s, (B, D): the gradient with respect to the raw features.
-        views: the views, drawn for these rows (:func:`step_views`; ``[None]`` without augmentation).
-        device: where ``model`` is and the VJP runs, batch by batch; images, δ, the optimiser state and the
-            update stay on the host.
-        compute: memory format and autocast of the VJP passes.
-    """
-    protected = images + state.delta
-    gradients = [
-        feature_vjp(model, protected, feature_gradient, batch_size=batch_size, transform=view, device=device,
-                    compute=compute)
-        for feature_gradient, view in zip(feature_gradients, views, strict=True)
-    ]
-    gradient = gradients[0] if len(gradients) == 1 else torch.stack(gradients).mean(dim=0)
+    """One update of δ for a block of rows: the :func:`pixel_gradient` at x + δ, then ascent by the rule
+    ``pga`` and projection onto ``budget``. ``images`` are the clean x (B, C, H, W) in [0, 1]; ``state``
+    holds their δ and optimiser state, which stay on the host (batches move to ``device``)."""
+    gradient = pixel_gradient(model, images + state.delta, feature_gradients, views, batch_size, device, compute)
     return ascent_step(state, gradient, images, budget, pga)
 
 
@@ -475,7 +488,7 @@ class BEO(ProtectionMethod):
         config = self.config
         config.estimator.check_targets(dataset.num_classes)
         images, labels = dataset.tensors()
-        state = PixelState.zeros(tuple(images.shape))
+        state = self.initial_state(images, labels, dataset.num_classes)
         surrogate: Classifier | None = None
         history: list[dict[str, float]] = []
         snapshots: dict[int, torch.Tensor] = {}
@@ -517,8 +530,7 @@ class BEO(ProtectionMethod):
                     values.append(float(result.value))
                     sigmas.append(sigma)
                     feature_gradients.append(result.gradient / scale)
-                state = pixel_step(surrogate, images, state, feature_gradients, views, self.budget, config.pga,
-                                   config.batch_size, self.device, config.compute)
+                state = self.step_pixels(surrogate, images, labels, state, feature_gradients, views)
                 history.append({
                     **round_metrics,
                     "step": step,
@@ -537,6 +549,19 @@ class BEO(ProtectionMethod):
                 snapshots[round_index + 1] = state.delta.clone()
         return ProtectionResult(release=dataset, delta=state.delta, history=history, surrogate=surrogate,
                                 snapshot_deltas=snapshots)
+
+    def initial_state(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> PixelState:
+        """Where the ascent starts for images (N, C, H, W) in [0, 1] and labels (N,): δ = 0 and empty
+        optimiser state, as published (and as the Ray engine starts). A subclass may start elsewhere inside
+        the budget, e.g. bench/mixing_probes.py's class-pattern-then-beo probe."""
+        return PixelState.zeros(tuple(images.shape))
+
+    def step_pixels(self, surrogate: Classifier, images: torch.Tensor, labels: torch.Tensor, state: PixelState,
+                    feature_gradients: list[torch.Tensor], views: list[View | None]) -> PixelState:
+        """One update of every row's δ, by :func:`pixel_step` (as the Ray engine's ascent actors do); labels
+        (N,) are for a subclass that steps otherwise, e.g. bench/mixing_probes.py's class-wise probe."""
+        return pixel_step(surrogate, images, state, feature_gradients, views, self.budget, self.config.pga,
+                          self.config.batch_size, self.device, self.config.compute)
 
     def probe(self, clean: ImageDataset, release: ImageDataset) -> dict[str, float]:
         """The mixed probe's accuracy on this release and the clean-only reference (trained once), in [0, 1]."""
