@@ -62,6 +62,7 @@ from ue_core.methods.beo import BEO, pixel_gradient
 from ue_core.models import build_model
 from ue_core.pga import Budget, PixelState, ascent_step
 from ue_core.training import fit, recipe
+from ue_core.views import View
 
 PROBES = ("alignment", "class-pattern", "class-pattern-then-beo", "classwise-beo")
 
@@ -94,12 +95,11 @@ class ClasswiseBEO(BEO):
     """BEO whose every step follows the class mean of the pixel gradient (one direction per class)."""
 
     def step_pixels(self, surrogate: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                    state: PixelState, feature_gradients: list[torch.Tensor], views: list) -> PixelState:
+                    state: PixelState, feature_gradients: list[torch.Tensor], views: list[View | None]) -> PixelState:
         config = self.config
         gradient = pixel_gradient(surrogate, images + state.delta, feature_gradients, views, config.batch_size,
                                   self.device, config.compute)
-        return ascent_step(state, class_mean(gradient, labels), images, self.budget,
-                           config.pga)
+        return ascent_step(state, class_mean(gradient, labels), images, self.budget, config.pga)
 
 
 def flat_gradient(loss: torch.Tensor, params: list[torch.Tensor], create_graph: bool = False) -> torch.Tensor:
