@@ -105,17 +105,23 @@ def main() -> None:
     args = parser.parse_args()
 
     overrides = dict(parse_override(text) for text in args.set)
-    overrides |= {"method": args.method, "budget.eps": args.eps, "data.subset": args.size}
-    if args.rounds is not None:
-        overrides["beo.rounds"] = args.rounds
-    if args.release_rounds:
-        overrides["beo.release_rounds"] = [int(k) for k in args.release_rounds.split(",")]
+    overrides |= {"method": args.method, "budget.eps": args.eps, "data.subset": args.size, **round_overrides(args)}
     config = load_protect_config("fashion-mnist", overrides=overrides)
     torch.manual_seed(0)
     clean, test = clean_and_test(args)
     started = time.perf_counter()
     result = config.build(test).protect(clean, progress=True)
     record_releases(args, config, overrides, result, time.perf_counter() - started, clean, test)
+
+
+def round_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The BEO round keys that ``--rounds`` and ``--release-rounds`` (comma-separated) set, when given."""
+    overrides: dict[str, object] = {}
+    if args.rounds is not None:
+        overrides["beo.rounds"] = args.rounds
+    if args.release_rounds:
+        overrides["beo.release_rounds"] = [int(k) for k in args.release_rounds.split(",")]
+    return overrides
 
 
 def record_releases(args: argparse.Namespace, config: ProtectConfig, overrides: dict, result: ProtectionResult,

@@ -53,6 +53,7 @@ from efficacy import (  # bench/efficacy.py, beside this
     clean_and_test,
     measure_release,
     record_releases,
+    round_overrides,
 )
 
 from pipelines.config import load_protect_config
@@ -189,11 +190,7 @@ def main() -> None:
 
 def beo_probe(args: argparse.Namespace, method: type[BEO]) -> None:
     """One run of a BEO variant with the ``--preset``'s settings, a results line per release."""
-    overrides: dict[str, object] = {"budget.eps": args.eps, "data.subset": args.size}
-    if args.rounds is not None:
-        overrides["beo.rounds"] = args.rounds
-    if args.release_rounds:
-        overrides["beo.release_rounds"] = [int(k) for k in args.release_rounds.split(",")]
+    overrides = {"budget.eps": args.eps, "data.subset": args.size, **round_overrides(args)}
     config = load_protect_config(args.preset, overrides=overrides)
     torch.manual_seed(0)
     clean, test = clean_and_test(args)
